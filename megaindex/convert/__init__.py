@@ -1,0 +1,1 @@
+"""HF <-> megatron-core state-dict mapping (used by tools/convert_*.py)."""

@@ -1,0 +1,31 @@
+"""The context-parallel token layout shared by data slicing and the reference attention.
+
+Under CP every sequence is cut into 2*CP equal chunks and CP rank r keeps chunks r and 2*CP-1-r
+(causal load balance: an early, cheap chunk with a late, expensive one). For packed THD batches
+this applies to every document separately, so each document's (padded) length must be a
+multiple of 2*CP. `thd_partition_indices` is the same index set as Transformer Engine's
+`thd_get_partitioned_indices(cu_seqlens_padded, total, cp_size, cp_rank)` (a gpu-marked test checks).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def cp_chunk_positions(seq_len: int, cp_size: int, cp_rank: int) -> torch.Tensor:
+    """Positions within one sequence of `seq_len` tokens that CP rank `cp_rank` holds, in order."""
+    if cp_size == 1:
+        return torch.arange(seq_len)
+    if seq_len % (2 * cp_size):
+        raise ValueError(f"sequence length {seq_len} is not a multiple of 2*CP = {2 * cp_size}")
+    chunk = seq_len // (2 * cp_size)
+    first = torch.arange(cp_rank * chunk, (cp_rank + 1) * chunk)
+    second = torch.arange((2 * cp_size - 1 - cp_rank) * chunk, (2 * cp_size - cp_rank) * chunk)
+    return torch.cat([first, second])
+
+
+def thd_partition_indices(cu_seqlens_padded: torch.Tensor | list[int], cp_size: int, cp_rank: int) -> torch.Tensor:
+    """Indices into a packed row of the tokens CP rank `cp_rank` holds (every document chunked)."""
+    cu = cu_seqlens_padded.tolist() if isinstance(cu_seqlens_padded, torch.Tensor) else list(cu_seqlens_padded)
+    parts = [start + cp_chunk_positions(end - start, cp_size, cp_rank) for start, end in zip(cu[:-1], cu[1:])]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)

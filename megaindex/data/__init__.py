@@ -1,0 +1,1 @@
+"""Data: tokenizer, indexed datasets, packed pretraining and SFT samples, THD/CP batch layout."""

@@ -1,0 +1,103 @@
+"""Process groups: the only module that initialises torch.distributed and megatron's parallel_state.
+
+`init_distributed(cfg)` reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT), picks NCCL on GPU and gloo on CPU (activating megaindex.cpu_backend there), builds
+megatron's TP/PP/CP/DP groups for the config's layout and seeds the RNGs the way megatron expects
+(different per TP rank for model-parallel regions, same across DP).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from megaindex import cpu_backend
+from megaindex.config import Config
+
+
+@dataclass(frozen=True)
+class Layout:
+    rank: int
+    world_size: int
+    tp: int
+    pp: int
+    cp: int
+    dp: int
+    vpp: int | None
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def init_distributed(cfg: Config, *, timeout_minutes: int = 30) -> Layout:
+    """Initialise torch.distributed (if needed) and megatron's parallel groups for `cfg`."""
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        cpu_backend.activate()
+    if not dist.is_initialized():
+        rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+        if on_gpu:
+            torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group(
+            backend="nccl" if on_gpu else "gloo",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
+    world = dist.get_world_size()
+    cfg.validate(world)
+    p = cfg.parallel
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=p.tensor_model_parallel_size,
+        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=p.virtual_pipeline_model_parallel_size,
+        context_parallel_size=p.context_parallel_size,
+        hierarchical_context_parallel_sizes=p.hierarchical_context_parallel_sizes,
+    )
+    seed_everything(cfg.train.seed)
+    return Layout(
+        rank=dist.get_rank(),
+        world_size=world,
+        tp=p.tensor_model_parallel_size,
+        pp=p.pipeline_model_parallel_size,
+        cp=p.context_parallel_size,
+        dp=ps.get_data_parallel_world_size(),
+        vpp=p.virtual_pipeline_model_parallel_size,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and megatron's model-parallel RNG tracker (offset per PP stage like Megatron-LM)."""
+    seed = seed + 100 * ps.get_pipeline_model_parallel_rank()
+    torch.manual_seed(seed)
+    if cpu_backend.is_active():
+        cpu_backend.manual_seed(seed)
+    else:
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+        model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_distributed() -> None:
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def init_single_process() -> None:
+    """A one-rank gloo group (in-process store) for tools that build a model outside torchrun."""
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    if not ps.model_parallel_is_initialized():
+        ps.initialize_model_parallel()
