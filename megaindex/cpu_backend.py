@@ -4,7 +4,7 @@ megatron-core is written for GPUs. On CPU (gloo) its layers, schedules, DDP and 
 correctly once a few CUDA-only call sites are redirected (measured against single-process
 references; see the tests). This module owns all of those redirections:
 
-* devices: `torch.cuda.current_device()` answers 0, and a TorchFunctionMode maps every `device=`
+* devices: `torch.cuda.current_device()` answers the CPU device, and a TorchFunctionMode maps every `device=`
   that names CUDA (``"cuda"``, ``"cuda:N"``, an int, a cuda `torch.device`) to the CPU, and makes
   `Tensor.cuda()` a no-op.
 * streams/events/synchronize: stand-ins with the methods megatron calls (grad buffers, timers).
@@ -78,7 +78,9 @@ class _CudaToCpu(TorchFunctionMode):
         dev = kwargs.get("device")
         if dev is not None and _is_cuda_device(dev):
             kwargs = {**kwargs, "device": "cpu"}
-        if func is torch.Tensor.cuda:
+        if kwargs.get("pin_memory"):  # pinning needs the CUDA driver; host memory is all there is
+            kwargs = {**kwargs, "pin_memory": False}
+        if func is torch.Tensor.cuda or func is torch.Tensor.pin_memory:
             return args[0]
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], "cpu", *args[2:])
@@ -212,7 +214,9 @@ def activate() -> bool:
     import megatron.core.tensor_parallel  # noqa: F401  (load megatron before patching its names)
     import torch.cuda as tc
 
-    tc.current_device = lambda: 0
+    # A device object, not the ordinal 0: autograd runs backward without torch-function modes,
+    # so `device=torch.cuda.current_device()` inside a backward must already name the CPU.
+    tc.current_device = lambda: torch.device("cpu")
     tc.device_count = lambda: 1
     tc.set_device = lambda device: None
     tc.synchronize = lambda device=None: None

@@ -18,6 +18,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_submodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from megaindex.config import Config
@@ -64,17 +65,19 @@ class TorchRMSNorm(torch.nn.RMSNorm):
         self.weight.sequence_parallel = config.sequence_parallel
 
 
-def layer_spec(use_te: bool) -> ModuleSpec:
-    """The transformer-layer ModuleSpec: TE fused modules, or local modules + reference attention."""
+def block_spec(tf_config: TransformerConfig, use_te: bool, vp_stage: int | None = None) -> ModuleSpec:
+    """The decoder spec: TE fused modules, or local modules + reference attention + TorchRMSNorm."""
     if use_te:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-        return get_gpt_layer_with_transformer_engine_spec()
+        return get_gpt_layer_with_transformer_engine_spec()  # block norm: TENorm
     sub = get_gpt_layer_local_submodules(normalization="RMSNorm")
     sub.input_layernorm = TorchRMSNorm
     sub.pre_mlp_layernorm = TorchRMSNorm
     sub.self_attention.submodules.core_attention = ReferenceAttention
-    return ModuleSpec(module=TransformerLayer, submodules=sub)
+    layer = ModuleSpec(module=TransformerLayer, submodules=sub)
+    n = get_num_layers_to_build(tf_config, vp_stage=vp_stage)
+    return ModuleSpec(module=TransformerBlock, submodules=TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=TorchRMSNorm))
 
 
 def to_transformer_config(cfg: Config, *, use_te: bool | None = None, world_size: int | None = None) -> TransformerConfig:
@@ -151,7 +154,7 @@ def build_model(
         post_process = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     model = GPTModel(
         config=tf_config,
-        transformer_layer_spec=layer_spec(use_te),
+        transformer_layer_spec=block_spec(tf_config, use_te, vp_stage),
         vocab_size=cfg.padded_vocab_size,
         max_sequence_length=cfg.model.max_position_embeddings,
         pre_process=pre_process,

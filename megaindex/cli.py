@@ -1,0 +1,140 @@
+"""The `megaindex` command line: `info`, `train`, `data`, `convert`.
+
+Each subcommand is a thin shell over a library function; heavy imports happen inside the handler
+so that `megaindex --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from megaindex.config import Config, ConfigError, load_config
+
+DEFAULT_GPUS_PER_NODE = 8
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="recipe YAML (e.g. examples/index_1.9b_long_pt_32k.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5 parallel.context_parallel_size=4")
+
+
+def _world_size_for_info(cfg: Config, requested: int | None) -> int:
+    if requested:
+        return requested
+    # Smallest world the recipe's global batch allows: model-parallel size x the DP that makes the
+    # global batch divisible (DP=1 always qualifies).
+    return cfg.model_parallel_size
+
+
+def info(cfg: Config, world_size: int) -> dict:
+    """Resolved config, parallel layout, parameter counts and the per-GPU memory estimate."""
+    from megaindex.model.estimate import memory_estimate, parameter_counts
+
+    notes = cfg.validate(world_size)
+    counts = parameter_counts(cfg)
+    mem = memory_estimate(cfg, counts, world_size)
+    p = cfg.parallel
+    dp = cfg.data_parallel_size(world_size)
+    return {
+        "config": cfg.to_dict(),
+        "layout": {
+            "world_size": world_size,
+            "tensor_model_parallel_size": p.tensor_model_parallel_size,
+            "pipeline_model_parallel_size": p.pipeline_model_parallel_size,
+            "virtual_pipeline_model_parallel_size": p.virtual_pipeline_model_parallel_size,
+            "context_parallel_size": p.context_parallel_size,
+            "data_parallel_size": dp,
+            "sequence_parallel": p.sequence_parallel and p.tensor_model_parallel_size > 1,
+            "global_batch_size": cfg.data.global_batch_size,
+            "micro_batch_size": cfg.data.micro_batch_size,
+            "num_microbatches": cfg.num_microbatches(world_size),
+            "padded_vocab_size": cfg.padded_vocab_size,
+            "batch_p2p_comm": cfg.batch_p2p_comm,
+        },
+        "model": {
+            "rotary_base": cfg.model.rotary_base,
+            "seq_length": cfg.data.seq_length,
+            "max_position_embeddings": cfg.model.max_position_embeddings,
+            "norm_head": cfg.model.norm_head,
+        },
+        "parameters": dataclasses.asdict(counts),
+        "memory_per_gpu_gib": mem.as_gib(),
+        "memory_note": mem.note,
+        "notes": notes,
+    }
+
+
+def _print_info(cfg: Config, r: dict) -> None:
+    lay, par, mem = r["layout"], r["parameters"], r["memory_per_gpu_gib"]
+    print(f"# {cfg.name}: resolved config")
+    print(cfg.to_yaml().rstrip())
+    print("\n# parallel layout")
+    print(
+        f"  {lay['world_size']} GPUs = TP {lay['tensor_model_parallel_size']} x PP {lay['pipeline_model_parallel_size']}"
+        f"{' (VPP ' + str(lay['virtual_pipeline_model_parallel_size']) + ')' if lay['virtual_pipeline_model_parallel_size'] else ''}"
+        f" x CP {lay['context_parallel_size']} x DP {lay['data_parallel_size']}; sequence parallel {'on' if lay['sequence_parallel'] else 'off'}"
+    )
+    print(
+        f"  global batch {lay['global_batch_size']} x {r['model']['seq_length']} tokens = "
+        f"{lay['num_microbatches']} micro-batches of {lay['micro_batch_size']} per DP rank; vocab padded to {lay['padded_vocab_size']}"
+    )
+    print("\n# parameters")
+    for k in ("total", "non_embedding", "embedding", "output", "norms", "per_gpu"):
+        print(f"  {k:<14} {par[k]:>16,}")
+    print(f"\n# memory per GPU (estimate, GiB; {r['memory_note']})")
+    for k, v in mem.items():
+        if k != "per_layer_activation":
+            print(f"  {k:<14} {v:>8.2f}")
+    for n in r["notes"]:
+        print(f"note: {n}")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    world = _world_size_for_info(cfg, args.world_size or (args.nodes * args.gpus_per_node if args.nodes else None))
+    r = info(cfg, world)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        _print_info(cfg, r)
+    return 0
+
+
+def _delegate(module: str, argv: list[str]) -> int:
+    import importlib
+
+    return importlib.import_module(module).main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Subcommands owned by other packages parse their own arguments.
+    delegated = {"data": "megaindex.data.cli", "convert": "megaindex.convert.cli"}
+    if argv and argv[0] in delegated:
+        return _delegate(delegated[argv[0]], argv[1:])
+
+    parser = argparse.ArgumentParser(prog="megaindex", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="resolved config, layout, parameter counts and per-GPU memory (no GPU needed)")
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--world-size", type=int, default=None, help="GPUs in the job (default: TP x PP x CP, i.e. DP=1)")
+    p.add_argument("--nodes", type=int, default=None, help="nodes (with --gpus-per-node) instead of --world-size")
+    p.add_argument("--gpus-per-node", type=int, default=DEFAULT_GPUS_PER_NODE)
+    p.set_defaults(func=cmd_info)
+    sub.add_parser("data", help="data tools: `megaindex data inspect CONFIG_OR_PREFIX --index N`")
+    sub.add_parser("convert", help="HF converters: `megaindex convert from-hf|to-hf ...`")
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"megaindex: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""`megaindex info` on the shipped 32K recipe: counts from the meta-device model, layout, memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def run_info(*args: str) -> dict:
+    r = subprocess.run(
+        [sys.executable, "-m", "megaindex", "info", *args, "--json"], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+def test_info_on_the_32k_recipe():
+    recipe = str(REPO / "examples" / "index_1.9b_long_pt_32k.yaml")
+    r = run_info(recipe)
+    h, f, layers, vocab = 2048, 5888, 36, 65029
+    par = r["parameters"]
+    # The "1.9B": transformer-layer matrices, 36 * (4 h^2 + 3 h F).
+    assert par["non_embedding"] == layers * (4 * h * h + 3 * h * f) == 1_906_311_168
+    assert par["embedding"] == par["output"] == 65152 * h  # padded to 128
+    assert par["norms"] == (2 * layers + 1) * h
+    assert par["total"] == par["non_embedding"] + par["embedding"] + par["output"] + par["norms"]
+    assert r["model"]["rotary_base"] == 320000 and r["model"]["seq_length"] == 32768
+    assert r["layout"]["context_parallel_size"] == 2 and r["layout"]["data_parallel_size"] == 1
+    mem = r["memory_per_gpu_gib"]
+    assert abs(mem["total"] - sum(v for k, v in mem.items() if k not in ("total", "per_layer_activation"))) < 0.05
+    # bf16 weights of all 2.17B parameters on each CP rank
+    assert abs(mem["weights"] - par["total"] * 2 / 2**30) < 0.01
+
+    # TP=2 on 16 GPUs: half the matrices per GPU, optimizer state spread over DP=4, vocab padded to 256.
+    r2 = run_info(recipe, "parallel.tensor_model_parallel_size=2", "--world-size", "16")
+    assert r2["layout"]["data_parallel_size"] == 4 and r2["layout"]["padded_vocab_size"] == 65280
+    assert r2["parameters"]["per_gpu"] < 0.55 * par["per_gpu"]
+    assert r2["memory_per_gpu_gib"]["optimizer"] < r["memory_per_gpu_gib"]["optimizer"] / 6
+
+
+def test_info_explains_an_invalid_layout():
+    r = subprocess.run(
+        [sys.executable, "-m", "megaindex", "info", str(REPO / "examples" / "index_1.9b_long_pt_32k.yaml"), "--world-size", "3"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert r.returncode == 2
+    assert "world size 3 is not divisible by TP x PP x CP = 1 x 1 x 2 = 2" in r.stderr
