@@ -98,6 +98,7 @@ class DataConfig:
     num_workers: int = _f(2, "DataLoader worker processes per rank")
     cache_dir: str | None = _f(None, "where packed-sample indices are cached; None = next to the data")
     seed: int = _f(1234, "shuffle seed (same seed, same samples)")
+    pad_to_multiple_of: int | None = _f(None, "pad every packed piece to a multiple of this; None = 2*CP (set e.g. 4 at CP=1 to get CP=2's samples)")
 
     @property
     def global_batch_size(self) -> int:

@@ -1,0 +1,76 @@
+"""Batch -> rank: collating packed samples into one THD row, CP slicing, and sharing over TP.
+
+Owns what happens between a dataset sample and the model's input on one GPU:
+  * `collate`: a micro-batch of B packed samples becomes ONE packed row of B*seq_length tokens
+    (shape [1, B*S]) with merged cu_seqlens. TE's THD attention takes batch dimension 1, and the
+    samples are independent documents anyway, so packing them further changes nothing numerically.
+  * `slice_batch_for_cp_rank`: the tokens this CP rank holds: every (padded) piece is cut into 2*CP
+    chunks and rank r keeps chunks r and 2*CP-1-r (megaindex.cp_layout, identical to TE's
+    `thd_get_partitioned_indices`). cu_seqlens stay global: TE's CP attention wants them whole.
+  * `broadcast_batch_to_tp`: TP rank 0 loads the batch and the other TP ranks receive it (they
+    compute on the same tokens), the way Megatron-LM's get_batch does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megaindex.cp_layout import thd_partition_indices
+
+TOKEN_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+
+
+def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """B samples -> one packed row [1, B*S]; cu_seqlens merged; num_sequences summed; max_seqlen added."""
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    out = {k: torch.cat([s[k] for s in samples]).unsqueeze(0) for k in TOKEN_KEYS}
+    real, padded = [torch.zeros(1, dtype=torch.int32)], [torch.zeros(1, dtype=torch.int32)]
+    real_off = padded_off = 0
+    for s in samples:
+        real.append(s["cu_seqlens"][1:] + real_off)
+        padded.append(s["cu_seqlens_padded"][1:] + padded_off)
+        real_off += int(s["cu_seqlens"][-1])
+        padded_off += len(s["tokens"])
+    out["cu_seqlens"] = torch.cat(real)
+    out["cu_seqlens_padded"] = torch.cat(padded)
+    out["num_sequences"] = torch.stack([s["num_sequences"] for s in samples]).sum()
+    out["max_seqlen"] = (out["cu_seqlens_padded"][1:] - out["cu_seqlens_padded"][:-1]).max().to(torch.int32)
+    return out
+
+
+def slice_batch_for_cp_rank(batch: dict[str, torch.Tensor], cp_size: int, cp_rank: int) -> dict[str, torch.Tensor]:
+    """The part of a collated batch that CP rank `cp_rank` of `cp_size` computes on."""
+    if cp_size == 1:
+        return batch
+    idx = thd_partition_indices(batch["cu_seqlens_padded"], cp_size, cp_rank).to(batch["tokens"].device)
+    out = dict(batch)
+    for k in TOKEN_KEYS:
+        out[k] = batch[k].index_select(1, idx)
+    return out
+
+
+def broadcast_batch_to_tp(batch: dict[str, torch.Tensor] | None, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Send TP rank 0's batch to every rank of its TP group (others pass None and get it back).
+
+    Shapes differ from batch to batch (cu_seqlens grows with the number of pieces), so the keys,
+    shapes and dtypes go first as a small object broadcast, then each tensor.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    if ps.get_tensor_model_parallel_world_size() == 1:
+        return batch
+    group, src = ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_src_rank()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    first = ps.get_tensor_model_parallel_rank() == 0
+    if first and batch is None:
+        raise ValueError("TP rank 0 must pass the batch it loaded")
+    meta = [[(k, tuple(v.shape), v.dtype) for k, v in batch.items()] if first else None]
+    dist.broadcast_object_list(meta, src=src, group=group)
+    out = {}
+    for k, shape, dtype in meta[0]:
+        t = batch[k].to(device).contiguous() if first else torch.empty(shape, dtype=dtype, device=device)
+        dist.broadcast(t, src=src, group=group)
+        out[k] = t
+    return out

@@ -1,0 +1,47 @@
+"""Which samples each DP rank reads, from `consumed_samples` on: the resume mechanism.
+
+Owns `MicroBatchSampler` (Megatron-LM's MegatronPretrainingSampler rule) and `build_dataloader`.
+The datasets are already in their seeded, shuffled order, so the sampler walks them in order: global
+micro-batch step k covers samples [k*mbs*dp, (k+1)*mbs*dp), and DP rank r takes its slice of mbs.
+A run resumed with consumed_samples = iteration * global_batch_size therefore reads exactly the
+samples the uninterrupted run would have read next.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megaindex.data.batch import collate
+
+
+class MicroBatchSampler:
+    """Yields lists of `micro_batch_size` sample indices for one DP rank, from consumed_samples on."""
+
+    def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int,
+                 data_parallel_rank: int = 0, data_parallel_size: int = 1):
+        if not 0 <= data_parallel_rank < data_parallel_size:
+            raise ValueError(f"data_parallel_rank {data_parallel_rank} not in [0, {data_parallel_size})")
+        if consumed_samples % (micro_batch_size * data_parallel_size):
+            raise ValueError(
+                f"consumed_samples {consumed_samples} is not a multiple of micro_batch_size x DP = "
+                f"{micro_batch_size * data_parallel_size}: it must count whole global micro-batch steps"
+            )
+        self.total, self.consumed = total_samples, consumed_samples
+        self.mbs, self.rank, self.dp = micro_batch_size, data_parallel_rank, data_parallel_size
+
+    def __len__(self) -> int:
+        return max(0, (self.total - self.consumed) // (self.mbs * self.dp))
+
+    def __iter__(self):
+        step = self.mbs * self.dp
+        for start in range(self.consumed, self.total - step + 1, step):
+            first = start + self.rank * self.mbs
+            yield list(range(first, first + self.mbs))
+
+
+def build_dataloader(dataset, *, micro_batch_size: int, consumed_samples: int = 0, data_parallel_rank: int = 0,
+                     data_parallel_size: int = 1, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """DataLoader of collated THD micro-batches (each one packed row, see batch.collate)."""
+    sampler = MicroBatchSampler(len(dataset), consumed_samples, micro_batch_size, data_parallel_rank, data_parallel_size)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())

@@ -1,0 +1,172 @@
+"""Long-SFT samples: chat conversations packed into seq_length rows with LongAlign loss weights.
+
+Owns `PackedSFTDataset`: the per-epoch plan (a weighted mixture of conversation datasets, the
+over-length rule, shuffled or LongAlign-sorted order, greedy packing into rows) and the samples.
+
+  * Conversations are IndexedDataset documents in the layout of megaindex.data.chat; a conversation
+    is never split over two rows (its answer would lose its prompt).
+  * Loss: labels[t] = tokens[t+1]; position t is trained iff token t+1 is an assistant token or its
+    closing </s>. With loss_weighting=longalign the weight is 1/N_i (N_i = trained tokens of
+    conversation i), so that  L = (1/M) * sum_t loss_mask_t * loss_t  over a global batch, M = the sum
+    of `num_sequences` over all micro-batches of all DP ranks, is LongAlign's (1/M) sum_i mean_i.
+  * Mixture: with weights w_j, each epoch takes round(w_j / sum(w) * sum_j N_j) conversations from
+    dataset j (a seeded permutation, repeated when that exceeds N_j); without weights, every
+    conversation exactly once per epoch.
+  * Over-length (longer than seq_length): `drop` skips it, `truncate` applies chat.fit_conversation
+    (drop earliest turns, then middle-truncate the last user message); both are counted in
+    `stats` and logged, never silent.
+  * Sorted batching (LongAlign): sort by length, pack consecutive conversations, group rows into
+    global batches and shuffle the order of the batches, not their contents.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import numpy as np
+import torch
+
+from megaindex.data import chat
+from megaindex.data.packing import Piece, pack_pieces, round_up
+
+logger = logging.getLogger(__name__)
+
+
+class PackedSFTDataset(torch.utils.data.Dataset):
+    """Map-style dataset of packed chat rows (the sample layout of megaindex.data.packing)."""
+
+    def __init__(self, datasets, conversation_ids, *, weights=None, seq_length: int, pad_multiple: int = 2,
+                 loss_weighting: str = "token", sorted_batching: bool = False, overlength: str = "drop",
+                 num_epochs: int | None = None, num_samples: int | None = None, global_batch_size: int = 1,
+                 seed: int = 1234, name: str = "train"):
+        """`datasets`: IndexedDatasets in chat layout; `conversation_ids`: the conversations of each
+        that this split uses (e.g. a train/valid split); `weights`: mixture weights or None."""
+        self.datasets, self.ids = list(datasets), [np.asarray(c, dtype=np.int64) for c in conversation_ids]
+        self.weights = weights
+        self.seq_length, self.pad_multiple = seq_length, pad_multiple
+        self.loss_weighting, self.sorted_batching, self.overlength = loss_weighting, sorted_batching, overlength
+        self.global_batch_size, self.seed, self.name = max(global_batch_size, 1), seed, name
+        self.stats: collections.Counter = collections.Counter()
+        for j, d in enumerate(self.datasets):
+            per_doc = np.diff(d.document_indices)
+            if len(per_doc) and ((per_doc < 3) | (per_doc % 2 == 0)).any():
+                raise ValueError(f"{d.path_prefix}: not a chat dataset (preprocess it with --kind sft)")
+        self._lengths = [self._conv_lengths(d) for d in self.datasets]
+        self._fitted: dict[tuple[int, int], list[np.ndarray] | None] = {}
+        packs, epoch = [], 0
+        while True:
+            packs += self._plan_epoch(epoch)
+            epoch += 1
+            if num_epochs is not None:
+                if epoch >= num_epochs:
+                    break
+            elif num_samples is None or len(packs) >= num_samples:
+                break
+            if not packs:
+                raise ValueError(f"SFT {name}: no conversation fits in seq_length {seq_length}")
+        self.num_epochs = epoch
+        self.pack_offsets = np.cumsum([0] + [len(p) for p in packs])
+        self.members = np.array([m for p in packs for m in p], dtype=np.int64).reshape(-1, 2)
+        if self.stats["dropped_overlength"] or self.stats["truncated"]:
+            logger.warning("SFT %s: %d over-length conversations dropped, %d truncated (seq_length %d, per epoch x %d)",
+                           name, self.stats["dropped_overlength"], self.stats["truncated"], seq_length, epoch)
+
+    # ---- planning -----------------------------------------------------------------------------
+    @staticmethod
+    def _conv_lengths(d) -> np.ndarray:
+        return np.add.reduceat(d.sequence_lengths.astype(np.int64), d.document_indices[:-1]) if len(d.document_indices) > 1 else np.zeros(0, np.int64)
+
+    def _sequences(self, j: int, c: int) -> list[np.ndarray]:
+        d = self.datasets[j]
+        first, last = int(d.document_indices[c]), int(d.document_indices[c + 1])
+        lens = d.sequence_lengths[first:last]
+        flat = d.get(first, offset=0, length=int(lens.sum())).astype(np.int64)  # sequences are contiguous
+        return np.split(flat, np.cumsum(lens)[:-1])
+
+    def _fit(self, j: int, c: int) -> list[np.ndarray] | None:
+        key = (j, c)
+        if key not in self._fitted:
+            self._fitted[key] = chat.fit_conversation(self._sequences(j, c), self.seq_length)
+        return self._fitted[key]
+
+    def _length(self, j: int, c: int) -> int | None:
+        """Tokens after the over-length rule, or None when the conversation is dropped."""
+        n = int(self._lengths[j][c])
+        if n <= self.seq_length:
+            return n
+        if self.overlength == "drop":
+            self.stats["dropped_overlength"] += 1
+            return None
+        fitted = self._fit(j, c)
+        if fitted is None:
+            self.stats["dropped_overlength"] += 1
+            return None
+        self.stats["truncated"] += 1
+        return sum(map(len, fitted))
+
+    def _mixture(self, rng: np.random.RandomState) -> list[tuple[int, int]]:
+        sizes = [len(c) for c in self.ids]
+        if self.weights is None:
+            counts = sizes
+        else:
+            w = np.asarray(self.weights, dtype=np.float64)
+            counts = [int(round(x)) for x in w / w.sum() * sum(sizes)]
+        chosen = []
+        for j, (ids, n) in enumerate(zip(self.ids, counts)):
+            reps = -(-n // max(len(ids), 1))
+            take = np.concatenate([rng.permutation(ids) for _ in range(reps)])[:n] if len(ids) else ids[:0]
+            chosen += [(j, int(c)) for c in take]
+        return chosen
+
+    def _plan_epoch(self, epoch: int) -> list[list[tuple[int, int]]]:
+        rng = np.random.RandomState([self.seed, epoch])
+        convs = self._mixture(rng)
+        lengths = [self._length(j, c) for j, c in convs]
+        kept = [(jc, n) for jc, n in zip(convs, lengths) if n is not None]
+        self.stats["conversations"] += len(kept)
+        if self.sorted_batching:
+            kept.sort(key=lambda x: x[1])  # stable: ties keep the mixture's random order
+        else:
+            kept = [kept[i] for i in rng.permutation(len(kept))]
+        packs, cur, used = [], [], 0
+        for jc, n in kept:  # greedy, in order: a conversation starts a new row when it does not fit
+            need = round_up(n, self.pad_multiple)
+            if cur and used + need > self.seq_length:
+                packs.append(cur)
+                cur, used = [], 0
+            cur.append(jc)
+            used += need
+        if cur:
+            packs.append(cur)
+        if self.sorted_batching:
+            g = self.global_batch_size
+            batches = [packs[i:i + g] for i in range(0, len(packs), g)]
+            packs = [p for b in (batches[i] for i in rng.permutation(len(batches))) for p in b]
+        return packs
+
+    # ---- samples ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.pack_offsets) - 1
+
+    def conversations(self, idx: int) -> list[tuple[int, int]]:
+        """(dataset index, conversation id) of each conversation in row `idx`."""
+        return [tuple(map(int, m)) for m in self.members[self.pack_offsets[idx]:self.pack_offsets[idx + 1]]]
+
+    def piece(self, j: int, c: int) -> Piece:
+        """One conversation alone: tokens, next-token labels and loss weights (before packing)."""
+        seqs = self._sequences(j, c)
+        if sum(map(len, seqs)) > self.seq_length:
+            seqs = self._fit(j, c)
+        tokens = np.concatenate(seqs)
+        target = np.concatenate([np.full(len(s), chat.is_target(i)) for i, s in enumerate(seqs)])
+        labels = np.append(tokens[1:], tokens[-1])
+        trained = np.append(target[1:], False)  # position t learns token t+1
+        n = int(trained.sum())
+        w = 1.0 / n if self.loss_weighting == "longalign" else 1.0
+        return Piece(tokens, labels, np.where(trained, w, 0.0).astype(np.float32))
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        convs = self.conversations(idx)
+        return pack_pieces([self.piece(j, c) for j, c in convs], self.seq_length, self.pad_multiple,
+                           num_sequences=len(convs))
