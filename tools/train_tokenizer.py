@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             vocab_size=args.vocab_size,
             character_coverage=0.9995,
             normalization_rule_name="identity",  # exact round trips (decode checks in tests)
+            remove_extra_whitespaces=False,  # keep code indentation and blank lines
             byte_fallback=True,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             control_symbols=["reserved_0", "reserved_1"],
