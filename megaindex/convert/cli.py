@@ -1,0 +1,108 @@
+"""`megaindex convert from-hf|to-hf`: argument parsing and exit codes for the converters.
+
+`main(argv)` is the entry point (tools/convert_from_hf.py and tools/convert_to_hf.py call it, and
+the main CLI wires it as `megaindex convert`). Conversion problems print one line naming the file,
+tensor or field and exit 1; nothing partial is left in OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from megaindex.convert.hf_config import ConversionError
+
+FROM_HF_EPILOG = """\
+The output is a megatron dist checkpoint: it holds global tensors, so it loads into ANY TP/PP/VPP
+layout and either module layout (Transformer Engine or local). --tp/--pp/--vpp validate that the
+model fits the layout you will train with and choose the vocab padding (a multiple of
+128 x TP); a layout with other padding still loads (padding rows are zero).
+Use it as `checkpoint.pretrained` of a stage-1 recipe."""
+
+TO_HF_EPILOG = """\
+--format llama (default) writes a stock LlamaForCausalLM: the Norm-Head is baked into lm_head.weight,
+so transformers.AutoModelForCausalLM loads it without remote code and gives identical logits.
+--format index keeps Index's layout (IndexForCausalLM, norm_head: true, un-normalised lm_head) and
+copies the modeling code and tokenizer from --template-dir (the released Index checkpoint)."""
+
+
+def _from_hf_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="megaindex convert from-hf",
+        description="Convert an HF Index-1.9B or Llama-architecture checkpoint into a megaindex checkpoint.",
+        epilog=FROM_HF_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("hf_dir", help="HF checkpoint directory (config.json + safetensors or pytorch_model*.bin)")
+    p.add_argument("out", help="output megaindex checkpoint directory")
+    p.add_argument("--tp", type=int, default=1, help="target tensor-parallel size (validation, vocab padding)")
+    p.add_argument("--pp", type=int, default=1, help="target pipeline-parallel size (validation)")
+    p.add_argument("--vpp", type=int, default=None, help="target virtual pipeline stages per PP rank (validation)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="stored dtype (auto = as in the HF files)")
+    p.add_argument("--make-vocab-size-divisible-by", type=int, default=128, help="vocab padding unit (x TP), Megatron's rule")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    p.add_argument("--check", action="store_true", help="after converting, compare fp32 logits with transformers")
+    return p
+
+
+def _to_hf_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="megaindex convert to-hf",
+        description="Export a megaindex checkpoint (any layout, model or training checkpoint) to HF.",
+        epilog=TO_HF_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("ckpt", help="megaindex checkpoint directory (megaindex.json + config.yaml + dist checkpoint)")
+    p.add_argument("out", help="output HF directory")
+    p.add_argument("--format", dest="fmt", default="llama", choices=["llama", "index"])
+    p.add_argument("--template-dir", default=None, help="HF dir to copy tokenizer (and, for index, modeling) files from")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="stored dtype (auto = as in the checkpoint)")
+    p.add_argument("--max-shard-size-gb", type=float, default=2.0, help="largest safetensors shard")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    p.add_argument("--check", action="store_true", help="after converting, compare fp32 logits with transformers")
+    return p
+
+
+def from_hf(argv: list[str]) -> int:
+    from megaindex.convert.from_hf import convert_from_hf
+    from megaindex.convert.parity import check_parity
+
+    a = _from_hf_parser().parse_args(argv)
+    out = convert_from_hf(
+        a.hf_dir, a.out, tp=a.tp, pp=a.pp, vpp=a.vpp, dtype=a.dtype,
+        make_vocab_divisible_by=a.make_vocab_size_divisible_by, force=a.force,
+    )
+    if a.check:
+        check_parity(out, a.hf_dir)
+    return 0
+
+
+def to_hf(argv: list[str]) -> int:
+    from megaindex.convert.parity import check_parity
+    from megaindex.convert.to_hf import convert_to_hf
+
+    a = _to_hf_parser().parse_args(argv)
+    out = convert_to_hf(
+        a.ckpt, a.out, fmt=a.fmt, template_dir=a.template_dir, dtype=a.dtype,
+        max_shard_bytes=int(a.max_shard_size_gb * 1024**3), force=a.force,
+    )
+    if a.check:
+        check_parity(a.ckpt, out)
+    return 0
+
+
+COMMANDS = {"from-hf": from_hf, "to-hf": to_hf}
+
+
+def main(argv: list[str]) -> int:
+    """`megaindex convert from-hf ...` / `megaindex convert to-hf ...` (argv without `convert`)."""
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: megaindex convert {{{'|'.join(COMMANDS)}}} ... (-h for help)", file=sys.stderr)
+        return 2
+    from megaindex.checkpoint import CheckpointError
+
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except (ConversionError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

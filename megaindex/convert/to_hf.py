@@ -1,0 +1,179 @@
+"""megaindex checkpoint (any layout, model or train kind) -> HF checkpoint.
+
+Owns the export pipeline: read megaindex.json + config.yaml, validate every tensor's shape against
+the architecture, stream one layer at a time out of the dist checkpoint into sharded safetensors,
+and write config.json, generation_config.json and tokenizer files.
+
+Formats:
+* `llama`: stock `LlamaForCausalLM`, loadable by `transformers.AutoModelForCausalLM` without remote
+  code. With Norm-Head, `lm_head.weight` holds normalize(W) computed by the very function the model
+  uses in its forward (megaindex.model.output_layer.normalize_rows), so the logits are identical.
+* `index`: Index's own layout (`IndexForCausalLM`, `norm_head: true`, un-normalised lm_head); the
+  modeling/configuration code and tokenizer come from `template_dir` (the released checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from megaindex.config import ConfigError, load_config
+from megaindex.convert import layout as L
+from megaindex.convert.dist_io import DistCheckpointReader
+from megaindex.convert.from_hf import DTYPES, TOKENIZER_DIR, TOKENIZER_FILES
+from megaindex.convert.hf_config import (
+    ConversionError,
+    arch_of,
+    generation_config_dict,
+    hf_config_dict,
+    read_hf_config,
+)
+from megaindex.convert.hf_io import ShardedSafetensorsWriter
+from megaindex.convert.outdir import atomic_out_dir, check_out_dir
+from megaindex.convert.progress import Progress
+
+FORMATS = ("llama", "index")
+
+
+def _load_checkpoint_config(ckpt: Path):
+    from megaindex.checkpoint import CONFIG_FILE, CheckpointError, check_architecture
+
+    cfg_path = ckpt / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ConversionError(f"{ckpt} is not a megaindex checkpoint: {CONFIG_FILE} is missing.")
+    try:
+        cfg = load_config(cfg_path)
+        check_architecture(cfg, ckpt)  # megaindex.json and config.yaml must describe one model
+    except (ConfigError, CheckpointError) as e:
+        raise ConversionError(str(e)) from None
+    return cfg
+
+
+def check_dist_tensors(reader: DistCheckpointReader, arch: L.Arch, tied: bool) -> None:
+    """Every tensor the export reads must exist with the shape the architecture implies."""
+    h = arch.hidden_size
+    for key, shape in arch.layer_shapes().items():
+        want = (arch.num_layers, *shape)
+        if reader.shape(key) != want:
+            raise ConversionError(
+                f"{reader.path}: tensor '{key}' has shape {reader.shape(key)}, the checkpoint's config "
+                f"implies {want}; the checkpoint does not match its config.yaml."
+            )
+    if reader.shape(L.FINAL_NORM) != (h,):
+        raise ConversionError(f"{reader.path}: tensor '{L.FINAL_NORM}' has shape {reader.shape(L.FINAL_NORM)}, expected ({h},).")
+    for key in (L.EMBEDDING,) + (() if tied else (L.OUTPUT,)):
+        rows, cols = reader.shape(key)
+        if cols != h or rows < arch.vocab_size:
+            raise ConversionError(
+                f"{reader.path}: tensor '{key}' has shape {(rows, cols)}; expected at least "
+                f"({arch.vocab_size}, {h}) (vocab_size, hidden_size) from config.yaml."
+            )
+
+
+def convert_to_hf(
+    ckpt: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "llama",
+    template_dir: str | Path | None = None,
+    dtype: str = "auto",
+    max_shard_bytes: int = 2 * 1024**3,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Export; returns the output directory. Nothing is left at `out` if anything fails."""
+    from megaindex.model.output_layer import normalize_rows
+
+    if fmt not in FORMATS:
+        raise ConversionError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
+    ckpt = Path(ckpt)
+    check_out_dir(out, force)
+    template = Path(template_dir) if template_dir else None
+    template_cfg = read_hf_config(template) if template else None
+    cfg = _load_checkpoint_config(ckpt)
+    m = cfg.model
+    arch = arch_of(m)
+    reader = DistCheckpointReader(ckpt)
+    tied = not m.untie_embeddings_and_output_weights or L.OUTPUT not in reader.tensors
+    check_dist_tensors(reader, arch, tied)
+    if dtype == "auto":
+        out_dtype = reader.dtype(L.EMBEDDING)
+    elif dtype in DTYPES:
+        out_dtype = DTYPES[dtype]
+    else:
+        raise ConversionError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}.")
+    bake = fmt == "llama" and m.norm_head
+    log(
+        f"[convert] {ckpt} -> {out} ({fmt}): {arch.num_layers} layers, vocab {reader.shape(L.EMBEDDING)[0]} -> "
+        f"{arch.vocab_size}, norm_head {m.norm_head}{' (baked into lm_head)' if bake else ''}, {out_dtype}"
+    )
+
+    progress = Progress(arch.num_layers + 2, "layers+embeddings", log)
+    start = time.time()
+    with atomic_out_dir(out, force) as tmp:
+        writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
+        emb = L.unpad_vocab(reader.get(L.EMBEDDING), arch.vocab_size)
+        writer.add(L.HF_EMBEDDING, emb.to(out_dtype))
+        progress.step()
+        for layer in range(arch.num_layers):
+            for key in L.LAYER_KEYS:
+                for name, t in L.split_layer_tensor(key, reader.get(key, layer), arch, layer).items():
+                    writer.add(name, t.to(out_dtype))
+            progress.step()
+        writer.add(L.HF_FINAL_NORM, reader.get(L.FINAL_NORM).to(out_dtype))
+        head = emb if tied else L.unpad_vocab(reader.get(L.OUTPUT), arch.vocab_size)
+        if bake:
+            # Normalise in the checkpoint's dtype exactly as the forward does, then cast.
+            head = normalize_rows(head)
+        writer.add(L.HF_OUTPUT, head.to(out_dtype).clone())
+        del emb, head
+        writer.finish()
+        progress.step()
+
+        dtype_name = str(out_dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(m, fmt, dtype_name, template_cfg), indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(generation_config_dict(), indent=2) + "\n")
+        copied = _copy_support_files(ckpt, cfg.data.tokenizer_model, template, fmt, tmp)
+    log(f"[convert] wrote {out} in {time.time() - start:.1f}s" + (f"; copied {', '.join(copied)}" if copied else ""))
+    return Path(out)
+
+
+def _copy_support_files(ckpt: Path, tokenizer_model: str | None, template: Path | None, fmt: str, dst: Path) -> list[str]:
+    """Tokenizer files (template dir first, then the checkpoint's own), and Index's modeling code."""
+    copied: list[str] = []
+    if template:
+        for name in TOKENIZER_FILES:
+            if (template / name).is_file():
+                shutil.copy2(template / name, dst / name)
+                copied.append(name)
+        if fmt == "index":
+            for src in sorted(template.glob("*.py")):
+                shutil.copy2(src, dst / src.name)
+                copied.append(src.name)
+    if "tokenizer.model" not in copied:
+        candidates = [ckpt / TOKENIZER_DIR / "tokenizer.model"]
+        if tokenizer_model:
+            p = Path(tokenizer_model)  # absolute, relative to the working dir, or to the checkpoint
+            candidates[:0] = [p] if p.is_absolute() else [p, ckpt / p]
+        for src in candidates:
+            if src.is_file():
+                shutil.copy2(src, dst / "tokenizer.model")
+                copied.append("tokenizer.model")
+                break
+        else:
+            if tokenizer_model:
+                raise ConversionError(
+                    f"the checkpoint's config names data.tokenizer_model {tokenizer_model}, which does not "
+                    f"exist; pass --template-dir with the tokenizer files."
+                )
+        own = ckpt / TOKENIZER_DIR
+        for name in TOKENIZER_FILES[1:]:
+            if name not in copied and (own / name).is_file():
+                shutil.copy2(own / name, dst / name)
+                copied.append(name)
+    return copied
