@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
@@ -39,6 +40,17 @@ from megaindex.convert.hf_config import ConversionError
 
 BACKEND_FILE = "metadata.json"
 BACKEND = {"sharded_backend": "torch_dist", "sharded_backend_version": 1}
+
+
+def _unwrapped(fn, *args, **kwargs):
+    """Run a DCP call; re-raise the original error (DCP wraps it, with the message in its traceback)."""
+    try:
+        return fn(*args, **kwargs)
+    except CheckpointException as e:
+        failures = list(e.failures.values())
+        if failures and isinstance(failures[0][0], Exception):
+            raise failures[0][0] from None
+        raise
 
 
 def object_key(key: str, index: int, count: int) -> str:
@@ -126,7 +138,7 @@ def write_dist_checkpoint(
     state.update({k: serialize_object(v) for k, v in objects.items()})
     state[object_key("common_state", 0, 1)] = serialize_object({})
     writer = dcp.FileSystemWriter(str(path), single_file_per_rank=True, thread_count=1, sync_files=True)
-    dcp.save(state, storage_writer=writer, planner=_StreamingSavePlanner(on_chunk), no_dist=True)
+    _unwrapped(dcp.save, state, storage_writer=writer, planner=_StreamingSavePlanner(on_chunk), no_dist=True)
     (path / BACKEND_FILE).write_text(json.dumps(BACKEND))
 
 
@@ -191,5 +203,6 @@ class DistCheckpointReader:
         else:
             offset, sizes = (layer,) + (0,) * (len(shape) - 1), torch.Size((1, *shape[1:]))
         buf = torch.empty(sizes, dtype=self.dtype(key))
-        dcp.load({key: _Slice(shape, offset, buf)}, storage_reader=self._reader, planner=_SliceLoadPlanner(), no_dist=True)
+        _unwrapped(dcp.load, {key: _Slice(shape, offset, buf)}, storage_reader=self._reader,
+                   planner=_SliceLoadPlanner(), no_dist=True)
         return buf if layer is None else buf[0]

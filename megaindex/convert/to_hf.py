@@ -128,8 +128,9 @@ def convert_to_hf(
         writer.add(L.HF_FINAL_NORM, reader.get(L.FINAL_NORM).to(out_dtype))
         head = emb if tied else L.unpad_vocab(reader.get(L.OUTPUT), arch.vocab_size)
         if bake:
-            # Normalise in the checkpoint's dtype exactly as the forward does, then cast.
-            head = normalize_rows(head)
+            # Normalise in fp32 (for an fp32 checkpoint exactly the forward's computation), then
+            # round once to the output dtype.
+            head = normalize_rows(head.float())
         writer.add(L.HF_OUTPUT, head.to(out_dtype).clone())
         del emb, head
         writer.finish()
