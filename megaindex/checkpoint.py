@@ -136,17 +136,158 @@ def save_model(chunks: list[torch.nn.Module], path: str | Path, cfg: Config, **m
 
 
 def load_model(chunks: list[torch.nn.Module], path: str | Path, cfg: Config | None = None) -> dict[str, Any]:
-    """Load model weights from any megaindex checkpoint into this rank's chunks (any layout)."""
+    """Load model weights from any megaindex checkpoint into this rank's chunks (any layout).
+
+    `path` may also be a save directory: its `latest` checkpoint is used.
+    """
     path = Path(path)
+    if (path / LATEST_FILE).is_file():
+        path = latest_checkpoint(path)
     if cfg is not None:
         check_architecture(cfg, path)
     else:
         read_meta(path)
     sharded = model_sharded_state_dict(chunks)
     try:
-        loaded = dist_checkpointing.load(sharded, str(path), strict="raise_all")
+        # extra keys (optimizer, RNG of a training checkpoint) are fine; a missing model tensor is not
+        loaded = dist_checkpointing.load(sharded, str(path), strict="raise_unexpected")
     except Exception as e:  # dist_checkpointing raises several types; name the checkpoint
         raise CheckpointError(f"loading model weights from {path} failed: {e}") from e
     for key, chunk in zip(model_state_keys(len(chunks)), chunks):
         chunk.load_state_dict(loaded[key], strict=True)
     return read_meta(path)
+
+
+# ---- training checkpoints: step directories, the `latest` pointer, keep-last-N ----------------
+
+LATEST_FILE = "latest"
+STEP_DIR = "step_{:08d}"
+
+
+def latest_checkpoint(save_dir: str | Path) -> Path | None:
+    """The checkpoint `save_dir/latest` names, or None when there is none yet."""
+    save_dir = Path(save_dir)
+    pointer = save_dir / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    path = save_dir / pointer.read_text().strip()
+    if not (path / META_FILE).is_file():
+        raise CheckpointError(f"{pointer} names {path.name}, which is not a complete checkpoint; remove the pointer or restore the directory.")
+    return path
+
+
+def _write_latest(save_dir: Path, name: str) -> None:
+    tmp = save_dir / f".{LATEST_FILE}.tmp"
+    tmp.write_text(name + "\n")
+    with tmp.open() as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, save_dir / LATEST_FILE)  # atomic: readers see the old or the new name, never half
+    _fsync_dir(save_dir)
+
+
+def _prune(save_dir: Path, keep_last: int, keep: str) -> None:
+    if keep_last <= 0:
+        return
+    steps = sorted(p for p in save_dir.glob("step_*") if p.is_dir() and (p / META_FILE).is_file())
+    for old in steps[:-keep_last]:
+        if old.name != keep:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in save_dir.glob(".step_*.tmp"):  # left by a run killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _sharding_metadata(cfg: Config) -> dict[str, Any]:
+    kind = "fully_reshardable" if cfg.checkpoint.fully_reshardable else "dp_reshardable"
+    return {"distrib_optim_sharding_type": kind, "chained_optim_avoid_prefix": True, "singleton_local_shards": False}
+
+
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    state = {
+        "random": random.getstate(),
+        "np": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    random.setstate(state["random"])
+    np.random.set_state(state["np"])
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def train_state_dict(chunks, optimizer, scheduler, cfg: Config, *, is_loading: bool, progress: dict[str, Any]) -> dict[str, Any]:
+    """Everything a resume needs, as one sharded state dict (model, optimizer, schedule, data, RNG)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    metadata = _sharding_metadata(cfg)
+    model_sd = {k: c.sharded_state_dict(metadata=metadata) for k, c in zip(model_state_keys(len(chunks)), chunks)}
+    state: dict[str, Any] = dict(model_sd)
+    state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata)
+    state["opt_param_scheduler"] = scheduler.state_dict()
+    state["progress"] = dict(progress)
+    state["rng_state"] = ShardedObject(
+        "rng_state",
+        _rng_state(),
+        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(), ps.get_context_parallel_world_size()),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(), ps.get_context_parallel_rank()),
+        replica_id=ps.get_data_parallel_rank(),
+    )
+    return state
+
+
+def save_train_checkpoint(save_dir: str | Path, chunks, optimizer, scheduler, cfg: Config, progress: dict[str, Any]) -> Path:
+    """step_XXXXXXXX under save_dir, then `latest` -> it, then prune to keep_last."""
+    save_dir = Path(save_dir)
+    if _rank() == 0:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    _barrier()
+    step = int(progress["step"])
+    name = STEP_DIR.format(step)
+    state = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=False, progress=progress)
+    path = save_checkpoint(save_dir / name, state, cfg, kind="train", step=step, extra_meta={"progress": progress})
+    if _rank() == 0:
+        _write_latest(save_dir, name)
+        _prune(save_dir, cfg.checkpoint.keep_last, keep=name)
+    _barrier()
+    return path
+
+
+def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: Config) -> dict[str, Any]:
+    """Restore model, optimizer, schedule and RNG; returns the saved progress (step, samples, ...)."""
+    from megaindex.training.optimizer import fix_shared_step
+
+    path = Path(path)
+    check_architecture(cfg, path)
+    meta = read_meta(path)
+    if meta.get("kind") != "train":
+        raise CheckpointError(f"{path} holds model weights only; start from it with checkpoint.pretrained={path}.")
+    template = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=True, progress=meta["progress"])
+    try:
+        state = dist_checkpointing.load(template, str(path))
+    except Exception as e:
+        raise CheckpointError(f"resuming from {path} failed: {e}") from e
+    for key, chunk in zip(model_state_keys(len(chunks)), chunks):
+        chunk.load_state_dict(state[key], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    fix_shared_step(optimizer)
+    scheduler.load_state_dict(state["opt_param_scheduler"])
+    _set_rng_state(state["rng_state"])
+    return state["progress"]

@@ -103,6 +103,32 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (under torchrun for several processes); prints where logs, plot and checkpoints are."""
+    cfg = load_config(args.config, args.overrides)
+    from megaindex.distributed import destroy_distributed
+    from megaindex.training.trainer import EXIT_NAN_STOP, NonFiniteStop, train
+
+    try:
+        result = train(cfg)
+    except NonFiniteStop as e:
+        print(f"megaindex: {e}", file=sys.stderr)
+        return EXIT_NAN_STOP
+    finally:
+        destroy_distributed()
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"done: step {result['step']}, skipped {result['skipped_steps']}, final validation loss "
+            f"{result['final_val_loss'] if result['final_val_loss'] is None else round(result['final_val_loss'], 4)}\n"
+            f"  run dir:     {result['run_dir']} (metrics.jsonl, validation.jsonl, tensorboard/)\n"
+            f"  loss plot:   {result['plot']}\n"
+            f"  checkpoints: {result['checkpoints']}"
+        )
+    return 0
+
+
 def _delegate(module: str, argv: list[str]) -> int:
     import importlib
 
@@ -125,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=None, help="nodes (with --gpus-per-node) instead of --world-size")
     p.add_argument("--gpus-per-node", type=int, default=DEFAULT_GPUS_PER_NODE)
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("train", help="train a recipe (launch with torchrun for several GPUs/processes)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
     sub.add_parser("data", help="data tools: `megaindex data inspect CONFIG_OR_PREFIX --index N`")
     sub.add_parser("convert", help="HF converters: `megaindex convert from-hf|to-hf ...`")
 

@@ -134,6 +134,7 @@ class TrainConfig:
     eval_iters: int = _f(10, "validation batches each time")
     seed: int = _f(1234, "init and dropout seed")
     run_dir: str = _f("runs/default", "where logs, metrics, plots and (by default) checkpoints go")
+    exit_at_step: int | None = _f(None, "stop after this step with a checkpoint; a resumed run continues the same schedule")
 
 
 @dataclass
@@ -152,6 +153,7 @@ class LogConfig:
     log_interval: int = _f(1, "console/metrics line every N steps")
     tensorboard: bool = _f(True, "write TensorBoard scalars under RUN_DIR/tensorboard")
     plot: bool = _f(True, "write a loss-curve PNG at the end of a run")
+    peak_tflops: float = _f(989.0, "per-GPU dense bf16 peak for MFU (H100/H200 SXM: 989)")
 
 
 @dataclass

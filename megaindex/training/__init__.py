@@ -1,0 +1,1 @@
+"""Training: forward step and loss, optimizer and schedule, metrics, the loop."""

@@ -1,0 +1,283 @@
+"""The training loop: one recipe YAML in, a trained checkpoint, metrics and a loss plot out.
+
+Reads top to bottom: distributed init -> tokenizer and data -> model chunks wrapped in megatron DDP
+-> distributed optimizer + schedule -> resume (or start from pretrained weights) -> steps through
+megatron's forward_backward function (no pipelining, 1F1B or interleaved, chosen by megatron from
+the layout) -> validation, checkpoints, metrics. Launch with torchrun (`megaindex train CONFIG`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
+
+from megaindex import checkpoint
+from megaindex.config import Config
+from megaindex.data.builder import build_datasets
+from megaindex.data.sampler import build_dataloader
+from megaindex.data.tokenizer import IndexTokenizer
+from megaindex.distributed import init_distributed
+from megaindex.model.build import build_model_chunks, params_dtype
+from megaindex.training.flops import step_flops
+from megaindex.training.loss import LOSS_KEY, make_forward_step
+from megaindex.training.metrics import MetricsLogger, plot_loss_curve
+from megaindex.training.optimizer import build_optimizer, build_scheduler
+
+EXIT_NAN_STOP = 3
+
+
+class NonFiniteStop(RuntimeError):
+    """nan_policy=stop hit a NaN/Inf loss or gradient norm (a checkpoint was written first)."""
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    consumed_samples: int = 0
+    skipped_steps: int = 0
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "consumed_samples": self.consumed_samples, "skipped_steps": self.skipped_steps}
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _memory_gib() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.layout = init_distributed(cfg)
+        self.device = _device()
+        self.rank = dist.get_rank()
+        self.run_dir = Path(cfg.train.run_dir)
+        self.save_dir = Path(cfg.checkpoint.save or self.run_dir / "checkpoints")
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+
+        self.tokenizer = IndexTokenizer(cfg.data.tokenizer_model)
+        if self.tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ValueError(
+                f"tokenizer {cfg.data.tokenizer_model} has {self.tokenizer.vocab_size} pieces but "
+                f"model.vocab_size is {cfg.model.vocab_size}; ids past the vocabulary would be out of range."
+            )
+
+        self.dtype = params_dtype(cfg)
+        self.chunks = build_model_chunks(cfg)
+        tf_config = self.chunks[0].config
+        tf_config.calculate_per_token_loss = True  # loss contract: (sum, count); see training/loss.py
+        p = cfg.parallel
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=p.overlap_grad_reduce,
+            overlap_param_gather=p.overlap_param_gather,
+            use_distributed_optimizer=p.use_distributed_optimizer,
+            check_for_nan_in_grad=False,  # the NaN policy below decides what happens
+        )
+        wrapped = [Float16Module(tf_config, c) if self.dtype == torch.bfloat16 else c for c in self.chunks]
+        self.model = [
+            DistributedDataParallel(config=tf_config, ddp_config=ddp_config, module=m, disable_bucketing=i > 0)
+            for i, m in enumerate(wrapped)
+        ]
+        tf_config.finalize_model_grads_func = finalize_model_grads
+        tf_config.no_sync_func = [m.no_sync for m in self.model] if len(self.model) > 1 else self.model[0].no_sync
+        if p.overlap_grad_reduce:
+            tf_config.grad_sync_func = [m.start_grad_sync for m in self.model] if len(self.model) > 1 else self.model[0].start_grad_sync
+        if p.overlap_param_gather and p.use_distributed_optimizer:
+            tf_config.param_sync_func = [m.start_param_sync for m in self.model] if len(self.model) > 1 else self.model[0].start_param_sync
+
+        self.optimizer = build_optimizer(cfg, self.model, self.dtype)
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.progress = Progress()
+        self._resume_or_start()
+
+        self.train_ds, self.valid_ds = build_datasets(cfg, self.tokenizer)
+        self.forward_step = make_forward_step(packed=True, longalign=cfg.data.loss_weighting == "longalign", device=self.device)
+        self.forward_backward = get_forward_backward_func()
+        self.num_microbatches = cfg.num_microbatches(self.layout.world_size)
+        self.train_iters = self._data_iterators(self.train_ds, self.progress.consumed_samples)
+        self.metrics = MetricsLogger(
+            self.run_dir, enabled=self.rank == 0, tensorboard=cfg.log.tensorboard,
+            start_step=self.progress.step, total_steps=cfg.train.train_iters,
+        )
+
+    # ---- setup helpers ------------------------------------------------------------------------
+    def _resume_or_start(self) -> None:
+        ck = self.cfg.checkpoint
+        path = Path(ck.load) if ck.load else checkpoint.latest_checkpoint(self.save_dir)
+        if path is not None:
+            saved = checkpoint.load_train_checkpoint(path, self.chunks, self.optimizer, self.scheduler, self.cfg)
+            self.progress = Progress(**saved)
+            self._log(f"resumed from {path} at step {self.progress.step}")
+        elif ck.pretrained:
+            checkpoint.load_model(self.chunks, ck.pretrained, self.cfg)
+            for m in self.model:  # DDP keeps its own views of the params; refresh fp32 main copies too
+                m.broadcast_params()
+            self.optimizer.reload_model_params()
+            self._log(f"starting from pretrained weights {ck.pretrained} (fresh optimizer and schedule)")
+
+    def _data_iterators(self, dataset, consumed: int, micro_batch_size: int | None = None):
+        """One iterator per model chunk (interleaved PP advances each chunk's stream separately)."""
+        d = self.cfg.data
+        iters = [
+            iter(build_dataloader(
+                dataset, micro_batch_size=micro_batch_size or d.micro_batch_size, consumed_samples=consumed,
+                data_parallel_rank=ps.get_data_parallel_rank(), data_parallel_size=ps.get_data_parallel_world_size(),
+                num_workers=d.num_workers,
+            ))
+            for _ in self.model
+        ]
+        return iters if len(iters) > 1 else iters[0]
+
+    def _log(self, msg: str) -> None:
+        if self.rank == 0:
+            print(msg, flush=True)
+
+    # ---- one step -----------------------------------------------------------------------------
+    def _run(self, data_iterator, num_microbatches: int, forward_only: bool):
+        d = self.cfg.data
+        return self.forward_backward(
+            forward_step_func=self.forward_step,
+            data_iterator=data_iterator,
+            model=self.model,
+            num_microbatches=num_microbatches,
+            # THD micro-batches are one packed row of mbs*seq_length tokens (data/batch.collate)
+            seq_length=d.micro_batch_size * d.seq_length,
+            micro_batch_size=1,
+            forward_only=forward_only,
+        )
+
+    def _reduce_loss(self, losses: list[dict]) -> tuple[float, int]:
+        """(global loss, global sum of squared document lengths) from this step's micro-batches.
+
+        Loss = sum over micro-batches and DP x CP of loss sums / counts. Each (last stage, TP rank 0)
+        rank contributes its loss once; document lengths come from CP rank 0 of those (the batch
+        before CP slicing), for the attention FLOPs.
+        """
+        total = torch.zeros(3, dtype=torch.float64, device=self.device)
+        doc_sq = self.forward_step.stats.pop("doc_sq_sum", 0)
+        if ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0:
+            for rec in losses:
+                total[:2] += rec[LOSS_KEY].to(total)
+            if ps.get_context_parallel_rank() == 0:
+                total[2] = doc_sq
+        dist.all_reduce(total)
+        loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
+        return loss, int(total[2].item())
+
+    def train_step(self) -> dict:
+        for m in self.model:
+            m.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        losses = self._run(self.train_iters, self.num_microbatches, forward_only=False)
+        loss, doc_sq_sum = self._reduce_loss(losses)
+        grad_norm = None
+        if math.isfinite(loss):
+            self.optimizer.prepare_grads()
+            grad_norm = self.optimizer.get_grad_norm()
+        finite = math.isfinite(loss) and grad_norm is not None and math.isfinite(grad_norm)
+        if finite:
+            ok, grad_norm, _ = self.optimizer.step()
+            if ok:
+                self.scheduler.step(increment=1)
+        self.progress.step += 1
+        self.progress.consumed_samples += self.cfg.data.global_batch_size
+        if not finite:
+            self.progress.skipped_steps += 1
+            if self.cfg.train.nan_policy == "stop":
+                self.save()
+                raise NonFiniteStop(
+                    f"step {self.progress.step}: loss {loss}, grad norm {grad_norm} is not finite; nan_policy=stop "
+                    f"wrote a checkpoint to {self.save_dir} and stopped. Lower the LR, check the data, or use nan_policy=skip."
+                )
+        return {"loss": loss, "grad_norm": grad_norm, "finite": finite, "doc_sq_sum": doc_sq_sum}
+
+    def validate(self) -> float | None:
+        if self.valid_ds is None or not self.cfg.train.eval_iters:
+            return None
+        for m in self.model:
+            m.eval()
+        it = self._data_iterators(self.valid_ds, 0)  # the same batches every time: comparable losses
+        with torch.no_grad():
+            losses = self._run(it, self.cfg.train.eval_iters * self.num_microbatches, forward_only=True)
+        for m in self.model:
+            m.train()
+        return self._reduce_loss(losses)[0]
+
+    def save(self) -> Path:
+        path = checkpoint.save_train_checkpoint(
+            self.save_dir, self.chunks, self.optimizer, self.scheduler, self.cfg, self.progress.as_dict()
+        )
+        self._log(f"checkpoint: {path}")
+        return path
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg = self.cfg
+        t = cfg.train
+        world = self.layout.world_size
+        gbs_tokens = cfg.data.global_batch_tokens
+        self._log(
+            f"training {cfg.name}: {world} ranks (TP {self.layout.tp} x PP {self.layout.pp} x CP {self.layout.cp} x "
+            f"DP {self.layout.dp}), {self.num_microbatches} micro-batches/step, {t.train_iters} steps, run dir {self.run_dir}"
+        )
+        last_val = None
+        while self.progress.step < t.train_iters:
+            start = time.perf_counter()
+            out = self.train_step()
+            dt = time.perf_counter() - start
+            step = self.progress.step
+            rec = {
+                "step": step,
+                "consumed_tokens": self.progress.consumed_samples * cfg.data.seq_length,
+                "loss": out["loss"],
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "grad_norm": out["grad_norm"],
+                "skipped_steps": self.progress.skipped_steps,
+                "step_time_s": dt,
+                "tokens_per_s": gbs_tokens / dt,
+                "mem_gib": _memory_gib(),
+            }
+            if torch.cuda.is_available():
+                flops = step_flops(cfg, gbs_tokens, out["doc_sq_sum"])
+                rec["tflops_per_gpu"] = flops / dt / world / 1e12
+                rec["mfu"] = rec["tflops_per_gpu"] / cfg.log.peak_tflops
+            self.metrics.log_step(rec, console=step % cfg.log.log_interval == 0 or step == t.train_iters)
+            if t.eval_interval and (step % t.eval_interval == 0 or step == t.train_iters):
+                last_val = self.validate()
+                if last_val is not None:
+                    self.metrics.log_validation(step, last_val)
+            stop_now = t.exit_at_step is not None and step >= t.exit_at_step
+            if step % cfg.checkpoint.save_interval == 0 or step == t.train_iters or stop_now:
+                self.save()
+            if stop_now:
+                self._log(f"exit_at_step {t.exit_at_step} reached: stopped with a checkpoint; rerun to resume")
+                break
+        self.metrics.close()
+        plot = plot_loss_curve(self.run_dir) if self.rank == 0 and cfg.log.plot else None
+        return {"run_dir": str(self.run_dir), "checkpoints": str(self.save_dir), "plot": str(plot) if plot else None,
+                "final_val_loss": last_val, **self.progress.as_dict()}
+
+
+
+def train(cfg: Config) -> dict:
+    trainer = Trainer(cfg)
+    return trainer.train()
