@@ -144,18 +144,32 @@ def test_hf_config_out_and_back():
     assert model_fields_from_hf(index)["norm_head"] and not model_fields_from_hf(llama)["norm_head"]
 
 
-def test_sharded_safetensors_writer_and_reader(tmp_path):
+@pytest.mark.parametrize("header_reserve", [256 * 1024, 64])  # 64: the header outgrows its reserve
+def test_sharded_safetensors_writer_and_reader(tmp_path, monkeypatch, header_reserve):
+    from megaindex.convert.safetensors_stream import SafetensorsShard
+
+    monkeypatch.setattr(SafetensorsShard, "HEADER_RESERVE", header_reserve)
     g = torch.Generator().manual_seed(0)
     tensors = {f"t{i}": torch.randn(100, 10, generator=g) for i in range(5)}  # 4000 bytes each
+    tensors["t3"] = tensors["t3"].to(torch.bfloat16).float()  # exactly representable in bf16 ...
+    tensors["t3"] = tensors["t3"].to(torch.bfloat16)  # ... and stored as 2000 bytes of bf16
+    tensors["t4"] = torch.arange(1000, dtype=torch.int64).reshape(100, 10)[:, :5]  # non-contiguous
     w = ShardedSafetensorsWriter(tmp_path, max_shard_bytes=9000)
     for k, t in tensors.items():
         w.add(k, t)
     weight_map = w.finish()
     assert sorted(set(weight_map.values())) == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
-    assert index["metadata"]["total_size"] == 5 * 4000 and index["weight_map"] == weight_map
+    assert index["metadata"]["total_size"] == 3 * 4000 + 2000 + 4000 and index["weight_map"] == weight_map
     r = HFWeights(tmp_path)
-    assert all(torch.equal(r.get(k), t) for k, t in tensors.items())
+    assert all(torch.equal(r.get(k), t) and r.get(k).dtype == t.dtype for k, t in tensors.items())
+    # the files are standard safetensors: the reference library reads them
+    from safetensors.torch import load_file
+
+    ref = {}
+    for shard in sorted(set(weight_map.values())):
+        ref.update(load_file(str(tmp_path / shard)))
+    assert set(ref) == set(tensors) and all(torch.equal(ref[k], t) for k, t in tensors.items())
     with pytest.raises(ConversionError, match="'t9' is missing"):
         r.get("t9")
     with pytest.raises(ConversionError, match=r"shape \(100, 10\).*\(10, 100\)"):

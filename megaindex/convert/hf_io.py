@@ -2,9 +2,10 @@
 
 Owns finding an HF checkpoint's weights (`model.safetensors`, sharded safetensors with
 `model.safetensors.index.json`, or `pytorch_model*.bin` loaded with `weights_only=True` and mmap),
-reading one tensor at a time, and writing sharded safetensors plus the index json. Reading one
-tensor at a time (safetensors' `safe_open`, memory-mapped .bin files) is what keeps a 2B-parameter
-conversion within a few GB: no step ever holds the whole model.
+reading one tensor at a time, and writing sharded safetensors plus the index json. Reading and
+writing one tensor at a time (see safetensors_stream) is what keeps a 2B-parameter conversion
+within a few GB: no step ever holds the whole model. (Legacy .bin files are memory-mapped by
+torch.load, so their touched pages do count towards resident memory.)
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-
 from megaindex.convert.hf_config import ConversionError
+from megaindex.convert.safetensors_stream import SafetensorsFile, SafetensorsShard
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -51,14 +50,18 @@ class HFWeights:
                 raise ConversionError(f"{self.dir}: weight shard {fname} named by the index json is missing.")
 
     def _names_in(self, path: Path) -> list[str]:
-        return list(self._handle(path.name).keys())
+        h = self._handle(path.name)
+        return list(h) if isinstance(h, dict) else h.names()
 
     def _handle(self, fname: str):
-        """An open safetensors file, or the memory-mapped state dict of a .bin file (cached)."""
+        """A safetensors header, or the memory-mapped state dict of a .bin file (cached)."""
         if fname not in self._open:
             path = self.dir / fname
             if fname.endswith(".safetensors"):
-                self._open[fname] = safe_open(str(path), framework="pt", device="cpu")
+                try:
+                    self._open[fname] = SafetensorsFile(path)
+                except ValueError as e:
+                    raise ConversionError(str(e)) from None
             else:
                 # weights_only: a .bin is a pickle; never run code from it. mmap: no full read.
                 self._open[fname] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -74,7 +77,7 @@ class HFWeights:
         h = self._handle(self._file(name))
         if isinstance(h, dict):
             return tuple(h[name].shape)
-        return tuple(h.get_slice(name).get_shape())
+        return h.shape(name)
 
     def _file(self, name: str) -> str:
         if name not in self._where:
@@ -83,7 +86,13 @@ class HFWeights:
 
     def get(self, name: str, expected_shape: tuple[int, ...] | None = None) -> torch.Tensor:
         h = self._handle(self._file(name))
-        t = h[name].clone() if isinstance(h, dict) else h.get_tensor(name)
+        if isinstance(h, dict):
+            t = h[name].clone()
+        else:
+            try:
+                t = h.read(name)
+            except (KeyError, ValueError) as e:
+                raise ConversionError(f"{self.dir}: cannot read tensor '{name}': {e}") from None
         if expected_shape is not None and tuple(t.shape) != tuple(expected_shape):
             raise ConversionError(
                 f"{self.dir}: tensor '{name}' has shape {tuple(t.shape)}, but config.json implies "
@@ -102,36 +111,35 @@ class HFWeights:
 class ShardedSafetensorsWriter:
     """Writes tensors into `model-0000i-of-0000N.safetensors` shards of at most `max_shard_bytes`.
 
-    Tensors are buffered only until a shard is full, then written and dropped. Shard names need
-    the final count N, so shards are written under provisional names and renamed in `finish`.
+    Each tensor goes to disk as it arrives (SafetensorsShard); shard names need the final count N,
+    so shards are written under provisional names and renamed in `finish`.
     """
 
     def __init__(self, out_dir: str | Path, max_shard_bytes: int = 2 * 1024**3):
         self.dir = Path(out_dir)
         self.max = max_shard_bytes
-        self._buf: dict[str, torch.Tensor] = {}
-        self._buf_bytes = 0
+        self._shard: SafetensorsShard | None = None
         self._shards: list[tuple[str, list[str]]] = []  # provisional file, names
         self.total_bytes = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         size = tensor.numel() * tensor.element_size()
-        if self._buf and self._buf_bytes + size > self.max:
-            self._flush()
-        self._buf[name] = tensor.contiguous()
-        self._buf_bytes += size
+        if self._shard is not None and self._shard.entries and self._shard.nbytes + size > self.max:
+            self._close()
+        if self._shard is None:
+            self._shard = SafetensorsShard(self.dir / f"shard-{len(self._shards):05d}.partial")
+        self._shard.add(name, tensor)
         self.total_bytes += size
 
-    def _flush(self) -> None:
-        fname = f"shard-{len(self._shards):05d}.partial"
-        save_file(self._buf, str(self.dir / fname), metadata={"format": "pt"})
-        self._shards.append((fname, list(self._buf)))
-        self._buf, self._buf_bytes = {}, 0
+    def _close(self) -> None:
+        self._shard.close(metadata={"format": "pt"})
+        self._shards.append((self._shard.path.name, list(self._shard.entries)))
+        self._shard = None
 
     def finish(self) -> dict[str, str]:
-        """Write the last shard, name shards HF-style and write the index json; returns the weight map."""
-        if self._buf:
-            self._flush()
+        """Close the last shard, name shards HF-style and write the index json; returns the weight map."""
+        if self._shard is not None:
+            self._close()
         n = len(self._shards)
         weight_map: dict[str, str] = {}
         for i, (fname, names) in enumerate(self._shards):

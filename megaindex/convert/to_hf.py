@@ -119,6 +119,8 @@ def convert_to_hf(
         writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
         emb = L.unpad_vocab(reader.get(L.EMBEDDING), arch.vocab_size)
         writer.add(L.HF_EMBEDDING, emb.to(out_dtype))
+        if not tied:
+            emb = None
         progress.step()
         for layer in range(arch.num_layers):
             for key in L.LAYER_KEYS:
@@ -127,12 +129,11 @@ def convert_to_hf(
             progress.step()
         writer.add(L.HF_FINAL_NORM, reader.get(L.FINAL_NORM).to(out_dtype))
         head = emb if tied else L.unpad_vocab(reader.get(L.OUTPUT), arch.vocab_size)
+        del emb
         if bake:
-            # Normalise in fp32 (for an fp32 checkpoint exactly the forward's computation), then
-            # round once to the output dtype.
-            head = normalize_rows(head.float())
-        writer.add(L.HF_OUTPUT, head.to(out_dtype).clone())
-        del emb, head
+            head = _baked_head(head, out_dtype, normalize_rows)
+        writer.add(L.HF_OUTPUT, head.to(out_dtype))
+        del head
         writer.finish()
         progress.step()
 
@@ -142,6 +143,15 @@ def convert_to_hf(
         copied = _copy_support_files(ckpt, cfg.data.tokenizer_model, template, fmt, tmp)
     log(f"[convert] wrote {out} in {time.time() - start:.1f}s" + (f"; copied {', '.join(copied)}" if copied else ""))
     return Path(out)
+
+
+def _baked_head(head: torch.Tensor, out_dtype: torch.dtype, normalize_rows, rows: int = 8192) -> torch.Tensor:
+    """normalize(W) in fp32 (for an fp32 checkpoint exactly the forward's computation), rounded once
+    to the output dtype; in row blocks, since the normalisation is per row, to bound memory."""
+    out = torch.empty(head.shape, dtype=out_dtype)
+    for start in range(0, head.shape[0], rows):
+        out[start:start + rows] = normalize_rows(head[start:start + rows].float())
+    return out
 
 
 def _copy_support_files(ckpt: Path, tokenizer_model: str | None, template: Path | None, fmt: str, dst: Path) -> list[str]:
