@@ -272,13 +272,14 @@ def save_train_checkpoint(save_dir: str | Path, chunks, optimizer, scheduler, cf
 
 def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: Config) -> dict[str, Any]:
     """Restore model, optimizer, schedule and RNG; returns the saved progress (step, samples, ...)."""
-    from megaindex.training.optimizer import fix_shared_step
+    from megaindex.training.optimizer import fix_shared_step, prime_state_for_load
 
     path = Path(path)
     check_architecture(cfg, path)
     meta = read_meta(path)
     if meta.get("kind") != "train":
         raise CheckpointError(f"{path} holds model weights only; start from it with checkpoint.pretrained={path}.")
+    prime_state_for_load(optimizer)
     template = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=True, progress=meta["progress"])
     try:
         state = dist_checkpointing.load(template, str(path))
