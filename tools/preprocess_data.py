@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer", required=True, help="SentencePiece tokenizer.model (Index layout)")
     ap.add_argument("--kind", choices=["pretrain", "sft"], default="pretrain")
     ap.add_argument("--json-key", default="text", help="text field of pretraining lines")
-    ap.add_argument("--workers", type=int, default=2, help="tokeniser processes (0 = in this process)")
+    ap.add_argument("--workers", type=int, default=2, help="SentencePiece tokeniser threads")
     ap.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of stopping")
     args = ap.parse_args(argv)
     try:
