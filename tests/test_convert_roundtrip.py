@@ -35,7 +35,8 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 
 
 def test_llama_gqa_parity_and_bit_exact_round_trip(work, single_process_megatron):
-    ckpt = convert_from_hf(work / "llama", work / "llama_mg", log=quiet)
+    assert main(["from-hf", str(work / "llama"), str(work / "llama_mg"), "--check"]) == 0
+    ckpt = work / "llama_mg"
     meta = json.loads((ckpt / "megaindex.json").read_text())
     assert meta["architecture"]["num_query_groups"] == 2 and meta["converted_for"]["padded_vocab_size"] == 384
     diff = check_parity(ckpt, work / "llama", log=quiet)
