@@ -64,10 +64,10 @@ def _to_hf_parser() -> argparse.ArgumentParser:
 
 
 def from_hf(argv: list[str]) -> int:
+    a = _from_hf_parser().parse_args(argv)  # before the heavy imports: --help stays fast
     from megaindex.convert.from_hf import convert_from_hf
     from megaindex.convert.parity import check_parity
 
-    a = _from_hf_parser().parse_args(argv)
     out = convert_from_hf(
         a.hf_dir, a.out, tp=a.tp, pp=a.pp, vpp=a.vpp, dtype=a.dtype,
         make_vocab_divisible_by=a.make_vocab_size_divisible_by, force=a.force,
@@ -78,10 +78,10 @@ def from_hf(argv: list[str]) -> int:
 
 
 def to_hf(argv: list[str]) -> int:
+    a = _to_hf_parser().parse_args(argv)
     from megaindex.convert.parity import check_parity
     from megaindex.convert.to_hf import convert_to_hf
 
-    a = _to_hf_parser().parse_args(argv)
     out = convert_to_hf(
         a.ckpt, a.out, fmt=a.fmt, template_dir=a.template_dir, dtype=a.dtype,
         max_shard_bytes=int(a.max_shard_size_gb * 1024**3), force=a.force,
@@ -99,10 +99,15 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: megaindex convert {{{'|'.join(COMMANDS)}}} ... (-h for help)", file=sys.stderr)
         return 2
-    from megaindex.checkpoint import CheckpointError
-
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ConversionError, CheckpointError) as e:
+    except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        from megaindex.checkpoint import CheckpointError  # megatron import: only when needed
+
+        if isinstance(e, CheckpointError):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
