@@ -149,12 +149,20 @@ def load_model(chunks: list[torch.nn.Module], path: str | Path, cfg: Config | No
         read_meta(path)
     sharded = model_sharded_state_dict(chunks)
     try:
-        # extra keys (optimizer, RNG of a training checkpoint) are fine; a missing model tensor is not
-        loaded = dist_checkpointing.load(sharded, str(path), strict="raise_unexpected")
+        # Extra keys (optimizer, RNG of a training checkpoint) are fine; a missing model tensor is
+        # not. Transformer Engine's `_extra_state` (FP8 scaling metadata) is absent from checkpoints
+        # written by the local layout or by the HF converter; TE starts it fresh.
+        loaded, _, unexpected = dist_checkpointing.load(sharded, str(path), strict="return_unexpected")
     except Exception as e:  # dist_checkpointing raises several types; name the checkpoint
         raise CheckpointError(f"loading model weights from {path} failed: {e}") from e
+    missing = sorted(k for k in unexpected if not k.endswith("_extra_state"))
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks model tensors: {', '.join(missing[:8])}")
     for key, chunk in zip(model_state_keys(len(chunks)), chunks):
-        chunk.load_state_dict(loaded[key], strict=True)
+        result = chunk.load_state_dict(loaded[key], strict=False)
+        absent = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if absent or result.unexpected_keys:
+            raise CheckpointError(f"checkpoint {path} does not match the model: missing {absent}, unexpected {result.unexpected_keys}")
     return read_meta(path)
 
 

@@ -140,7 +140,7 @@ class TrainConfig:
 @dataclass
 class CheckpointConfig:
     save: str | None = _f(None, "checkpoint directory; None = RUN_DIR/checkpoints")
-    save_interval: int = _f(500, "save every N steps (and at the end)")
+    save_interval: int = _f(500, "save every N steps and at the end (0 = never save, e.g. for benchmarks)")
     keep_last: int = _f(3, "keep this many newest checkpoints (0 = all)")
     load: str | None = _f(None, "resume from here; None = auto-resume from the save directory's `latest`")
     pretrained: str | None = _f(None, "start from these weights only (fresh optimizer and schedule), e.g. stage 1 -> stage 2")

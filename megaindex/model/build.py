@@ -33,6 +33,10 @@ def te_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
 
 
+def _have_apex_wgrad_fusion() -> bool:
+    return importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None
+
+
 def use_transformer_engine(cfg: Config) -> bool:
     impl = cfg.model.transformer_impl
     if impl == "transformer_engine":
@@ -120,7 +124,8 @@ def to_transformer_config(cfg: Config, *, use_te: bool | None = None, world_size
         masked_softmax_fusion=on_gpu,
         apply_rope_fusion=use_te,
         persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
+        # wgrads straight into the fp32 main_grad buffers; megatron's own linears need apex for it
+        gradient_accumulation_fusion=use_te and _have_apex_wgrad_fusion(),
         use_cpu_initialization=not on_gpu,
         recompute_granularity=t.recompute_granularity,
         recompute_method=t.recompute_method if t.recompute_granularity == "full" else None,

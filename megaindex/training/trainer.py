@@ -31,6 +31,7 @@ from megaindex.training.flops import step_flops
 from megaindex.training.loss import LOSS_KEY, make_forward_step
 from megaindex.training.metrics import MetricsLogger, plot_loss_curve
 from megaindex.training.optimizer import build_optimizer, build_scheduler
+from megaindex.training.preemption import PreemptionWatcher
 
 EXIT_NAN_STOP = 3
 
@@ -64,6 +65,9 @@ def _memory_gib() -> float:
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        # First, so that a SIGUSR1/SIGTERM during setup is recorded rather than fatal, and so that
+        # DataLoader workers inherit the handler (training/preemption.py).
+        self.preemption = PreemptionWatcher().install()
         self.layout = init_distributed(cfg)
         self.device = _device()
         self.rank = dist.get_rank()
@@ -192,10 +196,11 @@ class Trainer:
         grad_norm = None
         if math.isfinite(loss):
             self.optimizer.prepare_grads()
-            grad_norm = self.optimizer.get_grad_norm()
+            grad_norm = float(self.optimizer.get_grad_norm())
         finite = math.isfinite(loss) and grad_norm is not None and math.isfinite(grad_norm)
         if finite:
             ok, grad_norm, _ = self.optimizer.step()
+            grad_norm = float(grad_norm)  # a 0-d tensor on GPU
             if ok:
                 self.scheduler.step(increment=1)
         self.progress.step += 1
@@ -240,6 +245,7 @@ class Trainer:
             f"DP {self.layout.dp}), {self.num_microbatches} micro-batches/step, {t.train_iters} steps, run dir {self.run_dir}"
         )
         last_val = None
+        preempted = None
         while self.progress.step < t.train_iters:
             start = time.perf_counter()
             out = self.train_step()
@@ -261,20 +267,29 @@ class Trainer:
                 rec["tflops_per_gpu"] = flops / dt / world / 1e12
                 rec["mfu"] = rec["tflops_per_gpu"] / cfg.log.peak_tflops
             self.metrics.log_step(rec, console=step % cfg.log.log_interval == 0 or step == t.train_iters)
+            # Collective (all ranks, every step): the stop step must be the same everywhere.
+            preempted = self.preemption.agreed_signal(self.device) if step < t.train_iters else None
+            if preempted is not None:
+                self.preemption.record_stop(preempted, step, self.save())
+                self._log(f"stopped by {preempted.name} after step {step} with a checkpoint; rerun the same command to resume")
+                break
             if t.eval_interval and (step % t.eval_interval == 0 or step == t.train_iters):
                 last_val = self.validate()
                 if last_val is not None:
                     self.metrics.log_validation(step, last_val)
             stop_now = t.exit_at_step is not None and step >= t.exit_at_step
-            if step % cfg.checkpoint.save_interval == 0 or step == t.train_iters or stop_now:
+            interval = cfg.checkpoint.save_interval
+            if interval > 0 and (step % interval == 0 or step == t.train_iters or stop_now):
                 self.save()
             if stop_now:
                 self._log(f"exit_at_step {t.exit_at_step} reached: stopped with a checkpoint; rerun to resume")
                 break
+        self.preemption.restore()
         self.metrics.close()
         plot = plot_loss_curve(self.run_dir) if self.rank == 0 and cfg.log.plot else None
         return {"run_dir": str(self.run_dir), "checkpoints": str(self.save_dir), "plot": str(plot) if plot else None,
-                "final_val_loss": last_val, **self.progress.as_dict()}
+                "final_val_loss": last_val, "preempted": preempted.name if preempted else None,
+                **self.progress.as_dict()}
 
 
 

@@ -25,6 +25,10 @@ SEQ = 128
 DOCS = [37, 59, 28]  # real lengths; padded to multiples of 2*CP = 4 -> 40, 60, 28
 
 
+def device() -> torch.device:  # after init_distributed has picked this rank's GPU
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def config(tp: int = 1, cp: int = 1):
     return load_config(None, [
         "model.preset=tiny", f"data.seq_length={SEQ}", f"data.global_batch_tokens={2 * SEQ}",
@@ -44,8 +48,8 @@ def make_batch():
         mask.append(torch.cat([torch.ones(n - 1), torch.zeros(padded - n + 1)]))
         cu.append(cu[-1] + n)
         cu_pad.append(cu_pad[-1] + padded)
-    return (torch.cat(tokens), torch.cat(labels), torch.cat(mask),
-            torch.tensor(cu, dtype=torch.int32), torch.tensor(cu_pad, dtype=torch.int32))
+    return tuple(t.to(device()) for t in (torch.cat(tokens), torch.cat(labels), torch.cat(mask),
+                                      torch.tensor(cu, dtype=torch.int32), torch.tensor(cu_pad, dtype=torch.int32)))
 
 
 def loss_and_backward(model, packed: bool, cp: int):
@@ -62,12 +66,13 @@ def loss_and_backward(model, packed: bool, cp: int):
         pos = None
     else:  # one causal sequence over the whole row
         labels = torch.cat([tokens[1:], tokens[:1]])
-        mask = torch.ones(SEQ)
+        mask = torch.ones(SEQ, device=device())
         mask[-1] = 0
         idx = cp_chunk_positions(SEQ, cp, rank)
-        psp, pos = None, idx[None]
+        psp, pos = None, idx[None].to(device())
+    idx = idx.to(device())
     per_token = model(tokens[idx][None], pos, attention_mask=None, labels=labels[idx][None], packed_seq_params=psp)
-    loss = (per_token[0] * mask[idx]).sum() / mask.sum()
+    loss = (per_token[0].float() * mask[idx]).sum() / mask.sum()
     loss.backward()
     total = loss.detach().clone()
     dist.all_reduce(total, group=ps.get_context_parallel_group())
@@ -98,7 +103,7 @@ def build(cfg, load_from: Path | None = None):
 
 
 def max_diff(a: dict, b: dict) -> float:
-    return max((a[k] - b[k]).abs().max().item() for k in a)
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
 def main(out_path: str, work: str) -> None:

@@ -1,0 +1,90 @@
+"""Training throughput of the real trainer (optimizer, packed corpus data) at 32K on GPUs.
+
+    torchrun --nproc-per-node 2 benchmarks/train_throughput.py --name cp2 --data .bench_data/long \
+        parallel.context_parallel_size=2
+    torchrun --nproc-per-node 1 benchmarks/train_throughput.py --name 1gpu_full_recompute --data ... \
+        parallel.context_parallel_size=1 train.recompute_granularity=full
+
+Runs `--steps` full training steps of Index-1.9B-32K (examples/index_1.9b_long_pt_32k.yaml plus the
+overrides) through megaindex.training.Trainer, skips the first `--warmup` steps, and reports the
+median tokens/s/GPU, model TFLOP/s/GPU (6 x dense params + causal attention over the actual
+documents, see megaindex/training/flops.py), MFU against 989 TFLOP/s, peak allocated memory, and
+`megaindex info`'s memory estimate for the same layout. Writes a JSON line to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--data", required=True, help="IndexedDataset prefix of tokenized long documents")
+    ap.add_argument("--tokenizer", default=str(REPO / "tests" / "fixtures" / "tokenizer.model"))
+    ap.add_argument("--recipe", default=str(REPO / "examples" / "index_1.9b_long_pt_32k.yaml"))
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--sequences-per-step", type=int, default=8, help="global batch in 32K sequences")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+
+    from megaindex.config import load_config
+    from megaindex.distributed import destroy_distributed
+    from megaindex.training.trainer import Trainer
+
+    run_dir = Path(os.environ.get("BENCH_RUN_DIR", f"/tmp/megaindex-bench-{args.name}"))
+    cfg = load_config(args.recipe, [
+        f"data.data_path=[{args.data}]", f"data.tokenizer_model={args.tokenizer}", f"train.train_iters={args.steps}",
+        "train.eval_interval=0",
+        "checkpoint.save_interval=0", "checkpoint.pretrained=null", f"train.run_dir={run_dir}",
+        "log.tensorboard=false", "log.plot=false", "data.num_workers=2", f"data.cache_dir={run_dir}/cache",
+        *args.overrides,
+    ])
+    cfg.data.global_batch_tokens = args.sequences_per_step * cfg.data.seq_length
+    t0 = time.time()
+    trainer = Trainer(cfg)
+    setup_s = time.time() - t0
+    trainer.train()
+    world = trainer.layout.world_size
+    if trainer.rank == 0:
+        from megaindex.model.estimate import memory_estimate, parameter_counts
+
+        rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][args.warmup:]
+        med = lambda k: statistics.median(r[k] for r in rows)
+        est = memory_estimate(cfg, parameter_counts(cfg), world)
+        import torch
+
+        gpu = torch.cuda.is_available()
+        result = {
+            "name": args.name, "device": torch.cuda.get_device_name() if gpu else "cpu", "gpus": world,
+            "layout": {"tp": trainer.layout.tp, "pp": trainer.layout.pp, "cp": trainer.layout.cp, "dp": trainer.layout.dp},
+            "recompute": cfg.train.recompute_granularity, "seq_length": cfg.data.seq_length,
+            "global_batch_tokens": cfg.data.global_batch_tokens, "steps_measured": len(rows),
+            "step_time_s": med("step_time_s"), "tokens_per_s_per_gpu": med("tokens_per_s") / world,
+            "tflops_per_gpu": med("tflops_per_gpu") if gpu else None, "mfu": med("mfu") if gpu else None,
+            "peak_mem_gib": max(r["mem_gib"] for r in rows),
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if gpu else None,
+            "estimate_gib": round(est.total / 2**30, 2), "setup_s": setup_s,
+            "loss_first_last": [rows[0]["loss"], rows[-1]["loss"]],
+            "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+        }
+        print("RESULT " + json.dumps(result), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(result) + "\n")
+    destroy_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
