@@ -1,4 +1,4 @@
-"""The `megaindex` command line: `info`, `train`, `data`, `convert`.
+"""The `megaindex` command line: `info`, `train`, `data`, `convert`, `doctor`.
 
 Each subcommand is a thin shell over a library function; heavy imports happen inside the handler
 so that `megaindex --help` stays instant.
@@ -107,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train (under torchrun for several processes); prints where logs, plot and checkpoints are."""
     cfg = load_config(args.config, args.overrides)
     from megaindex.distributed import destroy_distributed
+    from megaindex.training.preemption import EXIT_PREEMPTED
     from megaindex.training.trainer import EXIT_NAN_STOP, NonFiniteStop, train
 
     try:
@@ -118,6 +119,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         destroy_distributed()
     import os
 
+    if result.get("preempted"):
+        # Stopped early with a checkpoint (training/preemption.py); the same command resumes.
+        return EXIT_PREEMPTED
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"done: step {result['step']}, skipped {result['skipped_steps']}, final validation loss "
@@ -126,6 +130,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"  loss plot:   {result['plot']}\n"
             f"  checkpoints: {result['checkpoints']}"
         )
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Versions, GPUs and the kernels/parallel features this environment will use."""
+    from megaindex.doctor import diagnose, format_report
+
+    report = diagnose()
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
@@ -154,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train a recipe (launch with torchrun for several GPUs/processes)")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("doctor", help="versions, GPUs, attention backend and parallel features this environment will use")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_doctor)
     sub.add_parser("data", help="data tools: `megaindex data inspect CONFIG_OR_PREFIX --index N`")
     sub.add_parser("convert", help="HF converters: `megaindex convert from-hf|to-hf ...`")
 
