@@ -88,7 +88,11 @@ class PreemptionWatcher:
         rank = dist.get_rank() if dist.is_initialized() else 0
         path = os.environ.get(EXIT_FILE_ENV)
         if path and rank == 0:
-            write_exit_file(Path(path), f"{EXIT_PREEMPTED} {sig.name} step={step} checkpoint={checkpoint_path}")
+            try:
+                write_exit_file(Path(path), f"{EXIT_PREEMPTED} {sig.name} step={step} checkpoint={checkpoint_path}")
+            except OSError as e:  # the checkpoint is safe; only the automatic requeue is lost
+                print(f"megaindex: could not write {EXIT_FILE_ENV}={path} ({e}); the job will not requeue itself, "
+                      "resubmit it to resume (is the directory writable / mounted in the container?)", flush=True)
         if dist.is_initialized():
             dist.barrier()
 
