@@ -103,3 +103,25 @@ def test_local_sh_stops_on_sigterm_with_checkpoint_and_exit_75(tmp_path):
     assert f"local: trainer: 75 SIGTERM step={done} checkpoint={run}/checkpoints/step_{done:08d}" in out
     # The agent itself was signalled (and forwarded it: the worker above stopped on SIGTERM).
     assert "SignalException" in out and "got signal: 15" in out
+
+
+@pytest.mark.parametrize("script, recipe", [("launch/long_pt.slurm", "examples/index_1.9b_long_pt_32k.yaml"),
+                                            ("launch/long_sft.slurm", "examples/index_1.9b_long_sft_32k.yaml")])
+def test_slurm_defaults_fit_their_recipe(script, recipe):
+    """The #SBATCH node count x 8 GPUs is a valid layout for the recipe the script runs by default,
+    and stage 2 starts from where stage 1 saves."""
+    from megaindex.config import load_config
+
+    text = (REPO / script).read_text()
+    assert f'RECIPE:-{recipe}' in text
+    nodes = int(text.split("#SBATCH --nodes=")[1].split()[0])
+    assert "#SBATCH --gpus-per-node=8" in text and "#SBATCH --signal=USR1@" in text and "#SBATCH --requeue" in text
+    cfg = load_config(REPO / recipe)
+    cfg.validate(nodes * 8)  # raises ConfigError listing what does not fit
+    assert cfg.num_microbatches(nodes * 8) >= 1
+    if "sft" in recipe:
+        pt = load_config(REPO / "examples/index_1.9b_long_pt_32k.yaml")
+        assert cfg.checkpoint.pretrained == (pt.checkpoint.save or f"{pt.train.run_dir}/checkpoints")
+        assert (cfg.data.kind, cfg.data.loss_weighting, cfg.data.num_epochs) == ("sft", "longalign", 2)
+        assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.clip_grad) == (5e-6, 0.1, 1.0)
+        assert cfg.data.global_batch_tokens == 32 * 32768 == cfg.data.global_batch_size * cfg.data.seq_length
