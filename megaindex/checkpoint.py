@@ -20,7 +20,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -97,29 +97,57 @@ def save_checkpoint(
     kind: str,
     step: int = 0,
     extra_meta: dict[str, Any] | None = None,
+    async_queue=None,
+    on_complete: Callable[[], None] | None = None,
 ) -> Path:
-    """Collectively write `state` (a sharded state dict) to `path` atomically; returns the path."""
+    """Collectively write `state` (a sharded state dict) to `path` atomically; returns the path.
+
+    With `async_queue` (megatron's AsyncCallsQueue, GPU) the tensors are staged to host memory and
+    written by a background process; the metadata, the rename into place and `on_complete` run when
+    the queue finalises the write (`maybe_finalize_async_calls`). One write is in flight at a time.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
+    if async_queue is not None:
+        async_queue.maybe_finalize_async_calls(blocking=True)
     if _rank() == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     _barrier()
-    dist_checkpointing.save(state, str(tmp))
-    _barrier()
-    if _rank() == 0:
-        meta = {"kind": kind, "step": step, "architecture": architecture(cfg), "git_revision": git_revision()}
-        meta.update(extra_meta or {})
-        (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        _fsync_dir(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    _barrier()
+    meta = {"kind": kind, "step": step, "architecture": architecture(cfg), "git_revision": git_revision(), **(extra_meta or {})}
+
+    def complete() -> None:
+        if _rank() == 0:
+            (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            _fsync_dir(tmp)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+            if on_complete is not None:
+                on_complete()
+        _barrier()
+
+    if async_queue is None:
+        dist_checkpointing.save(state, str(tmp))
+        _barrier()
+        complete()
+    else:
+        request = dist_checkpointing.save(state, str(tmp), async_sharded_save=True, async_strategy="mcore")
+        request.add_finalize_fn(complete)
+        async_queue.schedule_async_request(request)
     return path
+
+
+def make_async_queue(cfg: Config):
+    """An AsyncCallsQueue when checkpoint.async_save is on and a GPU is present, else None."""
+    if not (cfg.checkpoint.async_save and torch.cuda.is_available()):
+        return None
+    from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+    return AsyncCallsQueue()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -261,21 +289,24 @@ def train_state_dict(chunks, optimizer, scheduler, cfg: Config, *, is_loading: b
     return state
 
 
-def save_train_checkpoint(save_dir: str | Path, chunks, optimizer, scheduler, cfg: Config, progress: dict[str, Any]) -> Path:
-    """step_XXXXXXXX under save_dir, then `latest` -> it, then prune to keep_last."""
+def save_train_checkpoint(save_dir: str | Path, chunks, optimizer, scheduler, cfg: Config, progress: dict[str, Any],
+                          async_queue=None) -> Path:
+    """step_XXXXXXXX under save_dir, then `latest` -> it, then prune to keep_last (in the
+    background with `async_queue`: `latest` moves only once the write is complete)."""
     save_dir = Path(save_dir)
     if _rank() == 0:
         save_dir.mkdir(parents=True, exist_ok=True)
     _barrier()
     step = int(progress["step"])
     name = STEP_DIR.format(step)
-    state = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=False, progress=progress)
-    path = save_checkpoint(save_dir / name, state, cfg, kind="train", step=step, extra_meta={"progress": progress})
-    if _rank() == 0:
+
+    def point_latest() -> None:  # rank 0, after the checkpoint is complete under its final name
         _write_latest(save_dir, name)
         _prune(save_dir, cfg.checkpoint.keep_last, keep=name)
-    _barrier()
-    return path
+
+    state = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=False, progress=progress)
+    return save_checkpoint(save_dir / name, state, cfg, kind="train", step=step, extra_meta={"progress": dict(progress)},
+                           async_queue=async_queue, on_complete=point_latest)
 
 
 def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: Config) -> dict[str, Any]:

@@ -221,7 +221,6 @@ def activate() -> bool:
     # A device object, not the ordinal 0: autograd runs backward without torch-function modes,
     # so `device=torch.cuda.current_device()` inside a backward must already name the CPU.
     tc.current_device = lambda: torch.device("cpu")
-    tc.device_count = lambda: 1
     tc.set_device = lambda device: None
     tc.synchronize = lambda device=None: None
     tc.empty_cache = lambda: None

@@ -111,6 +111,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.model, self.dtype)
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.progress = Progress()
+        self.async_queue = checkpoint.make_async_queue(cfg)
         self._resume_or_start()
 
         self.train_ds, self.valid_ds = build_datasets(cfg, self.tokenizer)
@@ -227,11 +228,15 @@ class Trainer:
             m.train()
         return self._reduce_loss(losses)[0]
 
-    def save(self) -> Path:
+    def save(self, blocking: bool = True) -> Path:
+        """Checkpoint now; with async saves (GPU) `blocking=False` returns while the write goes on."""
         path = checkpoint.save_train_checkpoint(
-            self.save_dir, self.chunks, self.optimizer, self.scheduler, self.cfg, self.progress.as_dict()
+            self.save_dir, self.chunks, self.optimizer, self.scheduler, self.cfg, self.progress.as_dict(),
+            async_queue=self.async_queue,
         )
-        self._log(f"checkpoint: {path}")
+        if blocking and self.async_queue is not None:
+            self.async_queue.maybe_finalize_async_calls(blocking=True)
+        self._log(f"checkpoint: {path}{'' if blocking or self.async_queue is None else ' (writing in the background)'}")
         return path
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -247,6 +252,8 @@ class Trainer:
         last_val = None
         preempted = None
         while self.progress.step < t.train_iters:
+            if self.async_queue is not None:  # complete a background checkpoint write if it is done
+                self.async_queue.maybe_finalize_async_calls(blocking=False)
             start = time.perf_counter()
             out = self.train_step()
             dt = time.perf_counter() - start
@@ -280,7 +287,7 @@ class Trainer:
             stop_now = t.exit_at_step is not None and step >= t.exit_at_step
             interval = cfg.checkpoint.save_interval
             if interval > 0 and (step % interval == 0 or step == t.train_iters or stop_now):
-                self.save()
+                self.save(blocking=step == t.train_iters or stop_now)
             if stop_now:
                 self._log(f"exit_at_step {t.exit_at_step} reached: stopped with a checkpoint; rerun to resume")
                 break
