@@ -75,11 +75,17 @@ def diagnose() -> dict:
     apex = _component("apex", "apex", try_import=cuda)
     flash = _component("flash_attn", "flash-attn", "flash_attn", try_import=cuda)
     mcore = _dist_version("megatron-core", "megatron_core")
+    cudnn, cudnn_problem = None, None
+    if cuda and torch.backends.cudnn.is_available():
+        try:
+            cudnn = str(torch.backends.cudnn.version())
+        except RuntimeError as e:  # e.g. a second cuDNN (another package's) loaded before torch's
+            cudnn_problem = f"cuDNN: {e}"
     versions = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cudnn": str(torch.backends.cudnn.version()) if cuda and torch.backends.cudnn.is_available() else None,
+        "cudnn": cudnn,
         "nccl": _nccl_version(),
         "transformer_engine": te["version"],
         "apex": apex["version"],
@@ -128,6 +134,9 @@ def diagnose() -> dict:
         missing.append("bf16: this GPU has no bf16 support; the recipes' precision: bf16 will not run.")
     if mcore is None:
         missing.append("megatron-core: not installed; megaindex cannot build models or train. pip install megatron-core==0.19.2.")
+    if cudnn_problem:
+        missing.append(f"{cudnn_problem} Put torch's bundled cuDNN first (check LD_LIBRARY_PATH and other "
+                       "packages that ship libcudnn); a mismatched cuDNN can fail or slow TE's fused attention.")
     return {"versions": versions, "gpus": gpus, "features": features, "missing": missing,
             "python_executable": sys.executable}
 

@@ -116,7 +116,9 @@ def prime_state_for_load(optimizer) -> None:
     for opt in inner_optimizers(optimizer):
         inner = getattr(opt, "optimizer", None)
         init = getattr(opt, "init_state_fn", None)
-        if inner is None:
+        # Only torch's Adam keeps a per-parameter `step`; TE's FusedAdam keeps it per group and
+        # refuses unknown state names.
+        if inner is None or not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
             continue
         if init is not None:
             init(inner, getattr(opt, "config", None))
