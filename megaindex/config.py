@@ -295,6 +295,20 @@ class Config:
                 errors.append(
                     f"interleaved pipeline needs the number of micro-batches ({nmb}) to be a multiple of PP {pp}."
                 )
+        prev_until = 0
+        for entry in d.context_length_warmup:
+            if not (isinstance(entry, list) and len(entry) == 2):
+                errors.append(f"data.context_length_warmup entry {entry!r} must be [until_step, seq_length].")
+                continue
+            until, length = entry
+            if until <= prev_until:
+                errors.append(f"data.context_length_warmup: until_step {until} must be larger than the previous ({prev_until}).")
+            if length <= 0 or d.seq_length % length or length % (2 * cp):
+                errors.append(
+                    f"data.context_length_warmup: seq_length {length} must divide data.seq_length {d.seq_length} "
+                    f"(micro-batches keep their token count) and be a multiple of 2 x CP = {2 * cp}."
+                )
+            prev_until = until
         if self.train.fp8 and self.train.precision == "fp32":
             errors.append("train.fp8 needs train.precision bf16 (or auto on GPU).")
         if d.loss_weighting == "longalign" and d.kind != "sft":

@@ -142,3 +142,12 @@ def test_shipped_recipes_validate():
     for path in sorted((REPO / "examples").glob("*.yaml")):
         cfg = load_config(path)
         cfg.validate(cfg.model_parallel_size)  # DP=1 always divides the global batch
+
+
+def test_context_length_warmup_entries_are_checked():
+    ok = cfg_with("data.context_length_warmup=[[10, 64], [20, 128]]")
+    ok.validate(1)
+    msg = errors_of(cfg_with("data.context_length_warmup=[[10, 100]]"), 1)
+    assert "seq_length 100 must divide data.seq_length 256" in msg
+    msg = errors_of(cfg_with("data.context_length_warmup=[[10, 64], [5, 128]]"), 1)
+    assert "until_step 5 must be larger than the previous (10)" in msg

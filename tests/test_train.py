@@ -203,3 +203,18 @@ def test_trainer_checkpoint_exports_to_transformers(straight, tmp_path):
     assert gen.shape[1] == prompt.shape[1] + 12
     assert int(gen.max()) < tok.vocab_size  # never a padded-vocabulary id
     assert "max |diff|" in r.stdout + r.stderr  # --check ran (it fails the command on a mismatch)
+
+
+def test_context_length_warmup_phases_and_resume(tmp_path, cache, init_weights):
+    """Opt-in warmup [[2, 128]]: steps 1-2 train on 128-token rows (same tokens per step), then 256;
+    a run stopped inside the warmup resumes bitwise like an uninterrupted one."""
+    extra = ["data.context_length_warmup=[[2, 128]]", "train.train_iters=4", "train.eval_interval=0",
+             f"checkpoint.pretrained={init_weights}"]
+    straight, resumed = tmp_path / "warm", tmp_path / "warm_resumed"
+    launch(STAGE1, small(straight, cache, *extra))
+    got = metrics(straight)
+    assert [m["seq_length"] for m in got] == [128, 128, 256, 256]
+    assert all(m["consumed_tokens"] == 1024 * m["step"] for m in got)
+    launch(STAGE1, small(resumed, cache, *extra, "train.exit_at_step=1"))
+    launch(STAGE1, small(resumed, cache, *extra))
+    assert [m["loss"] for m in metrics(resumed)] == [m["loss"] for m in got]

@@ -115,10 +115,12 @@ class Trainer:
         self._resume_or_start()
 
         self.train_ds, self.valid_ds = build_datasets(cfg, self.tokenizer)
+        self._phase_datasets: dict[int, object] = {}  # warmup phase start step -> its dataset
         self.forward_step = make_forward_step(packed=True, longalign=cfg.data.loss_weighting == "longalign", device=self.device)
         self.forward_backward = get_forward_backward_func()
         self.num_microbatches = cfg.num_microbatches(self.layout.world_size)
-        self.train_iters = self._data_iterators(self.train_ds, self.progress.consumed_samples)
+        self.phase = None  # (seq_length, first step) of the data the iterators read
+        self._enter_phase()
         self.metrics = MetricsLogger(
             self.run_dir, enabled=self.rank == 0, tensorboard=cfg.log.tensorboard,
             start_step=self.progress.step, total_steps=cfg.train.train_iters,
@@ -151,6 +153,44 @@ class Trainer:
             for _ in self.model
         ]
         return iters if len(iters) > 1 else iters[0]
+
+    # ---- context-length warmup (data.context_length_warmup; the report found it unhelpful) -----
+    def _phase_at(self, step: int) -> tuple[int, int, int | None]:
+        """(seq_length, first step, end step or None) of the phase holding 0-based step `step`."""
+        start = 0
+        for until, length in self.cfg.data.context_length_warmup:
+            if step < until:
+                return length, start, until
+            start = until
+        return self.cfg.data.seq_length, start, None
+
+    def _enter_phase(self) -> None:
+        """Point the train iterators at the data of the phase the next step belongs to.
+
+        A warmup phase packs rows of its shorter length; global_batch_tokens stay the same and each
+        micro-batch holds seq_length/length times more rows, so a micro-batch is still one packed
+        row of micro_batch_size * seq_length tokens (same pipeline shapes, same number of
+        micro-batches). Each phase reads its own dataset from its start, so the position in it is
+        (steps since the phase began) x its global batch: resumable from the step count alone.
+        """
+        phase = self._phase_at(self.progress.step)
+        if phase == self.phase:
+            return
+        length, start, until = phase
+        d = self.cfg.data
+        scale = d.seq_length // length
+        if until is not None and start not in self._phase_datasets:
+            import dataclasses
+
+            pcfg = dataclasses.replace(self.cfg, data=dataclasses.replace(d, seq_length=length))
+            self._phase_datasets[start], _ = build_datasets(
+                pcfg, self.tokenizer, num_samples=((until - start) * d.global_batch_size * scale, 0))
+        dataset = self.train_ds if until is None else self._phase_datasets[start]
+        consumed = (self.progress.step - start) * d.global_batch_size * scale
+        self.train_iters = self._data_iterators(dataset, consumed, d.micro_batch_size * scale)
+        if d.context_length_warmup:
+            self._log(f"step {self.progress.step + 1}: training on {length}-token sequences")
+        self.phase = phase
 
     def _log(self, msg: str) -> None:
         if self.rank == 0:
@@ -254,6 +294,7 @@ class Trainer:
         while self.progress.step < t.train_iters:
             if self.async_queue is not None:  # complete a background checkpoint write if it is done
                 self.async_queue.maybe_finalize_async_calls(blocking=False)
+            self._enter_phase()
             start = time.perf_counter()
             out = self.train_step()
             dt = time.perf_counter() - start
@@ -265,6 +306,7 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "grad_norm": out["grad_norm"],
                 "skipped_steps": self.progress.skipped_steps,
+                "seq_length": self.phase[0],
                 "step_time_s": dt,
                 "tokens_per_s": gbs_tokens / dt,
                 "mem_gib": _memory_gib(),
