@@ -95,9 +95,13 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def init_single_process() -> None:
-    """A one-rank gloo group (in-process store) for tools that build a model outside torchrun."""
+def init_single_process(seed: int = 1234) -> None:
+    """A one-rank gloo group (in-process store) for tools that build a model outside torchrun,
+    seeded like init_distributed (TE and megatron draw initial weights from the RNG tracker)."""
+    if not torch.cuda.is_available():
+        cpu_backend.activate()
     if not dist.is_initialized():
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel()
+        seed_everything(seed)
