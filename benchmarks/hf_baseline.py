@@ -36,14 +36,11 @@ def main() -> int:
     from megaindex.config import load_config
     from megaindex.training.flops import step_flops
 
+    from megaindex.convert.hf_config import hf_config_dict
+
     cfg = load_config(None, ["model.preset=index-1.9b-32k", f"data.seq_length={args.seq_length}"])
-    m = cfg.model
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size,
-        num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads, num_key_value_heads=m.kv_heads,
-        max_position_embeddings=m.max_position_embeddings, rms_norm_eps=m.norm_epsilon, rope_theta=m.rotary_base,
-        tie_word_embeddings=False, attn_implementation="sdpa",
-    )
+    # the same config.json the exporter writes for this model (stock Llama layout)
+    hf_cfg = transformers.LlamaConfig(**hf_config_dict(cfg.model, "llama", "bfloat16"), attn_implementation="sdpa")
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = transformers.LlamaForCausalLM(hf_cfg).to(torch.bfloat16)

@@ -24,8 +24,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _world_size_for_info(cfg: Config, requested: int | None) -> int:
     if requested:
         return requested
-    # Smallest world the recipe's global batch allows: model-parallel size x the DP that makes the
-    # global batch divisible (DP=1 always qualifies).
+    # One model replica (DP=1): the global batch is always divisible by it.
     return cfg.model_parallel_size
 
 
