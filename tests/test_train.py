@@ -126,10 +126,18 @@ def test_gradient_accumulation_invariance(straight, tmp_path, cache, init_weight
         assert abs(g["grad_norm"] - w["grad_norm"]) <= 1e-6 * abs(w["grad_norm"]), (g, w)
 
 
-@pytest.mark.parametrize("layout", ["dp2", "pp2"])
+LAYOUTS = {
+    "dp2": [],
+    "pp2": ["parallel.pipeline_model_parallel_size=2"],
+    # interleaved 1F1B, 1 layer per virtual stage; PP=2 with VPP turns batched p2p off (megatron bug)
+    "pp2_vpp2": ["parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=2"],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_two_processes_equal_one(straight, tmp_path, cache, init_weights, layout):
     run = tmp_path / layout
-    extra = ["parallel.pipeline_model_parallel_size=2"] if layout == "pp2" else []
+    extra = LAYOUTS[layout]
     launch(STAGE1, small(run, cache, "train.exit_at_step=4", f"checkpoint.pretrained={init_weights}", *extra), nproc=2)
     got, want = metrics(run), metrics(straight)[:4]
     assert len(got) == 4
