@@ -31,23 +31,19 @@ from megaindex.cp_layout import cp_chunk_positions
 
 
 def _token_layout(cu_padded: list[int], cu_real: list[int], cp_size: int, cp_rank: int):
-    """(doc, pos, is_real) for local tokens in local order, and for all tokens in gathered order."""
-    local_doc, local_pos, all_doc, all_pos, all_real = [], [], [], [], []
-    for i in range(len(cu_padded) - 1):
-        length = cu_padded[i + 1] - cu_padded[i]
-        pos = cp_chunk_positions(length, cp_size, cp_rank)
-        local_doc.append(torch.full_like(pos, i))
-        local_pos.append(pos)
-    # Gathered order: rank 0's local tokens, then rank 1's, ... (all_gather along dim 0).
+    """(doc, pos) of this rank's tokens in local order, and (doc, pos, is_real) of all tokens in
+    gathered order (rank 0's local tokens, then rank 1's, ...: all_gather along dim 0)."""
+    per_rank = []
     for r in range(cp_size):
+        doc, pos, real = [], [], []
         for i in range(len(cu_padded) - 1):
-            length = cu_padded[i + 1] - cu_padded[i]
-            real = cu_real[i + 1] - cu_real[i]
-            pos = cp_chunk_positions(length, cp_size, r)
-            all_doc.append(torch.full_like(pos, i))
-            all_pos.append(pos)
-            all_real.append(pos < real)
-    return (torch.cat(local_doc), torch.cat(local_pos), torch.cat(all_doc), torch.cat(all_pos), torch.cat(all_real))
+            p = cp_chunk_positions(cu_padded[i + 1] - cu_padded[i], cp_size, r)
+            doc.append(torch.full_like(p, i))
+            pos.append(p)
+            real.append(p < cu_real[i + 1] - cu_real[i])
+        per_rank.append((torch.cat(doc), torch.cat(pos), torch.cat(real)))
+    all_doc, all_pos, all_real = (torch.cat(t) for t in zip(*per_rank))
+    return per_rank[cp_rank][0], per_rank[cp_rank][1], all_doc, all_pos, all_real
 
 
 class ReferenceAttention(MegatronModule):

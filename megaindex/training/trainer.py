@@ -102,11 +102,13 @@ class Trainer:
             for i, m in enumerate(wrapped)
         ]
         tf_config.finalize_model_grads_func = finalize_model_grads
-        tf_config.no_sync_func = [m.no_sync for m in self.model] if len(self.model) > 1 else self.model[0].no_sync
+        # megatron's schedules take one function, or one per chunk with virtual pipeline stages
+        per_chunk = lambda fns: fns if len(fns) > 1 else fns[0]  # noqa: E731
+        tf_config.no_sync_func = per_chunk([m.no_sync for m in self.model])
         if p.overlap_grad_reduce:
-            tf_config.grad_sync_func = [m.start_grad_sync for m in self.model] if len(self.model) > 1 else self.model[0].start_grad_sync
+            tf_config.grad_sync_func = per_chunk([m.start_grad_sync for m in self.model])
         if p.overlap_param_gather and p.use_distributed_optimizer:
-            tf_config.param_sync_func = [m.start_param_sync for m in self.model] if len(self.model) > 1 else self.model[0].start_param_sync
+            tf_config.param_sync_func = per_chunk([m.start_param_sync for m in self.model])
 
         self.optimizer = build_optimizer(cfg, self.model, self.dtype)
         self.scheduler = build_scheduler(cfg, self.optimizer)
@@ -135,9 +137,9 @@ class Trainer:
             self.progress = Progress(**saved)
             self._log(f"resumed from {path} at step {self.progress.step}")
         elif ck.pretrained:
+            # Loading copies into the params in place, i.e. into DDP's param buffers; the optimizer's
+            # fp32 main copies were taken at construction and must be refreshed.
             checkpoint.load_model(self.chunks, ck.pretrained, self.cfg)
-            for m in self.model:  # DDP keeps its own views of the params; refresh fp32 main copies too
-                m.broadcast_params()
             self.optimizer.reload_model_params()
             self._log(f"starting from pretrained weights {ck.pretrained} (fresh optimizer and schedule)")
 
