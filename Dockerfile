@@ -19,7 +19,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # dependencies are listed here instead; most are already in the image and are kept.
 RUN pip install --no-cache-dir --no-deps megatron-core==0.19.2 \
  && pip install --no-cache-dir "packaging>=24.2" "sentencepiece>=0.2" "tensorboard>=2.15" \
-      "safetensors>=0.4" "pyyaml>=6" "psutil>=5.9" "matplotlib>=3.8"
+      "safetensors>=0.4" "pyyaml>=6" "psutil>=5.9" "einops>=0.7" "matplotlib>=3.8"
 
 # Training runs as an unprivileged user. (pyxis/enroot and apptainer run as the submitting user
 # anyway; this is for docker.)
@@ -33,6 +33,7 @@ RUN pip install --no-cache-dir --no-deps . \
 
 # Same as the launch scripts: megatron's TP/SP overlap needs in-order kernel issue.
 ENV CUDA_DEVICE_MAX_CONNECTIONS=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 USER ${UID}:${UID}
 CMD ["megaindex", "doctor"]

@@ -16,6 +16,7 @@ setup(
         "safetensors>=0.4",
         "pyyaml>=6",
         "psutil>=5.9",  # dist_checkpointing's save path needs it; megatron-core does not declare it
+        "einops>=0.7",  # megatron-core needs it for hierarchical CP groups (a2a+p2p) and does not declare it
         "numpy>=1.26",
         "matplotlib>=3.8",
     ],

@@ -25,6 +25,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def memory_by_rank() -> dict:
+    """Each rank's memory after the run, gathered: peak allocated and reserved, what stays allocated
+    between steps (weights, grads, optimizer state), and what the process holds outside torch's
+    allocator (CUDA context, NCCL, workspaces) = device used - reserved."""
+    import torch
+    import torch.distributed as dist
+
+    if not torch.cuda.is_available():
+        return {}
+    torch.cuda.synchronize()
+    free, total = torch.cuda.mem_get_info()
+    mine = torch.tensor([torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved(), torch.cuda.memory_allocated(),
+                         (total - free) - torch.cuda.memory_reserved()], dtype=torch.float64, device="cuda") / 2**30
+    every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    rows = torch.stack(every).tolist()
+    keys = ["peak_allocated_gib", "peak_reserved_gib", "static_gib", "outside_torch_gib"]
+    return {"per_rank": [dict(zip(keys, (round(v, 2) for v in r))) for r in rows],
+            **{k: max(r[i] for r in rows) for i, k in enumerate(keys)}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", required=True)
@@ -56,6 +77,7 @@ def main() -> int:
     setup_s = time.time() - t0
     trainer.train()
     world = trainer.layout.world_size
+    mem = memory_by_rank()
     if trainer.rank == 0:
         from megaindex.model.estimate import memory_estimate, parameter_counts
 
@@ -73,8 +95,10 @@ def main() -> int:
             "step_time_s": med("step_time_s"), "tokens_per_s_per_gpu": med("tokens_per_s") / world,
             "tflops_per_gpu": med("tflops_per_gpu") if gpu else None, "mfu": med("mfu") if gpu else None,
             "peak_mem_gib": max(r["mem_gib"] for r in rows),
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if gpu else None,
-            "estimate_gib": round(est.total / 2**30, 2), "setup_s": setup_s,
+            **mem,
+            "estimate_gib": round(est.total / 2**30, 2), "estimate": est.as_gib(), "estimate_stage": est.pipeline_rank,
+            "allocator_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"),
+            "setup_s": setup_s,
             "loss_first_last": [rows[0]["loss"], rows[-1]["loss"]],
             "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
         }

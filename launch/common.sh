@@ -53,6 +53,9 @@ megaindex_environment() {
   # A NCCL error or timeout aborts the process (and so the job) instead of hanging until the time limit.
   export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
   export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+  # Growable allocator segments: reserved memory stays close to the allocated peak with long packed
+  # sequences (the trainer sets the same default when nothing is configured).
+  export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
   # The node's cores shared by its ranks (torch defaults to all cores per process: oversubscription).
   local cpus="${SLURM_CPUS_ON_NODE:-$(nproc)}"
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cpus / GPUS_PER_NODE > 0 ? cpus / GPUS_PER_NODE : 1 ))}"

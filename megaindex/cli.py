@@ -84,9 +84,9 @@ def _print_info(cfg: Config, r: dict) -> None:
     for k in ("total", "non_embedding", "embedding", "output", "norms", "per_gpu"):
         print(f"  {k:<14} {par[k]:>16,}")
     print(f"\n# memory per GPU (estimate, GiB; {r['memory_note']})")
-    for k, v in mem.items():
-        if k != "per_layer_activation":
-            print(f"  {k:<14} {v:>8.2f}")
+    labels = {"logits": "LM head", "peak_allocated": "= allocated", "overhead": "+ runtime", "total": "= total"}
+    for k in ("weights", "grads", "optimizer", "activations", "logits", "peak_allocated", "overhead", "total"):
+        print(f"  {labels.get(k, k):<14} {mem[k]:>8.2f}")
     for n in r["notes"]:
         print(f"note: {n}")
 

@@ -265,12 +265,24 @@ class Config:
                 f"data.seq_length {d.seq_length} / CP {cp} is not divisible by TP {tp}: sequence parallel "
                 f"splits each CP rank's tokens over the TP ranks."
             )
+        a2a_size = 0
         if cp > 1 and p.cp_comm_type == "a2a+p2p":
             sizes = p.hierarchical_context_parallel_sizes
             if not sizes or math.prod(sizes) != cp:
                 errors.append(
                     f"parallel.cp_comm_type a2a+p2p needs hierarchical_context_parallel_sizes whose product is CP={cp}."
                 )
+            else:
+                a2a_size = sizes[0]
+        elif cp > 1 and p.cp_comm_type == "a2a":
+            a2a_size = cp
+        if a2a_size > 1:
+            for what, heads in (("num_attention_heads", m.num_attention_heads), ("num_query_groups", m.kv_heads)):
+                if heads % tp == 0 and (heads // tp) % a2a_size:
+                    errors.append(
+                        f"parallel.cp_comm_type {p.cp_comm_type}: model.{what} {heads} / TP {tp} is not divisible by the "
+                        f"all-to-all group size {a2a_size} (a2a splits each rank's heads over it); use cp_comm_type p2p."
+                    )
         if d.seq_length > m.max_position_embeddings > 0:
             errors.append(
                 f"data.seq_length {d.seq_length} exceeds model.max_position_embeddings {m.max_position_embeddings}."

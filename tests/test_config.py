@@ -151,3 +151,14 @@ def test_context_length_warmup_entries_are_checked():
     assert "seq_length 100 must divide data.seq_length 256" in msg
     msg = errors_of(cfg_with("data.context_length_warmup=[[10, 64], [5, 128]]"), 1)
     assert "until_step 5 must be larger than the previous (10)" in msg
+
+
+def test_all_to_all_cp_needs_heads_divisible_by_its_group():
+    # tiny: 4 heads. a2a over CP=8 cannot split 4 heads; a2a+p2p splits them over the inner group only.
+    msg = errors_of(cfg_with("parallel.context_parallel_size=8", "parallel.cp_comm_type=a2a"), 8)
+    assert "model.num_attention_heads 4 / TP 1 is not divisible by the all-to-all group size 8" in msg
+    cfg_with("parallel.context_parallel_size=8", "parallel.cp_comm_type=a2a+p2p",
+             "parallel.hierarchical_context_parallel_sizes=[2,4]").validate(8)
+    msg = errors_of(cfg_with("parallel.context_parallel_size=4", "parallel.cp_comm_type=a2a+p2p",
+                             "parallel.hierarchical_context_parallel_sizes=[3,2]"), 4)
+    assert "hierarchical_context_parallel_sizes whose product is CP=4" in msg

@@ -146,6 +146,23 @@ def test_two_processes_equal_one(straight, tmp_path, cache, init_weights, layout
         assert abs(g["grad_norm"] - w["grad_norm"]) <= FP32_REL * abs(w["grad_norm"]), (layout, g, w)
 
 
+def test_context_parallel_trainer_equals_one_process(tmp_path, cache, init_weights):
+    """CP=2 through the trainer (batch slicing, loss and gradient reduction over CP, the optimizer
+    sharded over DP x CP) equals one process on the same samples (both padded for CP=2). It runs
+    the hierarchical a2a+p2p configuration, so megatron's hierarchical CP groups are built too;
+    on CPU the reference attention gathers K/V whatever the communication type."""
+    pad4 = ["data.pad_to_multiple_of=4", "train.exit_at_step=2", f"checkpoint.pretrained={init_weights}"]
+    one, cp2 = tmp_path / "one", tmp_path / "cp2"
+    launch(STAGE1, small(one, cache, *pad4))
+    launch(STAGE1, small(cp2, cache, *pad4, "parallel.context_parallel_size=2", "parallel.cp_comm_type=a2a+p2p",
+                         "parallel.hierarchical_context_parallel_sizes=[2,1]"), nproc=2)
+    got, want = metrics(cp2), metrics(one)
+    assert len(got) == len(want) == 2
+    for g, w in zip(got, want):
+        assert abs(g["loss"] - w["loss"]) <= FP32_REL * abs(w["loss"]), (g, w)
+        assert abs(g["grad_norm"] - w["grad_norm"]) <= FP32_REL * abs(w["grad_norm"]), (g, w)
+
+
 def test_stage2_starts_from_stage1_weights_with_fresh_optimizer(straight, tmp_path, cache):
     common = [f"data.cache_dir={cache}", "data.seq_length=256", "data.global_batch_tokens=1024", "train.train_iters=3",
               "train.eval_interval=0", "checkpoint.save_interval=3", "log.tensorboard=false", "optim.lr_warmup_iters=2"]

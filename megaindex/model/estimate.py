@@ -3,19 +3,27 @@
 Parameter counts come from the real GPTModel built on the meta device (nothing allocated), so they
 are exactly what megatron will build. Per-GPU counts and memory follow megatron's sharding:
 matrices split over TP (norms replicated), layers over PP, embedding on the first stage and the head
-on the last, optimizer state over DP with the distributed optimizer.
+on the last, optimizer state over DP x CP with the distributed optimizer (CP ranks hold the same
+weights, so megatron shards the optimizer over the data-parallel group *with* context parallel).
 
-Memory model (bytes, per GPU, bf16 mixed precision as on the GPU node; fp32 if precision says so):
-* weights 2/param, fp32 grad buffer 4/param (Megatron accumulates bf16 grads in fp32), Adam state
-  fp32 main weights + m + v = 12/param, divided by DP with the distributed optimizer;
-* activations per layer and token (flash/fused attention, so no s^2 term; Korthikanti et al. 2022
-  adapted to SwiGLU and GQA): norm inputs/outputs 4h (split over TP with sequence parallel),
-  QKV (h + 2*kv*d), attention output h, fc1 output 2F, SwiGLU output F (all split over TP), softmax
-  statistics; full recompute keeps only each layer's input plus one group of layers in flight;
-* the first pipeline stage holds min(PP, micro-batches) micro-batches under 1F1B, times
-  (1 + (PP-1)/(PP*VPP)) with interleaving;
-* logits: bf16 logits + fp32 softmax kept by the vocab-parallel cross-entropy + one fp32 temporary;
-* a fixed allowance for the CUDA context, NCCL and TE workspaces.
+The estimate is the peak of torch's allocated memory on the most loaded pipeline stage, plus a
+runtime allowance. Bytes per GPU, bf16 mixed precision as on the GPU node (fp32 if precision says so):
+* static: weights 2/param, fp32 grad buffer 4/param (megatron accumulates grads in fp32), Adam
+  state fp32 main weights + m + v = 12/param divided by DP x CP with the distributed optimizer;
+* activations per layer and token, what the TE layers save for backward with fused attention (no
+  s^2 term; Korthikanti et al. 2022 adapted to SwiGLU and GQA): both norm inputs and outputs 4h
+  (split over TP with sequence parallel), q, k, v after RoPE and the attention output
+  (h + 2*kv + h), fc1 output 2F and SwiGLU output F (split over TP), fp32 softmax statistics;
+* pipeline: rank r of a 1F1B schedule holds min(PP - r, micro-batches) micro-batches of its
+  layers; interleaved, megatron's warm-up count ((PP - r - 1) * 2 + (VPP - 1) * PP + 1 model chunks);
+* full recompute keeps each layer's input; its peak is the larger of the head at the end of the
+  forward and one layer rebuilt during backward;
+* head (last stage, one micro-batch): bf16 logits and the fp32 copy the vocab-parallel
+  cross-entropy keeps as its softmax (6 bytes per logit; fp32 runs: logits plus one masked copy),
+  the Norm-Head's normalised weight copies, the final norm's input and output;
+* runtime: CUDA context, NCCL and cuDNN/cuBLAS workspaces outside torch's allocator, and the
+  allocator's cache over the allocated peak (`expandable_segments`, the trainer's default).
+Measured against this on the GPU node: benchmarks/RESULTS_train.md.
 """
 
 from __future__ import annotations
@@ -28,7 +36,6 @@ import torch
 from megaindex.config import Config
 
 GiB = 1024**3
-RUNTIME_OVERHEAD_BYTES = int(2.5 * GiB)  # CUDA context, cuBLAS/cuDNN/TE workspaces, NCCL buffers
 
 
 @dataclass
@@ -39,6 +46,7 @@ class ParamCounts:
     embedding: int
     output: int
     per_gpu: int  # the largest pipeline stage's share on one GPU (TP-sharded)
+    per_stage: list[int]  # each pipeline stage's share on one GPU
 
 
 @dataclass
@@ -47,18 +55,26 @@ class MemoryEstimate:
     grads: int
     optimizer: int
     activations: int
-    logits: int
-    overhead: int
+    logits: int  # the LM head's peak: logits, cross-entropy softmax, Norm-Head weight copies
+    overhead: int  # outside torch's allocated peak: CUDA context, NCCL, workspaces, allocator cache
     per_layer_activation: int
-    micro_batches_in_flight: int
+    micro_batches_in_flight: float  # in units of this stage's layers
+    pipeline_rank: int  # the stage whose peak this is (the most loaded one)
     note: str
 
     @property
+    def peak_allocated(self) -> int:
+        """What torch.cuda.max_memory_allocated() should report on that stage."""
+        return self.weights + self.grads + self.optimizer + self.activations + self.logits
+
+    @property
     def total(self) -> int:
-        return self.weights + self.grads + self.optimizer + self.activations + self.logits + self.overhead
+        return self.peak_allocated + self.overhead
 
     def as_gib(self) -> dict[str, float]:
-        d = {k: round(v / GiB, 2) for k, v in dataclasses.asdict(self).items() if isinstance(v, int) and k not in ("micro_batches_in_flight",)}
+        d = {k: round(v / GiB, 2) for k, v in dataclasses.asdict(self).items()
+             if isinstance(v, int) and not isinstance(v, bool) and k not in ("micro_batches_in_flight", "pipeline_rank")}
+        d["peak_allocated"] = round(self.peak_allocated / GiB, 2)
         d["total"] = round(self.total / GiB, 2)
         return d
 
@@ -103,17 +119,22 @@ def count_parameters_meta(cfg: Config) -> dict[str, int]:
     return counts
 
 
-def per_gpu_parameters(cfg: Config, counts: dict[str, int]) -> int:
-    """Parameters on the most loaded GPU: its stage's layers / TP (+ embedding or head / TP)."""
-    p = cfg.parallel
+def stage_parameters(cfg: Config, counts: dict[str, int], pipeline_rank: int) -> int:
+    """Parameters one GPU of pipeline stage `pipeline_rank` holds (TP-sharded; norms replicated)."""
+    p, h = cfg.parallel, cfg.model.hidden_size
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
-    layers = counts["non_embedding"] // tp + (counts["norms"] - cfg.model.hidden_size)  # replicated norms
-    per_stage_layers = layers // pp
-    first = per_stage_layers + counts["embedding"] // tp
-    last = per_stage_layers + counts["output"] // tp + cfg.model.hidden_size
-    if pp == 1:
-        return per_stage_layers + counts["embedding"] // tp + counts["output"] // tp + cfg.model.hidden_size
-    return max(first, last)
+    layer_norms = counts["norms"] - h  # the final norm lives with the head
+    n = (counts["non_embedding"] // tp + layer_norms) // pp
+    if pipeline_rank == 0:
+        n += counts["embedding"] // tp
+    if pipeline_rank == pp - 1:
+        n += counts["output"] // tp + h
+    return n
+
+
+def per_gpu_parameters(cfg: Config, counts: dict[str, int]) -> int:
+    """Parameters on the most loaded GPU."""
+    return max(stage_parameters(cfg, counts, r) for r in range(cfg.parallel.pipeline_model_parallel_size))
 
 
 def parameter_counts(cfg: Config) -> ParamCounts:
@@ -125,6 +146,7 @@ def parameter_counts(cfg: Config) -> ParamCounts:
         embedding=c["embedding"],
         output=c["output"],
         per_gpu=per_gpu_parameters(cfg, c),
+        per_stage=[stage_parameters(cfg, c, r) for r in range(cfg.parallel.pipeline_model_parallel_size)],
     )
 
 
@@ -140,48 +162,83 @@ def activation_bytes_per_layer(cfg: Config, tokens: int, bytes_per_value: int) -
     return int(tokens * bytes_per_value * (replicated + sharded + softmax_stats))
 
 
+def micro_batches_in_flight(cfg: Config, world_size: int, pipeline_rank: int) -> float:
+    """Micro-batches of this stage's layers whose activations are alive at once, in units of the
+    stage's layers: megatron's 1F1B warm-up count + 1; interleaved, its warm-up count of model
+    chunks + 1, each chunk 1/VPP of the stage."""
+    p = cfg.parallel
+    pp, vpp = p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size
+    nmb = max(cfg.num_microbatches(world_size), 1)
+    if pp == 1:
+        return 1.0
+    if not vpp:
+        return float(min(pp - pipeline_rank - 1, nmb - 1) + 1)
+    chunks = min((pp - pipeline_rank - 1) * 2 + (vpp - 1) * pp, nmb * vpp - 1) + 1
+    return chunks / vpp
+
+
+RUNTIME_FIXED_BYTES = int(1.5 * GiB)  # CUDA context, NCCL communicators, cuBLAS/cuDNN/TE workspaces
+ALLOCATOR_CACHE_FRACTION = 0.05  # reserved over allocated with expandable segments
+
+
 def memory_estimate(cfg: Config, counts: ParamCounts, world_size: int) -> MemoryEstimate:
+    """The per-GPU peak on the most loaded pipeline stage (see the module docstring)."""
+    stages = [_stage_estimate(cfg, counts, world_size, r) for r in range(cfg.parallel.pipeline_model_parallel_size)]
+    return max(stages, key=lambda e: e.total)
+
+
+def _stage_estimate(cfg: Config, counts: ParamCounts, world_size: int, rank: int) -> MemoryEstimate:
     m, p, d, t = cfg.model, cfg.parallel, cfg.data, cfg.train
     tp, pp, cp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size
-    vpp = p.virtual_pipeline_model_parallel_size
     dp = max(cfg.data_parallel_size(world_size), 1)
     fp32 = t.precision == "fp32"
     act_bytes = 4 if fp32 else 2
-    P = counts.per_gpu
+    sp = p.sequence_parallel and tp > 1
+    last = rank == pp - 1
+    P = counts.per_stage[rank]
 
     weights = P * (4 if fp32 else 2)
     grads = P * 4
     opt_state = P * (8 if fp32 else 12)
-    optimizer = opt_state // dp if p.use_distributed_optimizer else opt_state
+    optimizer = opt_state // (dp * cp) if p.use_distributed_optimizer else opt_state
 
     tokens = d.micro_batch_size * d.seq_length // cp
     per_layer = activation_bytes_per_layer(cfg, tokens, act_bytes)
     layers_here = m.num_layers // pp
-    nmb = max(cfg.num_microbatches(world_size), 1)
-    in_flight = min(pp, nmb) if pp > 1 else 1
-    interleave = 1 + (pp - 1) / (pp * vpp) if vpp else 1.0
-    sp = p.sequence_parallel and tp > 1
+    in_flight = micro_batches_in_flight(cfg, world_size, rank)
+
+    head = 0
+    if last:
+        vocab_local = cfg.padded_vocab_size // tp
+        head += tokens * vocab_local * (8 if fp32 else 6)  # logits + fp32 softmax kept by the cross-entropy
+        head += 2 * tokens * m.hidden_size * act_bytes // (tp if sp else 1)  # final norm input and output
+        if m.norm_head:
+            head += 2 * (counts.output // tp) * act_bytes  # normalised and padding-masked weight copies
+
     if t.recompute_granularity == "full":
         layer_input = tokens * act_bytes * m.hidden_size // (tp if sp else 1)
-        groups = t.recompute_num_layers if t.recompute_method == "uniform" else 1
-        kept = layers_here * layer_input * in_flight * interleave
-        live = per_layer * min(groups, layers_here)
-        activations = int(kept + live)
-        note = f"full recompute: layer inputs kept, {min(groups, layers_here)} layer(s) rebuilt at a time"
+        groups = min(t.recompute_num_layers if t.recompute_method == "uniform" else layers_here, layers_here)
+        kept = int(layers_here * layer_input * in_flight)
+        rebuilt = per_layer * groups  # one group of layers rebuilt during backward (the head is gone by then)
+        activations = kept + max(rebuilt - head, 0)
+        note = f"full recompute: layer inputs kept, {groups} layer(s) rebuilt at a time"
     else:
-        activations = int(per_layer * layers_here * in_flight * interleave)
-        note = "no recompute" if t.recompute_granularity is None else "selective recompute (core attention): ~no saving with flash/fused attention"
-    activations += tokens * act_bytes * m.hidden_size  # embedding output / pipeline receive buffer
+        activations = int(per_layer * layers_here * in_flight)
+        note = ("no recompute" if t.recompute_granularity is None
+                else "selective recompute (core attention): ~no saving with fused attention")
+    if pp > 1:
+        note += f"; pipeline stage {rank} of {pp} peaks"
 
-    logits = tokens * (cfg.padded_vocab_size // tp) * (2 + 4 + 4) if not fp32 else tokens * (cfg.padded_vocab_size // tp) * 12
+    allocated = weights + grads + optimizer + activations + head
     return MemoryEstimate(
         weights=weights,
         grads=grads,
         optimizer=optimizer,
         activations=activations,
-        logits=logits,
-        overhead=RUNTIME_OVERHEAD_BYTES,
+        logits=head,
+        overhead=RUNTIME_FIXED_BYTES + int(ALLOCATOR_CACHE_FRACTION * allocated),
         per_layer_activation=per_layer,
         micro_batches_in_flight=in_flight,
+        pipeline_rank=rank,
         note=note,
     )
