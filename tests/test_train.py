@@ -144,6 +144,8 @@ def test_two_processes_equal_one(straight, tmp_path, cache, init_weights, layout
     for g, w in zip(got, want):
         assert abs(g["loss"] - w["loss"]) <= FP32_REL * abs(w["loss"]), (layout, g, w)
         assert abs(g["grad_norm"] - w["grad_norm"]) <= FP32_REL * abs(w["grad_norm"]), (layout, g, w)
+        # the same documents, counted once per micro-batch (virtual stages each run forward_step)
+        assert g["model_tflop"] == w["model_tflop"], (layout, g, w)
 
 
 def test_context_parallel_trainer_equals_one_process(tmp_path, cache, init_weights):
@@ -161,6 +163,7 @@ def test_context_parallel_trainer_equals_one_process(tmp_path, cache, init_weigh
     for g, w in zip(got, want):
         assert abs(g["loss"] - w["loss"]) <= FP32_REL * abs(w["loss"]), (g, w)
         assert abs(g["grad_norm"] - w["grad_norm"]) <= FP32_REL * abs(w["grad_norm"]), (g, w)
+        assert g["model_tflop"] == w["model_tflop"], (g, w)  # CP rank 0 counts the whole documents
 
 
 def test_stage2_starts_from_stage1_weights_with_fresh_optimizer(straight, tmp_path, cache):

@@ -62,15 +62,20 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def make_forward_step(*, packed: bool, longalign: bool, device: torch.device):
-    """forward_step(data_iterator, model) for megatron's get_forward_backward_func()."""
+def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, stats_chunk=None):
+    """forward_step(data_iterator, model) for megatron's get_forward_backward_func().
+
+    With virtual pipeline stages every model chunk runs forward_step on the same micro-batches;
+    document statistics are counted only for `stats_chunk` (the chunk holding the loss), once per
+    micro-batch."""
     cp_size = ps.get_context_parallel_world_size()
 
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
         count = batch_count(batch, longalign)
-        lengths = (batch["cu_seqlens_padded"][1:] - batch["cu_seqlens_padded"][:-1]).to(torch.int64)
-        forward_step.stats["doc_sq_sum"] = forward_step.stats.get("doc_sq_sum", 0) + int((lengths * lengths).sum())
+        if stats_chunk is None or model is stats_chunk:
+            lengths = (batch["cu_seqlens_padded"][1:] - batch["cu_seqlens_padded"][:-1]).to(torch.int64)
+            forward_step.stats["doc_sq_sum"] = forward_step.stats.get("doc_sq_sum", 0) + int((lengths * lengths).sum())
         batch = to_device(slice_batch_for_cp_rank(batch, cp_size, ps.get_context_parallel_rank()), device)
         psp = packed_seq_params(batch) if packed else None
         output = model(

@@ -118,7 +118,8 @@ class Trainer:
 
         self.train_ds, self.valid_ds = build_datasets(cfg, self.tokenizer)
         self._phase_datasets: dict[int, object] = {}  # warmup phase start step -> its dataset
-        self.forward_step = make_forward_step(packed=True, longalign=cfg.data.loss_weighting == "longalign", device=self.device)
+        self.forward_step = make_forward_step(packed=True, longalign=cfg.data.loss_weighting == "longalign",
+                                              device=self.device, stats_chunk=self.model[-1])
         self.forward_backward = get_forward_backward_func()
         self.num_microbatches = cfg.num_microbatches(self.layout.world_size)
         self.phase = None  # (seq_length, first step) of the data the iterators read
@@ -313,8 +314,9 @@ class Trainer:
                 "tokens_per_s": gbs_tokens / dt,
                 "mem_gib": _memory_gib(),
             }
+            flops = step_flops(cfg, gbs_tokens, out["doc_sq_sum"])
+            rec["model_tflop"] = flops / 1e12  # the step's model FLOPs (layout-independent)
             if torch.cuda.is_available():
-                flops = step_flops(cfg, gbs_tokens, out["doc_sq_sum"])
                 rec["tflops_per_gpu"] = flops / dt / world / 1e12
                 rec["mfu"] = rec["tflops_per_gpu"] / cfg.log.peak_tflops
             self.metrics.log_step(rec, console=step % cfg.log.log_interval == 0 or step == t.train_iters)
