@@ -30,7 +30,7 @@ BF16_STEP2_REL = 2e-2
 # the gradient norm (a sum over all elements) average it down to about a percent.
 FP8_LOSS_REL, FP8_GRAD_REL = 3e-2, 1e-1
 
-# name: (GPUs, overrides, reference). Every run pads packed pieces to multiples of 4 (= 2 x CP2),
+# name: (GPUs, overrides, reference). Every run pads packed pieces to multiples of 8 (= 2 x CP4),
 # so all layouts see the same samples.
 PACKED, CONCAT = "packed", "concat"
 LAYOUTS = {
@@ -45,6 +45,14 @@ LAYOUTS = {
     "pp2": (2, ["parallel.pipeline_model_parallel_size=2"], PACKED),
     "pp2_vpp2": (2, ["parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=2"], PACKED),
     "dp2": (2, [], PACKED),
+    # 4 GPUs: the 3D layouts that fit one 4-GPU host; cp4 runs the real two-level a2a+p2p
+    # (all-to-all over 2 ranks inside a p2p ring of 2).
+    "4gpu_tp2_cp2": (4, ["parallel.tensor_model_parallel_size=2", "parallel.context_parallel_size=2"], PACKED),
+    "4gpu_tp2_pp2": (4, ["parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2"], PACKED),
+    "4gpu_pp2_cp2": (4, ["parallel.pipeline_model_parallel_size=2", "parallel.context_parallel_size=2"], PACKED),
+    "4gpu_pp2_dp2": (4, ["parallel.pipeline_model_parallel_size=2"], PACKED),
+    "4gpu_cp4_a2a+p2p": (4, ["parallel.context_parallel_size=4", "parallel.cp_comm_type=a2a+p2p",
+                             "parallel.hierarchical_context_parallel_sizes=[2,2]"], PACKED),
     "selective_recompute": (1, ["train.recompute_granularity=selective"], PACKED),
     "full_recompute": (1, ["train.recompute_granularity=full"], PACKED),
 }
@@ -53,7 +61,7 @@ REFERENCES = {PACKED: [], CONCAT: ["data.packing=concat"]}
 
 def two_steps(run, cache, init_weights, *extra):
     return small(run, cache, "train.train_iters=2", "train.eval_interval=0", "checkpoint.save_interval=0",
-                 "data.pad_to_multiple_of=4", f"checkpoint.pretrained={init_weights}", *extra)
+                 "data.pad_to_multiple_of=8", f"checkpoint.pretrained={init_weights}", *extra)
 
 
 @pytest.fixture(scope="module")
