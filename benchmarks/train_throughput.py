@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,14 +65,16 @@ def main() -> int:
     from megaindex.training.trainer import Trainer
 
     run_dir = Path(os.environ.get("BENCH_RUN_DIR", f"/tmp/megaindex-bench-{args.name}"))
-    cfg = load_config(args.recipe, [
+    overrides = [
         f"data.data_path=[{args.data}]", f"data.tokenizer_model={args.tokenizer}", f"train.train_iters={args.steps}",
         "train.eval_interval=0",
         "checkpoint.save_interval=0", "checkpoint.pretrained=null", f"train.run_dir={run_dir}",
         "log.tensorboard=false", "log.plot=false", "data.num_workers=2", f"data.cache_dir={run_dir}/cache",
         *args.overrides,
-    ])
+    ]
+    cfg = load_config(args.recipe, overrides)
     cfg.data.global_batch_tokens = args.sequences_per_step * cfg.data.seq_length
+    overrides.append(f"data.global_batch_tokens={cfg.data.global_batch_tokens}")
     t0 = time.time()
     trainer = Trainer(cfg)
     setup_s = time.time() - t0
@@ -79,11 +82,13 @@ def main() -> int:
     world = trainer.layout.world_size
     mem = memory_by_rank()
     if trainer.rank == 0:
-        from megaindex.model.estimate import memory_estimate, parameter_counts
-
         rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][args.warmup:]
         med = lambda k: statistics.median(r[k] for r in rows)
-        est = memory_estimate(cfg, parameter_counts(cfg), world)
+        # `megaindex info` in its own process: the estimate builds a TP=PP=1 meta model, which this
+        # process (megatron already initialised for the benchmark's layout) cannot.
+        info = subprocess.run([sys.executable, "-m", "megaindex", "info", args.recipe, *overrides, "train.precision=bf16",
+                               "--world-size", str(world), "--json"], capture_output=True, text=True, check=True)
+        est = json.loads(info.stdout)["memory_per_gpu_gib"]
         import torch
 
         gpu = torch.cuda.is_available()
@@ -96,7 +101,7 @@ def main() -> int:
             "tflops_per_gpu": med("tflops_per_gpu") if gpu else None, "mfu": med("mfu") if gpu else None,
             "peak_mem_gib": max(r["mem_gib"] for r in rows),
             **mem,
-            "estimate_gib": round(est.total / 2**30, 2), "estimate": est.as_gib(), "estimate_stage": est.pipeline_rank,
+            "estimate": est,
             "allocator_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"),
             "setup_s": setup_s,
             "loss_first_last": [rows[0]["loss"], rows[-1]["loss"]],

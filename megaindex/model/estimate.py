@@ -104,7 +104,15 @@ def count_parameters_meta(cfg: Config) -> dict[str, int]:
             context_parallel_size=1,
         ),
     )
-    cpu_backend.activate()
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized() and ps.get_tensor_model_parallel_world_size() * ps.get_pipeline_model_parallel_world_size() > 1:
+        raise RuntimeError(
+            "parameter counts need a TP=PP=1 model, but this process already runs megatron with TP or PP > 1; "
+            "count before initialising model parallelism, or in its own process (`megaindex info`)."
+        )
+    if not torch.cuda.is_available():
+        cpu_backend.activate()
     distributed.init_single_process()
     tf = to_transformer_config(single, use_te=False)
     tf.use_cpu_initialization = True
@@ -177,8 +185,9 @@ def micro_batches_in_flight(cfg: Config, world_size: int, pipeline_rank: int) ->
     return chunks / vpp
 
 
-RUNTIME_FIXED_BYTES = int(1.5 * GiB)  # CUDA context, NCCL communicators, cuBLAS/cuDNN/TE workspaces
-ALLOCATOR_CACHE_FRACTION = 0.05  # reserved over allocated with expandable segments
+# Calibrated on H200s at 32K (benchmarks/RESULTS_train.md, 8 layouts on 1-4 GPUs):
+RUNTIME_FIXED_BYTES = int(3.5 * GiB)  # outside torch's allocator: CUDA context, NCCL, cuBLAS/cuDNN/TE workspaces (2.8-4.5 measured)
+ALLOCATOR_CACHE_FRACTION = 0.10  # peak reserved over peak allocated with expandable segments (1-15% measured)
 
 
 def memory_estimate(cfg: Config, counts: ParamCounts, world_size: int) -> MemoryEstimate:
