@@ -73,7 +73,7 @@ class MemoryEstimate:
 
     def as_gib(self) -> dict[str, float]:
         d = {k: round(v / GiB, 2) for k, v in dataclasses.asdict(self).items()
-             if isinstance(v, int) and not isinstance(v, bool) and k not in ("micro_batches_in_flight", "pipeline_rank")}
+             if isinstance(v, int) and k not in ("micro_batches_in_flight", "pipeline_rank")}
         d["peak_allocated"] = round(self.peak_allocated / GiB, 2)
         d["total"] = round(self.total / GiB, 2)
         return d
@@ -140,21 +140,17 @@ def stage_parameters(cfg: Config, counts: dict[str, int], pipeline_rank: int) ->
     return n
 
 
-def per_gpu_parameters(cfg: Config, counts: dict[str, int]) -> int:
-    """Parameters on the most loaded GPU."""
-    return max(stage_parameters(cfg, counts, r) for r in range(cfg.parallel.pipeline_model_parallel_size))
-
-
 def parameter_counts(cfg: Config) -> ParamCounts:
     c = count_parameters_meta(cfg)
+    per_stage = [stage_parameters(cfg, c, r) for r in range(cfg.parallel.pipeline_model_parallel_size)]
     return ParamCounts(
         total=c["total"],
         non_embedding=c["non_embedding"],
         norms=c["norms"],
         embedding=c["embedding"],
         output=c["output"],
-        per_gpu=per_gpu_parameters(cfg, c),
-        per_stage=[stage_parameters(cfg, c, r) for r in range(cfg.parallel.pipeline_model_parallel_size)],
+        per_gpu=max(per_stage),
+        per_stage=per_stage,
     )
 
 
