@@ -1,16 +1,24 @@
-"""Checkpoints on megatron-core dist_checkpointing.
+"""The megaindex checkpoint directory format, on megatron-core dist_checkpointing.
 
 A megaindex checkpoint is a directory:
     <dir>/                   megatron dist checkpoint (torch_dist): {"model": GPTModel.sharded_state_dict()}
                              ({"model0", "model1", ...} with virtual pipeline stages, as Megatron-LM),
-                             plus whatever the trainer adds (optimizer, scheduler, data position, RNG)
+                             plus whatever the trainer adds (training/checkpointing.py)
     <dir>/megaindex.json     what wrote it: kind (model|train), step, architecture fields, git revision
     <dir>/config.yaml        the resolved config of the run that wrote it
+
+A save directory holds training checkpoints as `step_XXXXXXXX/` directories and a `latest` file
+naming the newest complete one; older steps beyond `checkpoint.keep_last` are pruned.
 
 dist_checkpointing stores global tensors keyed by megatron's parameter names, with the TE and local
 module layouts mapped onto the same keys, so a checkpoint loads into any TP/PP/CP/DP layout and
 either module layout. Writes go to a temporary sibling directory renamed into place once every
 rank has finished, so a crash never leaves a half checkpoint under the final name.
+
+This module owns the format (directories, metadata, `latest`, pruning) and model weights; what a
+training resume adds (optimizer, schedule, RNG, data position) lives in training/checkpointing.py.
+megatron is imported only where tensors are read or written, so the HF converter can write the
+metadata without it.
 """
 
 from __future__ import annotations
@@ -24,12 +32,13 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing
 
 from megaindex.config import Config
 
 META_FILE = "megaindex.json"
 CONFIG_FILE = "config.yaml"
+LATEST_FILE = "latest"
+STEP_DIR = "step_{:08d}"
 ARCH_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size", "vocab_size", "norm_head")
 
 
@@ -69,6 +78,16 @@ def architecture(cfg: Config) -> dict[str, Any]:
     return {f: (m.kv_heads if f == "num_query_groups" else getattr(m, f)) for f in ARCH_FIELDS}
 
 
+# ---- metadata -------------------------------------------------------------------------------
+
+def write_meta(path: str | Path, cfg: Config, *, kind: str, step: int = 0, extra_meta: dict[str, Any] | None = None) -> None:
+    """Write megaindex.json and config.yaml into the checkpoint directory `path` (one process)."""
+    path = Path(path)
+    meta = {"kind": kind, "step": step, "architecture": architecture(cfg), "git_revision": git_revision(), **(extra_meta or {})}
+    (path / CONFIG_FILE).write_text(cfg.to_yaml())
+    (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     meta = path / META_FILE
@@ -89,6 +108,8 @@ def check_architecture(cfg: Config, path: str | Path) -> None:
         raise CheckpointError(f"checkpoint {path} was written for a different model: " + "; ".join(diffs))
 
 
+# ---- writing --------------------------------------------------------------------------------
+
 def save_checkpoint(
     path: str | Path,
     state: dict[str, Any],
@@ -106,6 +127,8 @@ def save_checkpoint(
     written by a background process; the metadata, the rename into place and `on_complete` run when
     the queue finalises the write (`maybe_finalize_async_calls`). One write is in flight at a time.
     """
+    from megatron.core import dist_checkpointing
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     if async_queue is not None:
@@ -115,12 +138,10 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     _barrier()
-    meta = {"kind": kind, "step": step, "architecture": architecture(cfg), "git_revision": git_revision(), **(extra_meta or {})}
 
     def complete() -> None:
         if _rank() == 0:
-            (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            write_meta(tmp, cfg, kind=kind, step=step, extra_meta=extra_meta)
             _fsync_dir(tmp)
             if path.exists():
                 shutil.rmtree(path)
@@ -141,15 +162,6 @@ def save_checkpoint(
     return path
 
 
-def make_async_queue(cfg: Config):
-    """An AsyncCallsQueue when checkpoint.async_save is on and a GPU is present, else None."""
-    if not (cfg.checkpoint.async_save and torch.cuda.is_available()):
-        return None
-    from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
-
-    return AsyncCallsQueue()
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -163,41 +175,25 @@ def save_model(chunks: list[torch.nn.Module], path: str | Path, cfg: Config, **m
     return save_checkpoint(path, model_sharded_state_dict(chunks), cfg, kind="model", extra_meta=meta)
 
 
-def load_model(chunks: list[torch.nn.Module], path: str | Path, cfg: Config | None = None) -> dict[str, Any]:
-    """Load model weights from any megaindex checkpoint into this rank's chunks (any layout).
+# ---- a save directory: step directories, the `latest` pointer, keep-last-N --------------------
 
-    `path` may also be a save directory: its `latest` checkpoint is used.
-    """
-    path = Path(path)
-    if (path / LATEST_FILE).is_file():
-        path = latest_checkpoint(path)
-    if cfg is not None:
-        check_architecture(cfg, path)
-    else:
-        read_meta(path)
-    sharded = model_sharded_state_dict(chunks)
-    try:
-        # Extra keys (optimizer, RNG of a training checkpoint) are fine; a missing model tensor is
-        # not. Transformer Engine's `_extra_state` (FP8 scaling metadata) is absent from checkpoints
-        # written by the local layout or by the HF converter; TE starts it fresh.
-        loaded, _, unexpected = dist_checkpointing.load(sharded, str(path), strict="return_unexpected")
-    except Exception as e:  # dist_checkpointing raises several types; name the checkpoint
-        raise CheckpointError(f"loading model weights from {path} failed: {e}") from e
-    missing = sorted(k for k in unexpected if not k.endswith("_extra_state"))
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks model tensors: {', '.join(missing[:8])}")
-    for key, chunk in zip(model_state_keys(len(chunks)), chunks):
-        result = chunk.load_state_dict(loaded[key], strict=False)
-        absent = [k for k in result.missing_keys if not k.endswith("_extra_state")]
-        if absent or result.unexpected_keys:
-            raise CheckpointError(f"checkpoint {path} does not match the model: missing {absent}, unexpected {result.unexpected_keys}")
-    return read_meta(path)
+def save_step(save_dir: str | Path, step: int, state: dict[str, Any], cfg: Config, *,
+              extra_meta: dict[str, Any] | None = None, async_queue=None) -> Path:
+    """Write `state` as save_dir/step_XXXXXXXX, then point `latest` at it, then prune to
+    checkpoint.keep_last (in the background with `async_queue`: `latest` moves only once the
+    write is complete)."""
+    save_dir = Path(save_dir)
+    if _rank() == 0:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    _barrier()
+    name = STEP_DIR.format(step)
 
+    def point_latest() -> None:  # rank 0, after the checkpoint is complete under its final name
+        _write_latest(save_dir, name)
+        _prune(save_dir, cfg.checkpoint.keep_last, keep=name)
 
-# ---- training checkpoints: step directories, the `latest` pointer, keep-last-N ----------------
-
-LATEST_FILE = "latest"
-STEP_DIR = "step_{:08d}"
+    return save_checkpoint(save_dir / name, state, cfg, kind="train", step=step, extra_meta=extra_meta,
+                           async_queue=async_queue, on_complete=point_latest)
 
 
 def latest_checkpoint(save_dir: str | Path) -> Path | None:
@@ -232,102 +228,36 @@ def _prune(save_dir: Path, keep_last: int, keep: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _sharding_metadata(cfg: Config) -> dict[str, Any]:
-    kind = "fully_reshardable" if cfg.checkpoint.fully_reshardable else "dp_reshardable"
-    return {"distrib_optim_sharding_type": kind, "chained_optim_avoid_prefix": True, "singleton_local_shards": False}
+# ---- reading --------------------------------------------------------------------------------
 
+def load_model(chunks: list[torch.nn.Module], path: str | Path, cfg: Config | None = None) -> dict[str, Any]:
+    """Load model weights from any megaindex checkpoint into this rank's chunks (any layout).
 
-def _rng_state() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-    from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-    state = {
-        "random": random.getstate(),
-        "np": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "tracker": get_cuda_rng_tracker().get_states(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-    from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-    random.setstate(state["random"])
-    np.random.set_state(state["np"])
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"])
-    get_cuda_rng_tracker().set_states(state["tracker"])
-
-
-def train_state_dict(chunks, optimizer, scheduler, cfg: Config, *, is_loading: bool, progress: dict[str, Any]) -> dict[str, Any]:
-    """Everything a resume needs, as one sharded state dict (model, optimizer, schedule, data, RNG)."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
-
-    metadata = _sharding_metadata(cfg)
-    model_sd = {k: c.sharded_state_dict(metadata=metadata) for k, c in zip(model_state_keys(len(chunks)), chunks)}
-    state: dict[str, Any] = dict(model_sd)
-    state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata)
-    state["opt_param_scheduler"] = scheduler.state_dict()
-    state["progress"] = dict(progress)
-    state["rng_state"] = ShardedObject(
-        "rng_state",
-        _rng_state(),
-        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(), ps.get_context_parallel_world_size()),
-        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(), ps.get_context_parallel_rank()),
-        replica_id=ps.get_data_parallel_rank(),
-    )
-    return state
-
-
-def save_train_checkpoint(save_dir: str | Path, chunks, optimizer, scheduler, cfg: Config, progress: dict[str, Any],
-                          async_queue=None) -> Path:
-    """step_XXXXXXXX under save_dir, then `latest` -> it, then prune to keep_last (in the
-    background with `async_queue`: `latest` moves only once the write is complete)."""
-    save_dir = Path(save_dir)
-    if _rank() == 0:
-        save_dir.mkdir(parents=True, exist_ok=True)
-    _barrier()
-    step = int(progress["step"])
-    name = STEP_DIR.format(step)
-
-    def point_latest() -> None:  # rank 0, after the checkpoint is complete under its final name
-        _write_latest(save_dir, name)
-        _prune(save_dir, cfg.checkpoint.keep_last, keep=name)
-
-    state = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=False, progress=progress)
-    return save_checkpoint(save_dir / name, state, cfg, kind="train", step=step, extra_meta={"progress": dict(progress)},
-                           async_queue=async_queue, on_complete=point_latest)
-
-
-def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: Config) -> dict[str, Any]:
-    """Restore model, optimizer, schedule and RNG; returns the saved progress (step, samples, ...)."""
-    from megaindex.training.optimizer import fix_shared_step, prime_state_for_load
+    `path` may also be a save directory: its `latest` checkpoint is used.
+    """
+    from megatron.core import dist_checkpointing
 
     path = Path(path)
-    check_architecture(cfg, path)
-    meta = read_meta(path)
-    if meta.get("kind") != "train":
-        raise CheckpointError(f"{path} holds model weights only; start from it with checkpoint.pretrained={path}.")
-    prime_state_for_load(optimizer)
-    template = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=True, progress=meta["progress"])
+    if (path / LATEST_FILE).is_file():
+        path = latest_checkpoint(path)
+    if cfg is not None:
+        check_architecture(cfg, path)
+    else:
+        read_meta(path)
+    sharded = model_sharded_state_dict(chunks)
     try:
-        state = dist_checkpointing.load(template, str(path))
-    except Exception as e:
-        raise CheckpointError(f"resuming from {path} failed: {e}") from e
+        # Extra keys (optimizer, RNG of a training checkpoint) are fine; a missing model tensor is
+        # not. Transformer Engine's `_extra_state` (FP8 scaling metadata) is absent from checkpoints
+        # written by the local layout or by the HF converter; TE starts it fresh.
+        loaded, _, unexpected = dist_checkpointing.load(sharded, str(path), strict="return_unexpected")
+    except Exception as e:  # dist_checkpointing raises several types; name the checkpoint
+        raise CheckpointError(f"loading model weights from {path} failed: {e}") from e
+    missing = sorted(k for k in unexpected if not k.endswith("_extra_state"))
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks model tensors: {', '.join(missing[:8])}")
     for key, chunk in zip(model_state_keys(len(chunks)), chunks):
-        chunk.load_state_dict(state[key], strict=True)
-    optimizer.load_state_dict(state["optimizer"])
-    fix_shared_step(optimizer)
-    scheduler.load_state_dict(state["opt_param_scheduler"])
-    _set_rng_state(state["rng_state"])
-    return state["progress"]
+        result = chunk.load_state_dict(loaded[key], strict=False)
+        absent = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if absent or result.unexpected_keys:
+            raise CheckpointError(f"checkpoint {path} does not match the model: missing {absent}, unexpected {result.unexpected_keys}")
+    return read_meta(path)

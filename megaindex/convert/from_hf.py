@@ -13,7 +13,6 @@ loads: megatron reads the embedding and head with `allow_shape_mismatch`, and pa
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -22,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from megaindex.checkpoint import write_meta
 from megaindex.config import Config, ConfigError, ModelConfig
 from megaindex.convert import layout as L
 from megaindex.convert.dist_io import LazyTensor, object_key, write_dist_checkpoint
@@ -136,8 +136,6 @@ def convert_from_hf(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Convert; returns the output directory. Nothing is left at `out` if anything fails."""
-    from megaindex.checkpoint import CONFIG_FILE, META_FILE, architecture, git_revision
-
     hf_dir = Path(hf_dir)
     raw = read_hf_config(hf_dir)
     fields = model_fields_from_hf(raw, source=str(hf_dir / "config.json"))
@@ -167,18 +165,12 @@ def convert_from_hf(
         copied = _copy_tokenizer(hf_dir, tmp / TOKENIZER_DIR)
         if (tmp / TOKENIZER_DIR / "tokenizer.model").is_file():
             cfg.data.tokenizer_model = str(final / TOKENIZER_DIR / "tokenizer.model")
-        meta = {
-            "kind": "model",
-            "step": 0,
-            "architecture": architecture(cfg),
-            "git_revision": git_revision(),
+        write_meta(tmp, cfg, kind="model", extra_meta={
             "source": {"format": "hf", "path": str(hf_dir.absolute()), "architectures": raw.get("architectures")},
             "converted_for": {"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp,
                               "virtual_pipeline_model_parallel_size": vpp, "padded_vocab_size": padded},
             "dtype": str(torch_dtype).removeprefix("torch."),
-        }
-        (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        })
     weights.close()
     log(f"[convert] wrote {out} in {time.time() - start:.1f}s" + (f"; tokenizer files: {', '.join(copied)}" if copied else ""))
     return Path(out)

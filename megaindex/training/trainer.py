@@ -27,6 +27,7 @@ from megaindex.data.sampler import build_dataloader
 from megaindex.data.tokenizer import IndexTokenizer
 from megaindex.distributed import init_distributed
 from megaindex.model.build import build_model_chunks, params_dtype
+from megaindex.training import checkpointing
 from megaindex.training.flops import step_flops
 from megaindex.training.loss import LOSS_KEY, make_forward_step
 from megaindex.training.metrics import MetricsLogger, plot_loss_curve
@@ -113,7 +114,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.model, self.dtype)
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.progress = Progress()
-        self.async_queue = checkpoint.make_async_queue(cfg)
+        self.async_queue = checkpointing.make_async_queue(cfg)
         self._resume_or_start()
 
         self.train_ds, self.valid_ds = build_datasets(cfg, self.tokenizer)
@@ -134,7 +135,7 @@ class Trainer:
         ck = self.cfg.checkpoint
         path = Path(ck.load) if ck.load else checkpoint.latest_checkpoint(self.save_dir)
         if path is not None:
-            saved = checkpoint.load_train_checkpoint(path, self.chunks, self.optimizer, self.scheduler, self.cfg)
+            saved = checkpointing.load_train_checkpoint(path, self.chunks, self.optimizer, self.scheduler, self.cfg)
             self.progress = Progress(**saved)
             self._log(f"resumed from {path} at step {self.progress.step}")
         elif ck.pretrained:
@@ -273,7 +274,7 @@ class Trainer:
 
     def save(self, blocking: bool = True) -> Path:
         """Checkpoint now; with async saves (GPU) `blocking=False` returns while the write goes on."""
-        path = checkpoint.save_train_checkpoint(
+        path = checkpointing.save_train_checkpoint(
             self.save_dir, self.chunks, self.optimizer, self.scheduler, self.cfg, self.progress.as_dict(),
             async_queue=self.async_queue,
         )

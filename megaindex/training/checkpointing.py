@@ -1,0 +1,197 @@
+"""Training checkpoints: what a resume needs beyond the model weights.
+
+A training checkpoint is a step directory of the format in megaindex/checkpoint.py holding one
+sharded state dict: the model chunks, the (distributed) optimizer, the LR schedule, the data
+position (`progress`: step, consumed samples, skipped steps) and every rank's RNG states.
+This module also owns the asynchronous write queue and the guards that megatron-core's optimizer
+state needs to load with torch AdamW (CPU, no TE/apex):
+
+- loading a fully-reshardable DistributedOptimizer state fails with KeyError 'step'
+  (`_guard_step_key_on_load`);
+- megatron builds its load template from `state_dict()`, which reads a per-parameter `step` that a
+  fresh optimizer lacks (`prime_state_for_load`);
+- after loading, megatron assigns ONE step tensor to every parameter; torch AdamW increments each
+  parameter's step in place, so the shared tensor advances once per parameter per update and bias
+  correction drifts after a resume (`fix_shared_step` gives every parameter its own copy).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from megaindex import checkpoint
+from megaindex.checkpoint import CheckpointError
+from megaindex.config import Config
+
+
+def make_async_queue(cfg: Config):
+    """An AsyncCallsQueue when checkpoint.async_save is on and a GPU is present, else None."""
+    if not (cfg.checkpoint.async_save and torch.cuda.is_available()):
+        return None
+    from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+    return AsyncCallsQueue()
+
+
+def _sharding_metadata(cfg: Config) -> dict[str, Any]:
+    kind = "fully_reshardable" if cfg.checkpoint.fully_reshardable else "dp_reshardable"
+    return {"distrib_optim_sharding_type": kind, "chained_optim_avoid_prefix": True, "singleton_local_shards": False}
+
+
+def _rng_state() -> dict[str, Any]:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    state = {
+        "random": random.getstate(),
+        "np": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "tracker": get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    random.setstate(state["random"])
+    np.random.set_state(state["np"])
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def train_state_dict(chunks, optimizer, scheduler, cfg: Config, *, is_loading: bool, progress: dict[str, Any]) -> dict[str, Any]:
+    """Everything a resume needs, as one sharded state dict (model, optimizer, schedule, data, RNG)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    metadata = _sharding_metadata(cfg)
+    model_sd = {k: c.sharded_state_dict(metadata=metadata) for k, c in zip(checkpoint.model_state_keys(len(chunks)), chunks)}
+    state: dict[str, Any] = dict(model_sd)
+    state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=metadata)
+    state["opt_param_scheduler"] = scheduler.state_dict()
+    state["progress"] = dict(progress)
+    state["rng_state"] = ShardedObject(
+        "rng_state",
+        _rng_state(),
+        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(), ps.get_context_parallel_world_size()),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(), ps.get_context_parallel_rank()),
+        replica_id=ps.get_data_parallel_rank(),
+    )
+    return state
+
+
+def save_train_checkpoint(save_dir: str | Path, chunks, optimizer, scheduler, cfg: Config, progress: dict[str, Any],
+                          async_queue=None) -> Path:
+    """step_XXXXXXXX under save_dir, then `latest` -> it, then prune to keep_last (checkpoint.save_step)."""
+    state = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=False, progress=progress)
+    return checkpoint.save_step(save_dir, int(progress["step"]), state, cfg, extra_meta={"progress": dict(progress)},
+                                async_queue=async_queue)
+
+
+def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: Config) -> dict[str, Any]:
+    """Restore model, optimizer, schedule and RNG; returns the saved progress (step, samples, ...)."""
+    from megatron.core import dist_checkpointing
+
+    path = Path(path)
+    checkpoint.check_architecture(cfg, path)
+    meta = checkpoint.read_meta(path)
+    if meta.get("kind") != "train":
+        raise CheckpointError(f"{path} holds model weights only; start from it with checkpoint.pretrained={path}.")
+    _guard_step_key_on_load()
+    prime_state_for_load(optimizer)
+    template = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=True, progress=meta["progress"])
+    try:
+        state = dist_checkpointing.load(template, str(path))
+    except Exception as e:
+        raise CheckpointError(f"resuming from {path} failed: {e}") from e
+    for key, chunk in zip(checkpoint.model_state_keys(len(chunks)), chunks):
+        chunk.load_state_dict(state[key], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    fix_shared_step(optimizer)
+    scheduler.load_state_dict(state["opt_param_scheduler"])
+    _set_rng_state(state["rng_state"])
+    return state["progress"]
+
+
+# ---- guards for megatron-core's optimizer state with torch AdamW (see module doc) ------------
+
+def _guard_step_key_on_load() -> None:
+    """megatron-core bug (torch AdamW path): loading a fully-reshardable DistributedOptimizer state
+    copies every tensor of the parameter's optimizer state from the checkpoint, including torch
+    AdamW's per-parameter `step`, which the checkpoint keeps per param group -> KeyError 'step'.
+    The step is restored from the param group by megatron itself; skip it here."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    orig = DistributedOptimizer._set_main_param_and_optimizer_states
+    if getattr(orig, "_megaindex_guard", False):
+        return
+
+    def guarded(self, model_param, tensors):
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        state = self.optimizer.state[main_param]
+        step = state.pop("step", None) if "step" not in tensors else None
+        try:
+            orig(self, model_param, tensors)
+        finally:
+            if step is not None:
+                state["step"] = step
+
+    guarded._megaindex_guard = True
+    DistributedOptimizer._set_main_param_and_optimizer_states = guarded
+
+
+def _inner_optimizers(optimizer) -> list:
+    chained = getattr(optimizer, "chained_optimizers", None)
+    return list(chained) if chained is not None else [optimizer]
+
+
+def fix_shared_step(optimizer) -> int:
+    """Give every parameter its own `step` tensor (see module doc); returns how many were shared."""
+    fixed = 0
+    for opt in _inner_optimizers(optimizer):
+        inner = getattr(opt, "optimizer", None)
+        if inner is None:
+            continue
+        seen: set[int] = set()
+        for state in inner.state.values():
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                if id(step) in seen:
+                    state["step"] = step.detach().clone()
+                    fixed += 1
+                seen.add(id(state["step"]))
+    return fixed
+
+
+def prime_state_for_load(optimizer) -> None:
+    """Create (zero) Adam states with a per-parameter `step` before a checkpoint load.
+
+    megatron's DistributedOptimizer builds its load template from `state_dict()`, which with torch
+    AdamW (no TE/apex) reads every parameter's `step` — absent on a fresh optimizer (megatron's own
+    init_state_fn creates only exp_avg/exp_avg_sq), so the load would fail. The values are
+    overwritten by the load; `fix_shared_step` runs after it.
+    """
+    for opt in _inner_optimizers(optimizer):
+        inner = getattr(opt, "optimizer", None)
+        init = getattr(opt, "init_state_fn", None)
+        # Only torch's Adam keeps a per-parameter `step`; TE's FusedAdam keeps it per group and
+        # refuses unknown state names.
+        if inner is None or not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+            continue
+        if init is not None:
+            init(inner, getattr(opt, "config", None))
+        for group in inner.param_groups:
+            for p in group["params"]:
+                state = inner.state[p]
+                if "exp_avg" in state and "step" not in state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
