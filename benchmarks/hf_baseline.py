@@ -6,7 +6,7 @@ LlamaForCausalLM in the Index-1.9B shape (36 x 2048, 16 heads, SwiGLU 5888, voca
 does not change the cost), bf16 weights, SDPA attention, gradient checkpointing on every layer,
 torch AdamW (fused), batch 1 x 32768 tokens of one causal sequence per micro-batch (HF has no
 per-document packed attention with SDPA). Reports tokens/s, model TFLOP/s with the same FLOP count
-as megaindex (megaindex/training/flops.py: 6 x dense params + causal attention over the documents,
+as megaindex (megaindex/plan.py: 6 x dense params + causal attention over the documents,
 here one 32K document per row) and peak memory; with --compare, prints the ratio against the
 megaindex records of the same device in that file.
 """
@@ -34,7 +34,7 @@ def main() -> int:
     import transformers
 
     from megaindex.config import load_config
-    from megaindex.training.flops import step_flops
+    from megaindex.plan import step_flops
 
     from megaindex.convert.hf_config import hf_config_dict
 

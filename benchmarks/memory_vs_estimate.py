@@ -46,7 +46,7 @@ def run_config(record: dict):
 
 
 def compare(records: list[dict]) -> list[dict]:
-    from megaindex.model.estimate import GiB, memory_estimate, parameter_counts
+    from megaindex.plan import GiB, memory_estimate, parameter_counts
 
     out = []
     for r in records:

@@ -8,8 +8,8 @@
 Runs `--steps` full training steps of Index-1.9B-32K (examples/index_1.9b_long_pt_32k.yaml plus the
 overrides) through megaindex.training.Trainer, skips the first `--warmup` steps, and reports the
 median tokens/s/GPU, model TFLOP/s/GPU (6 x dense params + causal attention over the actual
-documents, see megaindex/training/flops.py), MFU against 989 TFLOP/s, peak allocated memory, and
-`megaindex info`'s memory estimate for the same layout. Writes a JSON line to --out.
+documents, see megaindex/plan.py), MFU against 989 TFLOP/s, peak allocated memory, and
+megaindex.plan's memory estimate for the same layout (what `megaindex info` prints). Writes a JSON line to --out.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,6 +61,7 @@ def main() -> int:
 
     from megaindex.config import load_config
     from megaindex.distributed import destroy_distributed
+    from megaindex.plan import memory_estimate, parameter_counts
     from megaindex.training.trainer import Trainer
 
     run_dir = Path(os.environ.get("BENCH_RUN_DIR", f"/tmp/megaindex-bench-{args.name}"))
@@ -84,11 +84,9 @@ def main() -> int:
     if trainer.rank == 0:
         rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][args.warmup:]
         med = lambda k: statistics.median(r[k] for r in rows)
-        # `megaindex info` in its own process: the estimate builds a TP=PP=1 meta model, which this
-        # process (megatron already initialised for the benchmark's layout) cannot.
-        info = subprocess.run([sys.executable, "-m", "megaindex", "info", args.recipe, *overrides, "train.precision=bf16",
-                               "--world-size", str(world), "--json"], capture_output=True, text=True, check=True)
-        est = json.loads(info.stdout)["memory_per_gpu_gib"]
+        # The same estimate `megaindex info` prints (pure arithmetic: fine inside this TP/PP process).
+        est_cfg = load_config(args.recipe, [*overrides, "train.precision=bf16"])
+        est = memory_estimate(est_cfg, parameter_counts(est_cfg), world).as_gib()
         import torch
 
         gpu = torch.cuda.is_available()

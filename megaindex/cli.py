@@ -30,7 +30,7 @@ def _world_size_for_info(cfg: Config, requested: int | None) -> int:
 
 def info(cfg: Config, world_size: int) -> dict:
     """Resolved config, parallel layout, parameter counts and the per-GPU memory estimate."""
-    from megaindex.model.estimate import memory_estimate, parameter_counts
+    from megaindex.plan import memory_estimate, parameter_counts
 
     notes = cfg.validate(world_size)
     counts = parameter_counts(cfg)

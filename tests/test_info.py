@@ -1,4 +1,4 @@
-"""`megaindex info` on the shipped 32K recipe: counts from the meta-device model, layout, memory."""
+"""`megaindex info` on the shipped 32K recipe: parameter counts (megaindex.plan), layout, memory."""
 
 from __future__ import annotations
 

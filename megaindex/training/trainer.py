@@ -27,8 +27,8 @@ from megaindex.data.sampler import build_dataloader
 from megaindex.data.tokenizer import IndexTokenizer
 from megaindex.distributed import init_distributed
 from megaindex.model.build import build_model_chunks, params_dtype
+from megaindex.plan import step_flops
 from megaindex.training import checkpointing
-from megaindex.training.flops import step_flops
 from megaindex.training.loss import LOSS_KEY, make_forward_step
 from megaindex.training.metrics import MetricsLogger, plot_loss_curve
 from megaindex.training.optimizer import build_optimizer, build_scheduler

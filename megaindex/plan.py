@@ -1,15 +1,27 @@
-"""Parameter counts and a per-GPU memory estimate for a recipe, without a GPU.
+"""The analytic model of a layout: parameter counts, model FLOPs and the per-GPU memory estimate.
 
-Parameter counts come from the real GPTModel built on the meta device (nothing allocated), so they
-are exactly what megatron will build. Per-GPU counts and memory follow megatron's sharding:
+Pure arithmetic on a Config: no torch, no process groups, no backend, so it runs anywhere, also
+inside a TP/PP training process (the trainer's TFLOP/s, the benchmarks, `megaindex info`,
+`megaindex plan`). tests/test_plan.py checks the counts against the real GPTModel built on the
+meta device for several presets and layouts.
+
+Parameters, as megatron builds them: per layer the QKV (h x (h + 2 kv)), output (h x h), fc1
+(2F x h, SwiGLU) and fc2 (h x F) matrices and two RMSNorm weights; a final norm; the embedding
+and, untied, the LM head, each padded vocabulary x h (the vocabulary padded to 128 x TP). Per GPU:
 matrices split over TP (norms replicated), layers over PP, embedding on the first stage and the head
-on the last, optimizer state over DP x CP with the distributed optimizer (CP ranks hold the same
-weights, so megatron shards the optimizer over the data-parallel group *with* context parallel).
+on the last (tied embeddings: the last stage holds a copy of the embedding when PP > 1).
 
-The estimate is the peak of torch's allocated memory on the most loaded pipeline stage, plus a
-runtime allowance. Bytes per GPU, bf16 mixed precision as on the GPU node (fp32 if precision says so):
+Model FLOPs per training step, counted the way papers do: per token 6 x (layer matrices + LM head
+over the real vocabulary) for forward and backward; attention per layer and document of n tokens
+6 * n^2 * h_attn (QK^T and AV, causal half, x3 for training), with documents from the batch's
+cu_seqlens so packing with per-document attention is not credited with attention it never computes.
+Recompute is not counted (model FLOPs, not hardware FLOPs).
+
+Memory: the peak of torch's allocated memory on the most loaded pipeline stage, plus a runtime
+allowance. Bytes per GPU, bf16 mixed precision as on the GPU node (fp32 if precision says so):
 * static: weights 2/param, fp32 grad buffer 4/param (megatron accumulates grads in fp32), Adam
-  state fp32 main weights + m + v = 12/param divided by DP x CP with the distributed optimizer;
+  state fp32 main weights + m + v = 12/param divided by DP x CP with the distributed optimizer
+  (CP ranks hold the same weights, so megatron shards the optimizer over DP *with* CP);
 * activations per layer and token, what the TE layers save for backward with fused attention (no
   s^2 term; Korthikanti et al. 2022 adapted to SwiGLU and GQA): both norm inputs and outputs 4h
   (split over TP with sequence parallel), q, k, v after RoPE and the attention output
@@ -23,7 +35,7 @@ runtime allowance. Bytes per GPU, bf16 mixed precision as on the GPU node (fp32 
   the Norm-Head's normalised weight copies, the final norm's input and output;
 * runtime: CUDA context, NCCL and cuDNN/cuBLAS workspaces outside torch's allocator, and the
   allocator's cache over the allocated peak (`expandable_segments`, the trainer's default).
-Measured against this on the GPU node: benchmarks/RESULTS_train.md.
+Measured against this on the GPU node: benchmarks/memory_vs_estimate.py, benchmarks/RESULTS_train.md.
 """
 
 from __future__ import annotations
@@ -31,13 +43,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
-
-from megaindex.config import Config
+from megaindex.config import Config, ModelConfig
 
 GiB = 1024**3
 
 
+# ---- parameters ---------------------------------------------------------------------------------
 @dataclass
 class ParamCounts:
     total: int
@@ -49,6 +60,60 @@ class ParamCounts:
     per_stage: list[int]  # each pipeline stage's share on one GPU
 
 
+def layer_matrix_params(m: ModelConfig) -> int:
+    """One transformer layer's matrices: QKV, attention output, SwiGLU fc1 (2F) and fc2 (F)."""
+    h, f, kv = m.hidden_size, m.ffn_hidden_size, m.kv_heads * m.head_dim
+    return h * (h + 2 * kv) + h * h + 3 * h * f
+
+
+def stage_parameters(cfg: Config, pipeline_rank: int) -> int:
+    """Parameters one GPU of pipeline stage `pipeline_rank` holds (TP-sharded; norms replicated)."""
+    m, p = cfg.model, cfg.parallel
+    tp, pp, h = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, m.hidden_size
+    vocab_rows = cfg.padded_vocab_size // tp
+    n = m.num_layers // pp * (layer_matrix_params(m) // tp + 2 * h)
+    if pipeline_rank == 0:
+        n += vocab_rows * h
+    if pipeline_rank == pp - 1:
+        n += h  # final norm
+        if m.untie_embeddings_and_output_weights or pp > 1:
+            n += vocab_rows * h  # the head (tied and PP > 1: the last stage's copy of the embedding)
+    return n
+
+
+def parameter_counts(cfg: Config) -> ParamCounts:
+    """The model's parameters by kind (each counted once) and each pipeline stage's share per GPU."""
+    m, h = cfg.model, cfg.model.hidden_size
+    embedding = cfg.padded_vocab_size * h
+    counts = dict(
+        non_embedding=m.num_layers * layer_matrix_params(m),
+        norms=(2 * m.num_layers + 1) * h,
+        embedding=embedding,
+        output=embedding if m.untie_embeddings_and_output_weights else 0,
+    )
+    per_stage = [stage_parameters(cfg, r) for r in range(cfg.parallel.pipeline_model_parallel_size)]
+    return ParamCounts(total=sum(counts.values()), **counts, per_gpu=max(per_stage), per_stage=per_stage)
+
+
+# ---- FLOPs --------------------------------------------------------------------------------------
+def dense_params(cfg: Config) -> int:
+    """Matmul parameters every token goes through: layer matrices + the LM head (real vocabulary)."""
+    m = cfg.model
+    return m.num_layers * layer_matrix_params(m) + m.hidden_size * m.vocab_size
+
+
+def attention_flops(cfg: Config, doc_lengths_sq_sum: int) -> float:
+    """Causal attention (QK^T and AV) forward + backward over documents with sum(n_i^2) given."""
+    m = cfg.model
+    return 6.0 * m.num_layers * m.num_attention_heads * m.head_dim * doc_lengths_sq_sum
+
+
+def step_flops(cfg: Config, tokens: int, doc_lengths_sq_sum: int) -> float:
+    """Training FLOPs for `tokens` tokens whose documents have sum(n_i^2) = doc_lengths_sq_sum."""
+    return 6.0 * dense_params(cfg) * tokens + attention_flops(cfg, doc_lengths_sq_sum)
+
+
+# ---- memory -------------------------------------------------------------------------------------
 @dataclass
 class MemoryEstimate:
     weights: int
@@ -77,81 +142,6 @@ class MemoryEstimate:
         d["peak_allocated"] = round(self.peak_allocated / GiB, 2)
         d["total"] = round(self.total / GiB, 2)
         return d
-
-
-def _classify(name: str) -> str:
-    if name.startswith("embedding."):
-        return "embedding"
-    if name.startswith("output_layer."):
-        return "output"
-    if "norm" in name:  # input_layernorm, pre_mlp_layernorm, final_layernorm, TE's layer_norm_weight
-        return "norms"
-    return "non_embedding"
-
-
-def count_parameters_meta(cfg: Config) -> dict[str, int]:
-    """Build the whole model (TP=PP=1) on the meta device and count its parameters by kind."""
-    from megaindex import cpu_backend, distributed
-    from megaindex.model.build import build_model, to_transformer_config
-
-    single = dataclasses.replace(
-        cfg,
-        parallel=dataclasses.replace(
-            cfg.parallel,
-            tensor_model_parallel_size=1,
-            pipeline_model_parallel_size=1,
-            virtual_pipeline_model_parallel_size=None,
-            context_parallel_size=1,
-        ),
-    )
-    from megatron.core import parallel_state as ps
-
-    if ps.model_parallel_is_initialized() and ps.get_tensor_model_parallel_world_size() * ps.get_pipeline_model_parallel_world_size() > 1:
-        raise RuntimeError(
-            "parameter counts need a TP=PP=1 model, but this process already runs megatron with TP or PP > 1; "
-            "count before initialising model parallelism, or in its own process (`megaindex info`)."
-        )
-    if not torch.cuda.is_available():
-        cpu_backend.activate()
-    distributed.init_single_process()
-    tf = to_transformer_config(single, use_te=False)
-    tf.use_cpu_initialization = True
-    tf.perform_initialization = False
-    with torch.device("meta"):
-        model = build_model(single, use_te=False, tf_config=tf, pre_process=True, post_process=True)
-    counts = {"embedding": 0, "output": 0, "norms": 0, "non_embedding": 0}
-    for name, p in model.named_parameters():
-        assert p.device.type == "meta", f"{name} was allocated"
-        counts[_classify(name)] += p.numel()
-    counts["total"] = sum(counts.values())
-    return counts
-
-
-def stage_parameters(cfg: Config, counts: dict[str, int], pipeline_rank: int) -> int:
-    """Parameters one GPU of pipeline stage `pipeline_rank` holds (TP-sharded; norms replicated)."""
-    p, h = cfg.parallel, cfg.model.hidden_size
-    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
-    layer_norms = counts["norms"] - h  # the final norm lives with the head
-    n = (counts["non_embedding"] // tp + layer_norms) // pp
-    if pipeline_rank == 0:
-        n += counts["embedding"] // tp
-    if pipeline_rank == pp - 1:
-        n += counts["output"] // tp + h
-    return n
-
-
-def parameter_counts(cfg: Config) -> ParamCounts:
-    c = count_parameters_meta(cfg)
-    per_stage = [stage_parameters(cfg, c, r) for r in range(cfg.parallel.pipeline_model_parallel_size)]
-    return ParamCounts(
-        total=c["total"],
-        non_embedding=c["non_embedding"],
-        norms=c["norms"],
-        embedding=c["embedding"],
-        output=c["output"],
-        per_gpu=max(per_stage),
-        per_stage=per_stage,
-    )
 
 
 def activation_bytes_per_layer(cfg: Config, tokens: int, bytes_per_value: int) -> int:
