@@ -60,6 +60,10 @@ def _to_hf_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shard-size-gb", type=float, default=2.0, help="largest safetensors shard")
     p.add_argument("--force", action="store_true", help="replace a non-empty OUT")
     p.add_argument("--check", action="store_true", help="after converting, compare fp32 logits with transformers")
+    p.add_argument("--rope-scaling", default=None, metavar="KIND:FACTOR",
+                   help="write a training-free RoPE variant into config.json: linear:16 | dynamic:8 | yarn:16")
+    p.add_argument("--train-length", type=int, default=None,
+                   help="the length the model was trained at, for --rope-scaling (default: the checkpoint's data.seq_length)")
     return p
 
 
@@ -85,9 +89,10 @@ def to_hf(argv: list[str]) -> int:
     out = convert_to_hf(
         a.ckpt, a.out, fmt=a.fmt, template_dir=a.template_dir, dtype=a.dtype,
         max_shard_bytes=int(a.max_shard_size_gb * 1024**3), force=a.force,
+        rope_scaling=a.rope_scaling, train_length=a.train_length,
     )
     if a.check:
-        check_parity(a.ckpt, out)
+        check_parity(a.ckpt, out, rope=a.rope_scaling, train_length=a.train_length)
     return 0
 
 

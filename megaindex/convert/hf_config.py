@@ -108,12 +108,16 @@ def arch_of(m: ModelConfig) -> Arch:
     )
 
 
-def hf_config_dict(m: ModelConfig, fmt: str, torch_dtype: str, template: dict[str, Any] | None = None) -> dict[str, Any]:
+def hf_config_dict(m: ModelConfig, fmt: str, torch_dtype: str, template: dict[str, Any] | None = None,
+                   rope_scaling: dict[str, Any] | None = None, max_position_embeddings: int | None = None) -> dict[str, Any]:
     """config.json for an exported checkpoint.
 
     llama: stock `LlamaForCausalLM` (no remote code); the normalised head is baked into lm_head.
     index: `IndexForCausalLM` with `norm_head: true` and the template's auto_map (remote code).
     Fields from a template config are kept unless megaindex owns them (shapes, rope, eps, vocab).
+    rope_scaling: a training-free RoPE variant's parameters (megaindex.eval.rope.hf_rope_parameters),
+    written as `rope_parameters` (transformers >= 5) and `rope_scaling` (< 5, Index's remote code);
+    max_position_embeddings overrides the model's (HF's dynamic NTK reads the training length there).
     """
     cfg: dict[str, Any] = {}
     if fmt == "index" and template:
@@ -134,7 +138,7 @@ def hf_config_dict(m: ModelConfig, fmt: str, torch_dtype: str, template: dict[st
         # both spellings: transformers < 5 and Index's remote code read rope_theta, >= 5 rope_parameters
         rope_theta=float(m.rotary_base),
         rope_parameters={"rope_type": "default", "rope_theta": float(m.rotary_base)},
-        max_position_embeddings=m.max_position_embeddings,
+        max_position_embeddings=max_position_embeddings or m.max_position_embeddings,
         vocab_size=m.vocab_size,  # unpadded: the padding is a megatron artefact
         tie_word_embeddings=False,
         bos_token_id=INDEX_BOS_ID,
@@ -150,6 +154,9 @@ def hf_config_dict(m: ModelConfig, fmt: str, torch_dtype: str, template: dict[st
         cfg.pop("norm_head", None)
         cfg.pop("auto_map", None)
     cfg.pop("rope_scaling", None)
+    if rope_scaling:
+        cfg["rope_parameters"] = dict(rope_scaling)
+        cfg["rope_scaling"] = {k: v for k, v in rope_scaling.items() if k != "rope_theta"}
     return cfg
 
 

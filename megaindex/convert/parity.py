@@ -97,6 +97,8 @@ def check_parity(
     num_sequences: int = 3,
     seq_len: int = 32,
     tolerance: float | None = None,
+    rope: str | None = None,
+    train_length: int | None = None,
     log=print,
 ) -> float:
     """fp32 max |logits difference| between the megaindex checkpoint and the HF checkpoint.
@@ -105,6 +107,10 @@ def check_parity(
     side stores a normalised head in half precision (a `--format llama` export in bf16/fp16).
     """
     model, cfg = build_megaindex(ckpt)
+    if rope:  # an export with --rope-scaling: the megaindex side runs the same variant
+        from megaindex.eval.rope import apply_rope_variant, parse_rope
+
+        apply_rope_variant(model, parse_rope(rope), train_length=train_length or cfg.data.seq_length)
     tokens = random_tokens(cfg.model.vocab_size, num_sequences, min(seq_len, cfg.model.max_position_embeddings))
     ours = megaindex_logits(model, tokens, cfg.model.vocab_size)
     del model

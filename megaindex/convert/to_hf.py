@@ -18,7 +18,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -75,6 +75,33 @@ def check_dist_tensors(reader: DistCheckpointReader, arch: L.Arch, tied: bool) -
             )
 
 
+def _rope_config(spec: str | None, base: int, train_length: int) -> tuple[dict | None, int | None]:
+    """(rope parameters, max_position_embeddings) for --rope-scaling: dynamic NTK reads the training
+    length L from max_position_embeddings; linear and YaRN are meant for factor x L tokens."""
+    if not spec:
+        return None, None
+    from megaindex.eval import EvalError
+    from megaindex.eval.rope import hf_rope_parameters, parse_rope
+
+    try:
+        variant = parse_rope(spec)
+    except EvalError as e:
+        raise ConversionError(f"--rope-scaling: {e}") from None
+    if variant.kind == "naive":
+        return None, None
+    return hf_rope_parameters(variant, base, train_length), variant.max_length(train_length) if variant.kind != "dynamic" else train_length
+
+
+def open_for_export(ckpt: Path):
+    """(config, reader, arch, tied) of a megaindex checkpoint, every tensor's shape checked."""
+    cfg = _load_checkpoint_config(ckpt)
+    arch = arch_of(cfg.model)
+    reader = DistCheckpointReader(ckpt)
+    tied = not cfg.model.untie_embeddings_and_output_weights or L.OUTPUT not in reader.tensors
+    check_dist_tensors(reader, arch, tied)
+    return cfg, reader, arch, tied
+
+
 def convert_to_hf(
     ckpt: str | Path,
     out: str | Path,
@@ -84,23 +111,24 @@ def convert_to_hf(
     dtype: str = "auto",
     max_shard_bytes: int = 2 * 1024**3,
     force: bool = False,
+    rope_scaling: str | None = None,
+    train_length: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Export; returns the output directory. Nothing is left at `out` if anything fails."""
-    from megaindex.model.output_layer import normalize_rows
+    """Export; returns the output directory. Nothing is left at `out` if anything fails.
 
+    rope_scaling: a training-free RoPE variant ("linear:16", "dynamic:8", "yarn:16") written into
+    config.json for the training length `train_length` (default: the checkpoint's data.seq_length),
+    so that transformers computes what `megaindex eval --rope` does."""
     if fmt not in FORMATS:
         raise ConversionError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
     ckpt = Path(ckpt)
     check_out_dir(out, force)
     template = Path(template_dir) if template_dir else None
     template_cfg = read_hf_config(template) if template else None
-    cfg = _load_checkpoint_config(ckpt)
+    cfg, reader, arch, tied = open_for_export(ckpt)
     m = cfg.model
-    arch = arch_of(m)
-    reader = DistCheckpointReader(ckpt)
-    tied = not m.untie_embeddings_and_output_weights or L.OUTPUT not in reader.tensors
-    check_dist_tensors(reader, arch, tied)
+    rope_params, max_pos = _rope_config(rope_scaling, m.rotary_base, train_length or cfg.data.seq_length)
     if dtype == "auto":
         out_dtype = reader.dtype(L.EMBEDDING)
     elif dtype in DTYPES:
@@ -117,32 +145,42 @@ def convert_to_hf(
     start = time.time()
     with atomic_out_dir(out, force) as tmp:
         writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
-        emb = L.unpad_vocab(reader.get(L.EMBEDDING), arch.vocab_size)
-        writer.add(L.HF_EMBEDDING, emb.to(out_dtype))
-        if not tied:
-            emb = None
-        progress.step()
-        for layer in range(arch.num_layers):
-            for key in L.LAYER_KEYS:
-                for name, t in L.split_layer_tensor(key, reader.get(key, layer), arch, layer).items():
-                    writer.add(name, t.to(out_dtype))
-            progress.step()
-        writer.add(L.HF_FINAL_NORM, reader.get(L.FINAL_NORM).to(out_dtype))
-        head = emb if tied else L.unpad_vocab(reader.get(L.OUTPUT), arch.vocab_size)
-        del emb
-        if bake:
-            head = _baked_head(head, out_dtype, normalize_rows)
-        writer.add(L.HF_OUTPUT, head.to(out_dtype))
-        del head
+        for name, t in hf_tensors(reader, arch, tied=tied, bake=bake, out_dtype=out_dtype, on_layer=progress.step):
+            writer.add(name, t)
         writer.finish()
-        progress.step()
 
         dtype_name = str(out_dtype).removeprefix("torch.")
-        (tmp / "config.json").write_text(json.dumps(hf_config_dict(m, fmt, dtype_name, template_cfg), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(m, fmt, dtype_name, template_cfg, rope_params, max_pos), indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation_config_dict(), indent=2) + "\n")
         copied = _copy_support_files(ckpt, cfg.data.tokenizer_model, template, fmt, tmp)
     log(f"[convert] wrote {out} in {time.time() - start:.1f}s" + (f"; copied {', '.join(copied)}" if copied else ""))
     return Path(out)
+
+
+def hf_tensors(reader: DistCheckpointReader, arch: L.Arch, *, tied: bool, bake: bool, out_dtype: torch.dtype,
+               on_layer: Callable[[], None] = lambda: None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, tensor in out_dtype) of every exported weight, read one layer at a time: what
+    convert_to_hf writes, and what the evaluation engine loads into transformers in memory.
+    `on_layer` is called after the embedding, each layer and the head."""
+    from megaindex.model.output_layer import normalize_rows
+
+    emb = L.unpad_vocab(reader.get(L.EMBEDDING), arch.vocab_size)
+    yield L.HF_EMBEDDING, emb.to(out_dtype)
+    if not tied:
+        emb = None
+    on_layer()
+    for layer in range(arch.num_layers):
+        for key in L.LAYER_KEYS:
+            for name, t in L.split_layer_tensor(key, reader.get(key, layer), arch, layer).items():
+                yield name, t.to(out_dtype)
+        on_layer()
+    yield L.HF_FINAL_NORM, reader.get(L.FINAL_NORM).to(out_dtype)
+    head = emb if tied else L.unpad_vocab(reader.get(L.OUTPUT), arch.vocab_size)
+    del emb
+    if bake:
+        head = _baked_head(head, out_dtype, normalize_rows)
+    yield L.HF_OUTPUT, head.to(out_dtype)
+    on_layer()
 
 
 def _baked_head(head: torch.Tensor, out_dtype: torch.dtype, normalize_rows, rows: int = 8192) -> torch.Tensor:
