@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     delegated = {"data": "megaindex.data.cli", "convert": "megaindex.convert.cli"}
     if argv and argv[0] in delegated:
         return _delegate(delegated[argv[0]], argv[1:])
+    if argv and argv[0] == "summarize":  # Index's long-text demo
+        return _delegate("megaindex.eval.summarize", argv[1:])
 
     parser = argparse.ArgumentParser(prog="megaindex", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train a recipe (launch with torchrun for several GPUs/processes)")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
+    sub.add_parser("summarize", help="Index's long-text demo: `megaindex summarize FILE --model CKPT_OR_HF_DIR [--watch]`")
     p = sub.add_parser("doctor", help="versions, GPUs, attention backend and parallel features this environment will use")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_doctor)

@@ -93,10 +93,21 @@ def test_exported_rope_scaling_logits_equal_transformers(ckpt, tmp_path, single_
         assert hf.config.rope_parameters["rope_type"] == spec.split(":")[0]
         apply_rope_variant(model, parse_rope(spec), train_length=TRAIN_LENGTH)
         ours = megaindex_logits(model, tokens, cfg.model.vocab_size)
+        if spec == "dynamic:4":
+            ours_dynamic = ours
         with torch.no_grad():
             theirs = hf(tokens).logits.float()
         assert (ours - theirs).abs().max().item() <= 1e-4, spec
         assert (ours - naive).abs().max().item() > 1e-2, f"{spec} changed nothing"
+        if spec == "dynamic:4":
+            dynamic_hf_dir = out
+    # an HF directory carrying a variant: the hf engine reads the variant and the training length
+    from megaindex.eval.engine import load_engine
+
+    he = load_engine(dynamic_hf_dir, engine="hf")
+    assert (he.rope.name, he.train_length, he.max_length) == ("dynamic:4", TRAIN_LENGTH, 4 * TRAIN_LENGTH)
+    seq = tokens[0].tolist()
+    assert (he.nll(seq) - torch.nn.functional.cross_entropy(ours_dynamic[0, :-1], tokens[0, 1:], reduction="none")).abs().max() <= 1e-4
     apply_rope_variant(model, parse_rope("naive"), train_length=TRAIN_LENGTH)
     torch.testing.assert_close(megaindex_logits(model, tokens, cfg.model.vocab_size), naive, rtol=0, atol=0)
 
@@ -166,3 +177,68 @@ def test_bad_input(engines, ckpt, tmp_path):
         naive.forced(random_items([(70, 10)]))
     naive.set_rope(parse_rope("dynamic:4"))
     assert naive.max_length == 4 * TRAIN_LENGTH and len(naive.forced(random_items([(70, 10)]))) == 1
+
+
+# ---- the long-text demo ---------------------------------------------------------------------------
+def test_summarize_streams_greedy_output_and_truncates(engines, ckpt, tmp_path, capsys):
+    """`megaindex summarize` prints exactly the greedy (repetition penalty 1.1) continuation of
+    Index's demo prompt, as it is generated; a document over the training length is
+    middle-truncated with a warning."""
+    from megaindex.cli import main
+    from megaindex.data.tokenizer import ASSISTANT, UNK, USER
+    from megaindex.eval.summarize import BEFORE, summary_prompt
+    from megaindex.eval.truncate import middle_truncate
+
+    _, he = engines
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The grass is green. 草是绿的。" * 3, encoding="utf-8")
+    ids = summary_prompt(he.tokenizer.encode, doc.read_text(encoding="utf-8"))
+    assert ids[0] == UNK and ids[-1] == ASSISTANT and ids.count(USER) == 1
+    assert he.tokenizer.decode(ids).startswith("<unk>你是由哔哩哔哩") and BEFORE in he.tokenizer.decode(ids)
+    limit = 300  # --train-length: Index's system message alone is ~130 tokens of this small vocabulary
+    assert len(ids) <= limit - 6 or pytest.fail(f"prompt {len(ids)} tokens: shorten the test document")
+
+    cli = ["--model", str(ckpt), "--max-new-tokens", "6", "--train-length", str(limit)]
+    assert main(["summarize", str(doc), *cli]) == 0
+    out, err = capsys.readouterr()
+    want = he.generate(ids, 6, repetition_penalty=1.1)
+    assert out == he.tokenizer.decode(want) + "\n" and "warning" not in err
+
+    doc.write_text("The grass is green. The sky is blue. " * 40, encoding="utf-8")
+    long_ids = summary_prompt(he.tokenizer.encode, doc.read_text(encoding="utf-8"))
+    assert main(["summarize", str(doc), *cli]) == 0
+    out, err = capsys.readouterr()
+    dropped = len(long_ids) - (limit - 6)
+    assert dropped > 0 and f"{dropped} tokens were dropped from the middle" in err
+    kept = middle_truncate(long_ids, limit, 6)
+    assert out == he.tokenizer.decode(he.generate(kept, 6, repetition_penalty=1.1)) + "\n"
+
+    assert main(["summarize", str(tmp_path / "missing.txt"), "--model", str(ckpt)]) == 2
+    assert main(["summarize", str(doc), "--model", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_summarize_watch_resummarises_on_change(engines, tmp_path):
+    import io
+    import os
+    import threading
+
+    from megaindex.eval.summarize import watch
+
+    _, he = engines
+    doc = tmp_path / "doc.txt"
+    doc.write_text("first version", encoding="utf-8")
+    out, err = io.StringIO(), io.StringIO()
+    runs = []
+    t = threading.Thread(target=lambda: runs.append(watch(doc, he, poll_seconds=0.05, max_runs=2, out=out, err=err,
+                                                          max_new_tokens=3)))
+    t.start()
+    for _ in range(600):
+        if out.getvalue().count(">> ") == 1 and out.getvalue().endswith("\n"):
+            break
+        t.join(0.05)
+    doc.write_text("second version, longer", encoding="utf-8")
+    os.utime(doc, ns=(1, 10**18))  # a different mtime whatever the clock resolution
+    t.join(60)
+    assert runs == [2]
+    assert out.getvalue().count(">> ") == 2 and "(22 characters)" in out.getvalue()
