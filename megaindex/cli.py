@@ -1,4 +1,4 @@
-"""The `megaindex` command line: `info`, `train`, `data`, `convert`, `doctor`.
+"""The `megaindex` command line: `info`, `plan`, `train`, `data`, `convert`, `doctor`.
 
 Each subcommand is a thin shell over a library function; heavy imports happen inside the handler
 so that `megaindex --help` stays instant.
@@ -102,6 +102,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Rank the layouts of a recipe on --gpus GPUs that fit --gpu-memory by predicted throughput."""
+    from megaindex import planner
+
+    cfg = load_config(args.config, args.overrides)
+    doc_length = args.doc_length or cfg.data.seq_length
+    ranked, refused = planner.rank_layouts(cfg, args.gpus, gpu_memory_gib=args.gpu_memory, nodes=args.nodes,
+                                           doc_length=doc_length)
+    if args.json:
+        print(json.dumps({"gpus": args.gpus, "nodes": args.nodes, "gpu_memory_gib": args.gpu_memory,
+                          "doc_length": doc_length, "refused": refused,
+                          "layouts": [planner.as_dict(c) for c in ranked]}, indent=2))
+    else:
+        print(planner.format_plan(cfg, args.config, args.gpus, args.nodes, args.gpu_memory, doc_length, ranked,
+                                  refused, args.top))
+    return 0 if any(c.fits for c in ranked) else 1
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (under torchrun for several processes); prints where logs, plot and checkpoints are."""
     cfg = load_config(args.config, args.overrides)
@@ -165,6 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=None, help="nodes (with --gpus-per-node) instead of --world-size")
     p.add_argument("--gpus-per-node", type=int, default=DEFAULT_GPUS_PER_NODE)
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("plan", help="rank the TP x PP x VPP x CP x DP x recompute layouts that fit, by predicted throughput")
+    _add_config_args(p)
+    p.add_argument("--gpus", type=int, required=True, help="GPUs in the job")
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (H100 80GB: 80; H200: 141)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes the GPUs are spread over (groups spanning nodes use the network)")
+    p.add_argument("--doc-length", type=float, default=None,
+                   help="typical document length in tokens, for the attention cost (default: seq_length, one document per row)")
+    p.add_argument("--top", type=int, default=5, help="layouts to print")
+    p.add_argument("--json", action="store_true", help="every valid layout, machine-readable")
+    p.set_defaults(func=cmd_plan)
     p = sub.add_parser("train", help="train a recipe (launch with torchrun for several GPUs/processes)")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)

@@ -63,3 +63,58 @@ def test_model_flops_of_the_32k_recipe():
     one_doc = plan.step_flops(cfg, 32768, 32768**2)
     assert one_doc == dense * 32768 + 6 * 36 * 2048 * 32768**2
     assert plan.step_flops(cfg, 32768, 2 * 16384**2) - dense * 32768 == (one_doc - dense * 32768) / 2
+
+
+def plan_json(*args: str) -> tuple[int, dict]:
+    r = subprocess.run([sys.executable, "-m", "megaindex", "plan", *args, "--json"], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    return r.returncode, (json.loads(r.stdout) if r.returncode == 0 else {"stderr": r.stderr})
+
+
+def test_plan_picks_cp2_for_the_32k_recipe_on_two_80gb_gpus():
+    """Measured on 2 GPUs at 32K: CP2 fastest (431-439 TFLOP/s/GPU), then TP2+SP (408-422), PP2 x VPP2
+    (420), PP2 (400), DP2 with full recompute (358-360); on 80 GiB PP2, PP2 x VPP2 and DP2 without
+    recompute do not fit. The cost model has to rank CP2 first by itself."""
+    rc, r = plan_json(RECIPE, "--gpus", "2")
+    assert rc == 0, r
+    fitting = [c for c in r["layouts"] if c["fits"]]
+    assert fitting[0]["layout"] == "CP2"
+    assert fitting[0]["overrides"] == [
+        "parallel.tensor_model_parallel_size=1", "parallel.pipeline_model_parallel_size=1",
+        "parallel.virtual_pipeline_model_parallel_size=null", "parallel.context_parallel_size=2",
+        "train.recompute_granularity=null"]
+    names = [c["layout"] for c in fitting]
+    assert names.index("TP2 +SP") < names.index("DP2, full recompute")
+    for c in r["layouts"]:  # fits means the estimate's total is within the GPU, and the order is by throughput
+        assert c["fits"] == (c["memory_gib"] <= 80.0), c
+    assert {"PP2", "PP2 x VPP2", "DP2"} <= {c["layout"] for c in r["layouts"] if not c["fits"]}
+    speeds = [c["tokens_per_s_per_gpu"] for c in fitting]
+    assert speeds == sorted(speeds, reverse=True)
+    # The override line reproduces the layout through the normal config path.
+    cfg = load_config(RECIPE, fitting[0]["overrides"])
+    assert cfg.validate(2) is not None and cfg.parallel.context_parallel_size == 2
+
+    # Two nodes of 8: a TP group of 16 would cross the network; none of the top layouts does.
+    rc, r16 = plan_json(RECIPE, "--gpus", "16", "--nodes", "2")
+    assert rc == 0 and all("TP16" not in c["layout"] for c in r16["layouts"][:5])
+    rc, bad = plan_json(RECIPE, "--gpus", "4", "--nodes", "3")
+    assert rc == 2 and "--gpus 4 is not divisible by --nodes 3" in bad["stderr"]
+
+
+def test_cost_model_error_on_the_recorded_runs():
+    """benchmarks/RESULTS_plan.md's claim: fitted on the 16 recorded 32K runs (1-4 GPUs, H100 and
+    H200), the model is within 5% on 15 of them and within 16% on the last (cp2_dp2, whose median
+    is of two steps, 330.7 and 407.7 TFLOP/s); mean error under 3%; leave-one-out within 6% on 15
+    of 16. The constants in megaindex/planner.py are the fit itself."""
+    r = subprocess.run([sys.executable, "benchmarks/plan_vs_measured.py", "--json"], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    for stored, fitted in zip(out["constants"], out["fitted"]):
+        assert abs(stored / fitted - 1) < 1e-3, (out["constants"], out["fitted"])
+    rows = [c for c in out["rows"] if c["calibration"]]
+    assert len(rows) >= 16 and {c["gpus"] for c in rows} == {1, 2, 4}
+    errors = sorted(abs(c["error"]) for c in rows)
+    loo = sorted(abs(c["loo_error"]) for c in rows)
+    assert errors[-1] <= 0.16 and errors[-2] <= 0.05 and sum(errors) / len(errors) <= 0.03, errors
+    assert loo[-1] <= 0.17 and loo[-2] <= 0.06, loo
