@@ -22,8 +22,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _world_size_for_info(cfg: Config, requested: int | None) -> int:
-    if requested:
-        return requested
+    if requested is not None:
+        return requested  # validate() refuses a count below 1
     # One model replica (DP=1): the global batch is always divisible by it.
     return cfg.model_parallel_size
 
@@ -93,7 +93,8 @@ def _print_info(cfg: Config, r: dict) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    world = _world_size_for_info(cfg, args.world_size or (args.nodes * args.gpus_per_node if args.nodes else None))
+    world = _world_size_for_info(cfg, args.world_size if args.world_size is not None
+                                  else args.nodes * args.gpus_per_node if args.nodes is not None else None)
     r = info(cfg, world)
     if args.json:
         print(json.dumps(r, indent=2))

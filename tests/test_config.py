@@ -162,3 +162,117 @@ def test_all_to_all_cp_needs_heads_divisible_by_its_group():
     msg = errors_of(cfg_with("parallel.context_parallel_size=4", "parallel.cp_comm_type=a2a+p2p",
                              "parallel.hierarchical_context_parallel_sizes=[3,2]"), 4)
     assert "hierarchical_context_parallel_sizes whose product is CP=4" in msg
+
+
+# ---- deep validation: every number's range, duplicate keys, overrides (issue #15 item 7) -------
+
+def test_every_numeric_field_declares_its_range():
+    from typing import get_type_hints
+
+    for cls in [config_mod.ModelConfig, config_mod.ParallelConfig, config_mod.DataConfig, config_mod.OptimConfig,
+                config_mod.TrainConfig, config_mod.CheckpointConfig, config_mod.LogConfig]:
+        hints = get_type_hints(cls)
+        for f in config_mod.dataclasses.fields(cls):
+            # context_length_warmup's [until_step, seq_length] pairs have their own rule (validate)
+            if any(t in str(hints[f.name]) for t in ("int", "float")) and "list[list" not in str(hints[f.name]):
+                assert {"ge", "gt", "lt"} & set(f.metadata), f"{cls.__name__}.{f.name} has no range"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.seq_length=-256", "data.seq_length is -256; it must be at least 1."),
+    ("data.seq_length=0", "data.seq_length is 0; it must be at least 1."),
+    ("data.micro_batch_size=0", "data.micro_batch_size is 0; it must be at least 1."),
+    ("data.global_batch_tokens=-2048", "data.global_batch_tokens is -2048; it must be at least 1."),
+    ("optim.lr=-1e-4", "optim.lr is -0.0001; it must be greater than 0."),
+    ("optim.lr=0", "optim.lr is 0.0; it must be greater than 0."),
+    ("optim.lr=.nan", "optim.lr is nan; it must be greater than 0."),
+    ("optim.min_lr=-1", "optim.min_lr is -1.0; it must be at least 0."),
+    ("optim.adam_beta1=1.0", "optim.adam_beta1 is 1.0; it must be at least 0 and less than 1."),
+    ("optim.adam_beta2=-0.5", "optim.adam_beta2 is -0.5; it must be at least 0 and less than 1."),
+    ("optim.adam_eps=0", "optim.adam_eps is 0.0; it must be greater than 0."),
+    ("optim.clip_grad=-1", "optim.clip_grad is -1.0; it must be at least 0."),
+    ("optim.clip_grad=.inf", "optim.clip_grad is inf; it must be at least 0."),
+    ("optim.min_lr=1e-3", "optim.min_lr 0.001 is larger than optim.lr 1e-05"),
+    ("train.train_iters=-1", "train.train_iters is -1; it must be at least 1."),
+    ("log.log_interval=0", "log.log_interval is 0; it must be at least 1."),
+    ("checkpoint.keep_last=-1", "checkpoint.keep_last is -1; it must be at least 0."),
+    ("model.norm_epsilon=0", "model.norm_epsilon is 0.0; it must be greater than 0."),
+    ("model.ffn_hidden_size=-352", "model.ffn_hidden_size is -352; it must be at least 1."),
+    ("parallel.virtual_pipeline_model_parallel_size=0", "parallel.virtual_pipeline_model_parallel_size is 0; it must be at least 1."),
+    ("parallel.tensor_model_parallel_size=0", "parallel.tensor_model_parallel_size is 0; it must be at least 1."),
+    ("data.split=abc", "data.split 'abc' must be up to three non-negative train,valid,test weights"),
+    ("data.split=1,-1,0", "data.split '1,-1,0' must be up to three non-negative"),
+])
+def test_out_of_range_numbers_name_the_field(override, message):
+    assert message in errors_of(cfg_with(override), 1)
+
+
+def test_world_size_below_one_is_refused():
+    for world in (0, -2):
+        assert f"world size {world}; it must be at least 1 GPU" in errors_of(cfg_with(), world)
+
+
+def test_info_world_size_zero_is_an_error_not_the_default():
+    from megaindex.cli import main
+
+    assert main(["info", str(REPO / "examples" / "tiny_pt.yaml"), "--world-size", "0"]) == 2
+
+
+def test_duplicate_yaml_keys_name_file_and_lines(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("model:\n  preset: tiny\noptim:\n  lr: 1e-4\nmodel:\n  num_layers: 2\n")
+    with pytest.raises(ConfigError, match=rf"{p}:5: duplicate key 'model' \(first at line 1\)"):
+        load_config(p)
+    p.write_text("optim:\n  lr: 1e-4\n  min_lr: 0\n  lr: 2e-4\n")
+    with pytest.raises(ConfigError, match=rf"{p}:4: duplicate key 'lr' \(first at line 2\)"):
+        load_config(p)
+
+
+def test_invalid_yaml_is_one_line_with_the_line_number(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("optim:\n  lr: [1e-4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}:") and "\n" not in str(e.value)
+
+
+def test_quoted_overrides_are_strings_or_a_one_line_error():
+    assert load_config(None, ['name="my run"']).name == "my run"
+    assert load_config(None, ["name='my run'"]).name == "my run"
+    assert load_config(None, ["name=my run"]).name == "my run"
+    assert load_config(None, ['name="123"']).name == "123"  # quoted: stays a string
+    assert load_config(None, ["name=@home"]).name == "@home"  # not YAML: the plain string
+    for bad in ['name="my run', "data.data_path=[a.jsonl"]:
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [bad])
+        assert str(e.value).startswith(f"override '{bad}': cannot read the value") and "\n" not in str(e.value)
+
+
+def test_yaml_floats_read_as_numbers_in_files_and_overrides(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("optim:\n  lr: 3e-4\n  adam_eps: 1E-8\n  min_lr: 1.5e-6\n")
+    cfg = load_config(p, ["optim.weight_decay=1e-2"])
+    assert (cfg.optim.lr, cfg.optim.adam_eps, cfg.optim.min_lr, cfg.optim.weight_decay) == (3e-4, 1e-8, 1.5e-6, 1e-2)
+
+
+def test_converter_target_config_keeps_data_defaults():
+    from megaindex.config import DataConfig
+    from megaindex.convert.from_hf import target_config
+
+    fields = dict(num_layers=4, hidden_size=128, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=352,
+                  vocab_size=300, max_position_embeddings=256)
+    assert target_config(fields, tp=2, pp=2, vpp=None).data == DataConfig()
+    with pytest.raises(Exception, match="num_layers 4 is not divisible by PP x VPP = 2 x 4 = 8"):
+        target_config(fields, tp=1, pp=2, vpp=4)
+
+
+def test_parity_config_is_a_copy():
+    from megaindex.convert.parity import single_process_config
+
+    loaded = cfg_with("parallel.tensor_model_parallel_size=2", "parallel.pipeline_model_parallel_size=2",
+                      "train.recompute_granularity=full", "model.transformer_impl=transformer_engine")
+    before = config_mod.dataclasses.replace(loaded)
+    before_dict = loaded.to_dict()
+    one = single_process_config(loaded, impl="local", precision="fp32")
+    assert loaded.to_dict() == before_dict and before == loaded
+    assert one.model_parallel_size == 1 and one.model.transformer_impl == "local" and one.train.recompute_granularity is None

@@ -44,11 +44,8 @@ def target_config(model_fields: dict, tp: int, pp: int, vpp: int | None, make_vo
     p = cfg.parallel
     p.tensor_model_parallel_size, p.pipeline_model_parallel_size = tp, pp
     p.virtual_pipeline_model_parallel_size = vpp
-    # Data settings only need to be consistent for validate(); the trainer's recipe sets its own.
-    cfg.data.seq_length = cfg.model.max_position_embeddings
-    cfg.data.global_batch_tokens = cfg.data.seq_length * pp
     try:
-        cfg.validate(tp * pp)
+        cfg.validate_model_layout()  # the data settings are the trainer's recipe's, not the checkpoint's
     except ConfigError as e:
         raise ConversionError(f"the model does not fit --tp {tp} --pp {pp} --vpp {vpp}: {e}") from None
     return cfg

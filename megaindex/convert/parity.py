@@ -10,6 +10,7 @@ is returned and compared with a tolerance.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -28,6 +29,19 @@ def random_tokens(vocab_size: int, num_sequences: int = 3, seq_len: int = 32, se
     return torch.randint(0, vocab_size, (num_sequences, seq_len), generator=g)
 
 
+def single_process_config(cfg, *, impl: str = "local", precision: str = "fp32"):
+    """A copy of `cfg` for one process (TP=PP=CP=1), with the module layout and precision of the
+    check and no recompute or FP8; `cfg` itself is left as loaded."""
+    from megaindex.config import ParallelConfig
+
+    return dataclasses.replace(
+        cfg,
+        parallel=ParallelConfig(sequence_parallel=False),
+        model=dataclasses.replace(cfg.model, transformer_impl=impl),
+        train=dataclasses.replace(cfg.train, precision=precision, recompute_granularity=None, fp8=None),
+    )
+
+
 def build_megaindex(ckpt: str | Path, *, impl: str = "local", precision: str = "fp32"):
     """The checkpoint's model as one single-process chunk, weights loaded; returns (model, cfg)."""
     from megaindex import cpu_backend
@@ -39,15 +53,7 @@ def build_megaindex(ckpt: str | Path, *, impl: str = "local", precision: str = "
     if not torch.cuda.is_available():
         cpu_backend.activate()
     init_single_process()
-    cfg = load_config(Path(ckpt) / "config.yaml")
-    p = cfg.parallel
-    p.tensor_model_parallel_size = p.pipeline_model_parallel_size = p.context_parallel_size = 1
-    p.virtual_pipeline_model_parallel_size = None
-    p.sequence_parallel = False
-    cfg.model.transformer_impl = impl
-    cfg.train.precision = precision
-    cfg.train.recompute_granularity = None
-    cfg.train.fp8 = None
+    cfg = single_process_config(load_config(Path(ckpt) / "config.yaml"), impl=impl, precision=precision)
     chunks = build_model_chunks(cfg)
     load_model(chunks, ckpt, cfg)
     model = chunks[0].eval()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megaindex.config import Config, ConfigError
+from megaindex.config import Config, ConfigError, split_ratios
 
 
 def pad_multiple(cfg: Config) -> int:
@@ -87,8 +87,7 @@ def resolve_prefix(path: str, cfg: Config, tokenizer) -> str:
 
 def _split_ranges(n: int, split: str) -> list[tuple[int, int]]:
     """Contiguous (train, valid, test) conversation ranges for a "99,1,0" split (megatron's rule)."""
-    ratios = [float(x) for x in split.replace("/", ",").split(",")]
-    ratios = (ratios + [0.0, 0.0, 0.0])[:3]
+    ratios = split_ratios(split)
     cum = np.cumsum([0.0] + ratios) / sum(ratios)
     bounds = [int(round(c * n)) for c in cum]
     return [(bounds[i], bounds[i + 1]) for i in range(3)]
