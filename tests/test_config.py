@@ -255,13 +255,14 @@ def test_yaml_floats_read_as_numbers_in_files_and_overrides(tmp_path):
     assert (cfg.optim.lr, cfg.optim.adam_eps, cfg.optim.min_lr, cfg.optim.weight_decay) == (3e-4, 1e-8, 1.5e-6, 1e-2)
 
 
-def test_converter_target_config_keeps_data_defaults():
+def test_converter_target_config_invents_no_batch_settings():
     from megaindex.config import DataConfig
     from megaindex.convert.from_hf import target_config
 
     fields = dict(num_layers=4, hidden_size=128, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=352,
                   vocab_size=300, max_position_embeddings=256)
-    assert target_config(fields, tp=2, pp=2, vpp=None).data == DataConfig()
+    # only the length the model was built for is recorded; batch settings are the recipe's
+    assert target_config(fields, tp=2, pp=2, vpp=None).data == DataConfig(seq_length=256)
     with pytest.raises(Exception, match="num_layers 4 is not divisible by PP x VPP = 2 x 4 = 8"):
         target_config(fields, tp=1, pp=2, vpp=4)
 

@@ -60,7 +60,7 @@ def worker(hf_dir: str, ckpt: str, work: str) -> None:
         cfg = load_config(Path(ckpt) / "config.yaml", [
             f"parallel.tensor_model_parallel_size={tp}", f"parallel.pipeline_model_parallel_size={pp}",
             f"parallel.virtual_pipeline_model_parallel_size={'null' if vpp is None else vpp}",
-            "parallel.sequence_parallel=false", "train.precision=fp32", "data.seq_length=256", "data.global_batch_tokens=512",
+            "parallel.sequence_parallel=false", "train.precision=fp32", "data.global_batch_tokens=512",
         ])
         distributed.init_distributed(cfg)
         chunks = build_model_chunks(cfg)

@@ -44,8 +44,11 @@ def target_config(model_fields: dict, tp: int, pp: int, vpp: int | None, make_vo
     p = cfg.parallel
     p.tensor_model_parallel_size, p.pipeline_model_parallel_size = tp, pp
     p.virtual_pipeline_model_parallel_size = vpp
+    # The context the source model was built for; evaluation reads it as the training length. The
+    # other data settings are the training recipe's, so only the model x layout fit is checked.
+    cfg.data.seq_length = cfg.model.max_position_embeddings
     try:
-        cfg.validate_model_layout()  # the data settings are the trainer's recipe's, not the checkpoint's
+        cfg.validate_model_layout()
     except ConfigError as e:
         raise ConversionError(f"the model does not fit --tp {tp} --pp {pp} --vpp {vpp}: {e}") from None
     return cfg
