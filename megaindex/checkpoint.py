@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from megaindex import safe_pickle
 from megaindex.config import Config
 
 META_FILE = "megaindex.json"
@@ -97,6 +98,17 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             f"convert HF weights with tools/convert_from_hf.py first."
         )
     return json.loads(meta.read_text())
+
+
+def check_dist_metadata(path: str | Path) -> None:
+    """Read the DCP `.metadata` through the restricted unpickler before megatron does (a crafted
+    file fails here with one line naming it), and route megatron's own reads through the safe
+    loaders (safe_pickle.install). Every load in megaindex calls this first."""
+    safe_pickle.install()
+    path = Path(path)
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path} lacks its .metadata file: the checkpoint is incomplete.")
+    safe_pickle.read_metadata(path)
 
 
 def check_architecture(cfg: Config, path: str | Path) -> None:
@@ -236,6 +248,7 @@ def load_model(chunks: list[torch.nn.Module], path: str | Path, cfg: Config | No
     `path` may also be a save directory: its `latest` checkpoint is used.
     """
     from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException
 
     path = Path(path)
     if (path / LATEST_FILE).is_file():
@@ -244,17 +257,19 @@ def load_model(chunks: list[torch.nn.Module], path: str | Path, cfg: Config | No
         check_architecture(cfg, path)
     else:
         read_meta(path)
+    check_dist_metadata(path)
     sharded = model_sharded_state_dict(chunks)
     try:
         # Extra keys (optimizer, RNG of a training checkpoint) are fine; a missing model tensor is
         # not. Transformer Engine's `_extra_state` (FP8 scaling metadata) is absent from checkpoints
         # written by the local layout or by the HF converter; TE starts it fresh.
         loaded, _, unexpected = dist_checkpointing.load(sharded, str(path), strict="return_unexpected")
-    except Exception as e:  # dist_checkpointing raises several types; name the checkpoint
+    except (Exception, CheckpointException) as e:  # several types (one a BaseException); name the checkpoint
         raise CheckpointError(f"loading model weights from {path} failed: {e}") from e
     missing = sorted(k for k in unexpected if not k.endswith("_extra_state"))
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks model tensors: {', '.join(missing[:8])}")
+    safe_pickle.check_extra_state(loaded, str(path))
     for key, chunk in zip(model_state_keys(len(chunks)), chunks):
         result = chunk.load_state_dict(loaded[key], strict=False)
         absent = [k for k in result.missing_keys if not k.endswith("_extra_state")]

@@ -123,7 +123,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (under torchrun for several processes); prints where logs, plot and checkpoints are."""
+    import os
+
     cfg = load_config(args.config, args.overrides)
+    from megaindex.training.run_lock import RunDirLock
+
+    # Before the heavy imports: a second trainer on this run directory fails at once.
+    lock = RunDirLock(cfg.train.run_dir).acquire() if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        return _train_locked(cfg)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(cfg: Config) -> int:
+    import os
+
     from megaindex.distributed import destroy_distributed
     from megaindex.training.preemption import EXIT_PREEMPTED
     from megaindex.training.trainer import EXIT_NAN_STOP, NonFiniteStop, train
@@ -135,7 +151,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_NAN_STOP
     finally:
         destroy_distributed()
-    import os
 
     if result.get("preempted"):
         # Stopped early with a checkpoint (training/preemption.py); the same command resumes.
@@ -168,6 +183,8 @@ def _delegate(module: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv  # anywhere on the line: `megaindex train R --debug` works too
+    argv = [a for a in argv if a != "--debug"]
     # Subcommands owned by other packages parse their own arguments.
     delegated = {"data": "megaindex.data.cli", "convert": "megaindex.convert.cli"}
     if argv and argv[0] in delegated:
@@ -176,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate("megaindex.eval.summarize", argv[1:])
 
     parser = argparse.ArgumentParser(prog="megaindex", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="resolved config, layout, parameter counts and per-GPU memory (no GPU needed)")
     _add_config_args(p)
@@ -207,9 +225,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except Exception as e:
+        code = user_error_code(e)
+        if code is None or debug:
+            raise
         print(f"megaindex: {e}", file=sys.stderr)
-        return 2
+        return code
+
+
+def user_error_code(e: BaseException) -> int | None:
+    """The exit code of an error that is the input's fault (one line, no traceback), else None.
+
+    Only classes whose modules are already imported are checked: nothing heavy is imported here.
+    """
+    known = {
+        "megaindex.config": (("ConfigError", 2),),
+        "megaindex.checkpoint": (("CheckpointError", 1),),
+        "megaindex.safe_pickle": (("UnsafePickleError", 1),),
+        "megaindex.training.run_lock": (("RunDirBusy", 1),),
+        "megaindex.convert.hf_config": (("ConversionError", 1),),
+    }
+    for module, classes in known.items():
+        mod = sys.modules.get(module)
+        for name, code in classes if mod is not None else ():
+            if isinstance(e, getattr(mod, name)):
+                return code
+    return None
 
 
 if __name__ == "__main__":

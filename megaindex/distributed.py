@@ -1,7 +1,7 @@
 """Process groups: the only module that initialises torch.distributed and megatron's parallel_state.
 
 `init_distributed(cfg)` reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
-MASTER_PORT), picks NCCL on GPU and gloo on CPU (activating megaindex.cpu_backend there), builds
+MASTER_PORT; one process without MASTER_PORT gets a free port), picks NCCL on GPU and gloo on CPU (activating megaindex.cpu_backend there), builds
 megatron's TP/PP/CP/DP groups for the config's layout and seeds the RNGs the way megatron expects
 (different per TP rank for model-parallel regions, same across DP).
 """
@@ -58,14 +58,17 @@ def init_distributed(cfg: Config, *, timeout_minutes: int = 30) -> Layout:
         rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
         if on_gpu:
             torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
-        dist.init_process_group(
-            backend="nccl" if on_gpu else "gloo",
-            rank=rank,
-            world_size=world,
-            timeout=datetime.timedelta(minutes=timeout_minutes),
-        )
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        backend = "nccl" if on_gpu else "gloo"
+        if world == 1 and "MASTER_PORT" not in os.environ:
+            # One process outside torchrun: a store on a port the OS picks, so that two runs on
+            # one machine never collide on a fixed port.
+            store = dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), 0, 1, is_master=True, timeout=timeout)
+            dist.init_process_group(backend=backend, store=store, rank=0, world_size=1, timeout=timeout)
+        else:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29500")
+            dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout)
     world = dist.get_world_size()
     cfg.validate(world)
     p = cfg.parallel

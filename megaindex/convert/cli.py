@@ -111,8 +111,9 @@ def main(argv: list[str]) -> int:
         return 1
     except Exception as e:
         from megaindex.checkpoint import CheckpointError  # megatron import: only when needed
+        from megaindex.safe_pickle import UnsafePickleError
 
-        if isinstance(e, CheckpointError):
+        if isinstance(e, (CheckpointError, UnsafePickleError)):
             print(f"error: {e}", file=sys.stderr)
             return 1
         raise

@@ -36,7 +36,10 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
 
+from megaindex import safe_pickle
 from megaindex.convert.hf_config import ConversionError
+
+safe_pickle.install()  # DCP would unpickle .metadata and non-tensor items unrestricted
 
 BACKEND_FILE = "metadata.json"
 BACKEND = {"sharded_backend": "torch_dist", "sharded_backend_version": 1}

@@ -27,7 +27,7 @@ from megaindex.convert import layout as L
 from megaindex.convert.dist_io import LazyTensor, object_key, write_dist_checkpoint
 from megaindex.convert.hf_config import ConversionError, arch_of, model_fields_from_hf, read_hf_config
 from megaindex.convert.hf_io import HFWeights
-from megaindex.convert.outdir import atomic_out_dir
+from megaindex.convert.outdir import atomic_out_dir, check_out_dir
 from megaindex.convert.progress import Progress
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -137,6 +137,7 @@ def convert_from_hf(
 ) -> Path:
     """Convert; returns the output directory. Nothing is left at `out` if anything fails."""
     hf_dir = Path(hf_dir)
+    check_out_dir(out, force, inputs=[hf_dir])
     raw = read_hf_config(hf_dir)
     fields = model_fields_from_hf(raw, source=str(hf_dir / "config.json"))
     cfg = target_config(fields, tp, pp, vpp, make_vocab_divisible_by)
@@ -159,7 +160,7 @@ def convert_from_hf(
     tensors = _lazy_tensors(weights, arch, padded, tied, torch_dtype)
     progress = Progress(sum(len(t.offsets) for t in tensors.values()), "chunks", log)
     start = time.time()
-    with atomic_out_dir(out, force) as tmp:
+    with atomic_out_dir(out, force, inputs=[hf_dir]) as tmp:
         write_dist_checkpoint(tmp, tensors, extra_state_objects(arch.num_layers), on_chunk=progress.step)
         final = Path(out).absolute()
         copied = _copy_tokenizer(hf_dir, tmp / TOKENIZER_DIR)

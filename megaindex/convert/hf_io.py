@@ -11,6 +11,7 @@ torch.load, so their touched pages do count towards resident memory.)
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -64,7 +65,16 @@ class HFWeights:
                     raise ConversionError(str(e)) from None
             else:
                 # weights_only: a .bin is a pickle; never run code from it. mmap: no full read.
-                self._open[fname] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                try:
+                    self._open[fname] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except pickle.UnpicklingError:
+                    bad = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "an object"
+                    raise ConversionError(
+                        f"{path}: refuses to load {bad}; a weights file holds only tensors (this one may run code). "
+                        f"Use the model's safetensors files or a trusted copy."
+                    ) from None
+                except (RuntimeError, EOFError, OSError) as e:
+                    raise ConversionError(f"{path}: not a readable PyTorch weights file ({e}).") from None
         return self._open[fname]
 
     def names(self) -> list[str]:

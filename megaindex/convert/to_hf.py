@@ -123,7 +123,7 @@ def convert_to_hf(
     if fmt not in FORMATS:
         raise ConversionError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
     ckpt = Path(ckpt)
-    check_out_dir(out, force)
+    check_out_dir(out, force, inputs=[ckpt, template_dir])
     template = Path(template_dir) if template_dir else None
     template_cfg = read_hf_config(template) if template else None
     cfg, reader, arch, tied = open_for_export(ckpt)
@@ -143,7 +143,7 @@ def convert_to_hf(
 
     progress = Progress(arch.num_layers + 2, "layers+embeddings", log)
     start = time.time()
-    with atomic_out_dir(out, force) as tmp:
+    with atomic_out_dir(out, force, inputs=[ckpt, template_dir]) as tmp:
         writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
         for name, t in hf_tensors(reader, arch, tied=tied, bake=bake, out_dtype=out_dtype, on_layer=progress.step):
             writer.add(name, t)

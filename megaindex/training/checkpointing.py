@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from megaindex import checkpoint
+from megaindex import checkpoint, safe_pickle
 from megaindex.checkpoint import CheckpointError
 from megaindex.config import Config
 
@@ -100,19 +100,22 @@ def save_train_checkpoint(save_dir: str | Path, chunks, optimizer, scheduler, cf
 def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: Config) -> dict[str, Any]:
     """Restore model, optimizer, schedule and RNG; returns the saved progress (step, samples, ...)."""
     from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException
 
     path = Path(path)
     checkpoint.check_architecture(cfg, path)
     meta = checkpoint.read_meta(path)
     if meta.get("kind") != "train":
         raise CheckpointError(f"{path} holds model weights only; start from it with checkpoint.pretrained={path}.")
+    checkpoint.check_dist_metadata(path)
     _guard_step_key_on_load()
     prime_state_for_load(optimizer)
     template = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=True, progress=meta["progress"])
     try:
         state = dist_checkpointing.load(template, str(path))
-    except Exception as e:
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
         raise CheckpointError(f"resuming from {path} failed: {e}") from e
+    safe_pickle.check_extra_state({k: state[k] for k in checkpoint.model_state_keys(len(chunks))}, str(path))
     for key, chunk in zip(checkpoint.model_state_keys(len(chunks)), chunks):
         chunk.load_state_dict(state[key], strict=True)
     optimizer.load_state_dict(state["optimizer"])
