@@ -109,14 +109,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     doc_length = args.doc_length or cfg.data.seq_length
-    ranked, refused = planner.rank_layouts(cfg, args.gpus, gpu_memory_gib=args.gpu_memory, nodes=args.nodes,
+    nodes = args.nodes or (args.gpus // DEFAULT_GPUS_PER_NODE if args.gpus % DEFAULT_GPUS_PER_NODE == 0 and args.gpus > 0 else 1)
+    nodes = max(nodes, 1)
+    ranked, refused = planner.rank_layouts(cfg, args.gpus, gpu_memory_gib=args.gpu_memory, nodes=nodes,
                                            doc_length=doc_length)
     if args.json:
-        print(json.dumps({"gpus": args.gpus, "nodes": args.nodes, "gpu_memory_gib": args.gpu_memory,
+        print(json.dumps({"gpus": args.gpus, "nodes": nodes, "gpu_memory_gib": args.gpu_memory,
                           "doc_length": doc_length, "refused": refused,
                           "layouts": [planner.as_dict(c) for c in ranked]}, indent=2))
     else:
-        print(planner.format_plan(cfg, args.config, args.gpus, args.nodes, args.gpu_memory, doc_length, ranked,
+        print(planner.format_plan(cfg, args.config, args.gpus, nodes, args.gpu_memory, doc_length, ranked,
                                   refused, args.top))
     return 0 if any(c.fits for c in ranked) else 1
 
@@ -206,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(p)
     p.add_argument("--gpus", type=int, required=True, help="GPUs in the job")
     p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (H100 80GB: 80; H200: 141)")
-    p.add_argument("--nodes", type=int, default=1, help="nodes the GPUs are spread over (groups spanning nodes use the network)")
+    p.add_argument("--nodes", type=int, default=None,
+                   help=f"nodes the GPUs are spread over (groups spanning nodes use the network; default: "
+                        f"{DEFAULT_GPUS_PER_NODE} GPUs per node when --gpus is a multiple of {DEFAULT_GPUS_PER_NODE}, else one node)")
     p.add_argument("--doc-length", type=float, default=None,
                    help="typical document length in tokens, for the attention cost (default: seq_length, one document per row)")
     p.add_argument("--top", type=int, default=5, help="layouts to print")
