@@ -255,10 +255,10 @@ def format_plan(cfg: Config, recipe: str, gpus: int, nodes: int, gpu_memory_gib:
              f"{len(candidates)} valid layouts ({refused} refused by the config's checks), {len(fitting)} fit",
              f"# ranked by predicted throughput (megaindex/planner.py; errors on the recorded runs: "
              f"benchmarks/RESULTS_plan.md); attention span {doc_length:,.0f} tokens (--doc-length)",
-             f"{'':>3} {'layout':<34} {'memory GiB':>10} {'step s':>7} {'tokens/s/GPU':>13} {'TFLOP/s/GPU':>12}"]
+             f"{'':>3} {'layout':<34} {'memory GiB':>10} {'step s':>8} {'tokens/s/GPU':>13} {'TFLOP/s/GPU':>12}"]
     for i, c in enumerate(fitting[:top], 1):
         p = c.prediction
-        lines.append(f"{i:>3} {c.name:<34} {c.memory.total / plan.GiB:>10.1f} {p.step_time_s:>7.2f} "
+        lines.append(f"{i:>3} {c.name:<34} {c.memory.total / plan.GiB:>10.1f} {p.step_time_s:>8.3g} "
                      f"{p.tokens_per_s_per_gpu:>13,.0f} {p.tflops_per_gpu:>12.1f}")
     over = [c for c in candidates if not c.fits]
     if over:
