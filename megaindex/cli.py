@@ -1,4 +1,4 @@
-"""The `megaindex` command line: `info`, `plan`, `train`, `data`, `convert`, `doctor`.
+"""The `megaindex` command line: `info`, `plan`, `train`, `data`, `convert`, `eval`, `summarize`, `doctor`.
 
 Each subcommand is a thin shell over a library function; heavy imports happen inside the handler
 so that `megaindex --help` stays instant.
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv  # anywhere on the line: `megaindex train R --debug` works too
     argv = [a for a in argv if a != "--debug"]
     # Subcommands owned by other packages parse their own arguments.
-    delegated = {"data": "megaindex.data.cli", "convert": "megaindex.convert.cli"}
+    delegated = {"data": "megaindex.data.cli", "convert": "megaindex.convert.cli", "eval": "megaindex.eval.cli"}
     if argv and argv[0] in delegated:
         return _delegate(delegated[argv[0]], argv[1:])
     if argv and argv[0] == "summarize":  # Index's long-text demo
@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_doctor)
     sub.add_parser("data", help="data tools: `megaindex data inspect CONFIG_OR_PREFIX --index N`")
     sub.add_parser("convert", help="HF converters: `megaindex convert from-hf|to-hf ...`")
+    sub.add_parser("eval", help="long-context evaluation: `megaindex eval CKPT --tasks needle,passkey,ppl --out DIR`")
 
     args = parser.parse_args(argv)
     try:

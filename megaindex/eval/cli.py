@@ -1,0 +1,128 @@
+"""`megaindex eval CKPT_OR_HF_DIR --tasks ... --out DIR`: the long-context evaluation command.
+
+Owns the argument parsing, choosing the haystack (--haystack, else the heldout.jsonl beside the
+checkpoint's training data), the progress bar with ETA (tqdm, on stderr), and writing
+OUT/results.jsonl (one line per sample, written as they come), OUT/summary.json and the PNGs.
+Bad input (missing checkpoint, unknown task or variant, bad --depths, a length no variant holds
+without --truncate) ends with one line `megaindex eval: ...` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from megaindex.eval import EvalError
+from megaindex.eval.grid import EvalSpec, parse_depths, parse_lengths, parse_tasks, parse_variants
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="megaindex eval", description=__doc__.splitlines()[0])
+    p.add_argument("path", help="megaindex checkpoint (any layout), a run's checkpoints/ dir or `latest`, or an HF directory")
+    p.add_argument("--tasks", default="needle,passkey,ppl", help="comma list of needle, passkey, ppl")
+    p.add_argument("--lengths", default="1k,2k,4k", help="prompt lengths in model tokens (k = 1024), e.g. 1k,2k,4k or 9000,13000")
+    p.add_argument("--depths", default="0:100:11", help="needle/key depths in %%: start:stop:count or a comma list")
+    p.add_argument("--repeats", type=int, default=1, help="samples per (length, depth) with different seeds")
+    p.add_argument("--rope", default="naive", help="RoPE variants: naive, linear:F, dynamic:F, yarn:F (comma list)")
+    p.add_argument("--train-length", type=int, default=None, help="the length the model was trained at (default: from the checkpoint)")
+    p.add_argument("--truncate", choices=["middle"], default=None, help="cut over-long prompts in the middle (Index's OpenCompass rule)")
+    p.add_argument("--prompt", choices=["base", "chat"], default="base", help="completion prompt or Index chat format")
+    p.add_argument("--engine", choices=["megatron", "hf"], default="megatron", help="megatron forward or transformers")
+    p.add_argument("--haystack", default=None, help="held-out JSONL or a recipe (its heldout.jsonl); default: beside the checkpoint's data")
+    p.add_argument("--langs", default=None, help="haystack languages (default: all in the held-out set), e.g. en,zh")
+    p.add_argument("--generate", action="store_true", help="predictions by greedy generation instead of forced argmax")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per engine call")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the checkpoint's)")
+    p.add_argument("--out", required=True, help="output directory")
+    return p
+
+
+def _train_config(path: Path):
+    """The training config saved with a megaindex checkpoint, or None (HF directory)."""
+    from megaindex.checkpoint import CONFIG_FILE
+    from megaindex.config import load_config
+    from megaindex.eval.engine import resolve_path
+
+    kind, resolved = resolve_path(path)
+    return load_config(resolved / CONFIG_FILE) if kind == "megaindex" else None
+
+
+def run(args: argparse.Namespace) -> dict:
+    from megaindex.eval.engine import load_engine, resolve_path
+    from megaindex.eval.haystack import Haystack, resolve_haystack
+    from megaindex.eval.run import build_samples, check_lengths, needed_length, run_grid
+    from megaindex.eval.summary import summarize
+    from megaindex.eval.plots import write_plots
+
+    spec = EvalSpec(tasks=parse_tasks(args.tasks), lengths=parse_lengths(args.lengths), depths=parse_depths(args.depths),
+                    repeats=args.repeats, variants=parse_variants(args.rope), prompt=args.prompt, truncate=args.truncate,
+                    langs=args.langs.split(",") if args.langs else None, generate=args.generate,
+                    batch_size=max(1, args.batch_size))
+    resolve_path(args.path)  # a missing/invalid checkpoint fails before anything is loaded
+    t0 = time.time()
+    hay = None
+    if "needle" in spec.tasks or "ppl" in spec.tasks:
+        hay_files = resolve_haystack(args.haystack, _train_config(Path(args.path)))
+    engine = load_engine(args.path, engine=args.engine, train_length=args.train_length, tokenizer_model=args.tokenizer)
+    if "needle" in spec.tasks or "ppl" in spec.tasks:
+        hay = Haystack.from_files(hay_files, engine.tokenizer)
+    samples = build_samples(spec, engine.tokenizer, hay)
+    check_lengths(spec, samples, engine.train_length)
+    if not spec.truncate:  # variants below a length run it anyway (extrapolation baseline)
+        engine._max_length_override = max(needed_length(spec, samples), engine.train_length)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+
+    total = len(samples) * len(spec.variants)
+    results = []
+    print(f"megaindex eval: {len(samples)} samples x {len(spec.variants)} variants on the {engine.name} engine "
+          f"(trained at {engine.train_length} tokens; lengths in model tokens) -> {out}", file=sys.stderr)
+    with (out / "results.jsonl").open("w") as f, tqdm(total=total, unit="sample", file=sys.stderr, mininterval=1.0,
+                                                       dynamic_ncols=True) as bar:
+        def progress(n: int, label: str) -> None:
+            bar.set_postfix_str(label, refresh=False)
+            bar.update(n)
+
+        for r in run_grid(engine, spec, samples, on_progress=progress):
+            results.append(r)
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+    meta = {"checkpoint": str(args.path), "engine": engine.name, "train_length": engine.train_length,
+            "tasks": spec.tasks, "lengths": spec.lengths, "depths": spec.depths, "repeats": spec.repeats,
+            "variants": [v.name for v in spec.variants], "prompt": spec.prompt, "truncate": spec.truncate,
+            "prediction": "greedy generation" if spec.generate else "forced argmax", "length_unit": "model tokens",
+            "haystack": [str(p) for p in hay_files] if hay else None, "seconds": round(time.time() - t0, 2)}
+    summary = summarize(results, meta=meta)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    plots = write_plots(summary, out)
+    return {"summary": summary, "plots": plots, "out": out}
+
+
+def _print_summary(summary: dict) -> None:
+    for v, s in summary.get("needle", {}).items():
+        print(f"needle  {v:<12} overall {s['overall']:6.2f}  by length " +
+              " ".join(f"{L}:{x:.1f}" for L, x in s["by_length"].items()))
+    for v, s in summary.get("passkey", {}).items():
+        print(f"passkey {v:<12} accuracy " + " ".join(f"{L}:{x:.2f}" for L, x in s["accuracy_by_length"].items()))
+    for v, s in summary.get("ppl", {}).items():
+        print(f"ppl     {v:<12} " + " ".join(f"{L}:{x:.2f}" for L, x in s["by_length"].items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from megaindex.config import ConfigError
+
+    try:
+        r = run(args)
+    except (EvalError, ConfigError) as e:
+        print(f"megaindex eval: {e}", file=sys.stderr)
+        return 2
+    _print_summary(r["summary"])
+    print(f"wrote {r['out'] / 'results.jsonl'}, {r['out'] / 'summary.json'} and "
+          f"{', '.join(p.name for p in r['plots'])}")
+    return 0
