@@ -61,13 +61,13 @@ def test_needle_exact_length_depth_and_sentence_snapping(hay, tok, lang, prompt)
             # The needle sits right after a sentence end (or at the start of the haystack).
             before = tok.decode(s.prompt_ids[at - 1:at]).rstrip()
             assert depth == 0 and s.actual_depth == 0 or before.endswith(tuple(".?!。？！")), (before, depth)
-            # Snapping only moves the needle back, and not far in this prose.
+            # Snapping only moves the needle back (test_snap_back_to_sentence_end: to the nearest end).
             assert s.actual_depth <= depth + 1e-9
-            assert depth - s.actual_depth < 25, (depth, s.actual_depth)
-            assert tok.decode(s.answer_ids).strip() == s.gold and s.keyword in s.gold
-            # The prompt ends with the answer prefix, so the gold answer continues it.
-            question = tok.decode(s.prompt_ids[-40:])
-            assert question.rstrip().endswith(("is", "是")), question
+            if length == 2048:
+                assert depth - s.actual_depth < 10, (depth, s.actual_depth)
+            assert tok.decode(s.answer_ids).strip() == s.gold and s.gold.endswith(s.keyword + (".", "。")[lang == "zh"])
+            # The prompt ends with the answer prefix, so the gold answer completes the needle sentence.
+            assert tok.decode(s.prompt_ids[-60:] + s.answer_ids).endswith(needle_text.strip())
 
 
 def test_snap_back_to_sentence_end(hay, tok):
@@ -196,10 +196,9 @@ def test_tiny_recipes_never_train_on_haystack_documents(tok):
         assert [f.resolve() for f in files] == [HELDOUT.resolve()]  # found beside the recipe's data
         trained = [REPO / p.split()[-1] for p in cfg.data.data_path + cfg.data.valid_data_path]
         assert HELDOUT.resolve() not in {p.resolve() for p in trained}
-        text = "".join(p.read_text() for p in trained)
-        text = text + json.dumps(text, ensure_ascii=False)  # documents are stored JSON-escaped
+        text = "".join(p.read_text() for p in trained)  # documents as stored: JSON-escaped strings
         for d in heldout:
-            assert d["text"][:2000] not in text
+            assert json.dumps(d["text"][:2000], ensure_ascii=False)[1:-1] not in text
             for _ in range(30):  # no 80-character window of a held-out document is in training data
                 i = rng.randrange(len(d["text"]) - 80)
                 window = json.dumps(d["text"][i:i + 80], ensure_ascii=False)[1:-1]

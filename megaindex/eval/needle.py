@@ -66,5 +66,6 @@ def needle_sample(hay: Haystack, *, lang: str, length: int, depth: float, repeat
     pos = hay.snap_back(ids, int(n * depth / 100))
     prompt_ids = head + ids[:pos] + needle_ids + ids[pos:] + tail
     assert len(prompt_ids) == length, (len(prompt_ids), length)
-    return Sample("needle", lang, length, repeat, prompt_ids, answer, gold=needle.answer.strip(),
+    # gold = the answer tokens as text: a character that merged into the first answer token belongs to it
+    return Sample("needle", lang, length, repeat, prompt_ids, answer, gold=tok.decode(answer).strip(),
                   keyword=needle.keyword, depth=depth, actual_depth=100.0 * pos / n)
