@@ -53,7 +53,7 @@ def test_needle_exact_length_depth_and_sentence_snapping(hay, tok, lang, prompt)
     for length in (333, 1000, 2048):
         for depth in (0, 10, 50, 94, 100):
             s = needle_sample(hay, lang=lang, length=length, depth=depth, repeat=1, prompt=prompt)
-            assert len(s.prompt_ids) == length  # the whole prompt, instruction and question included
+            assert len(s.prompt_ids) + len(s.answer_ids) == length  # instruction, question and answer included
             needle_text = next(line for line in tok.decode(s.prompt_ids).split("\n") if s.keyword in line)
             needle = encode_text(tok, "\n" + needle_text.strip() + "\n")
             at = _find(s.prompt_ids, needle)
@@ -112,7 +112,7 @@ def test_passkey_prompt_is_the_landmark_prompt(tok):
     pk = PasskeyPrompts(tok)
     for length, depth in ((300, 0), (777, 40), (2000, 100)):
         s = pk.sample(length=length, depth=depth, repeat=2)
-        assert len(s.prompt_ids) == length
+        assert len(s.prompt_ids) + len(s.answer_ids) == length
         key = s.gold
         assert len(key) == 5 and key.isdigit() and tok.decode(s.answer_ids).strip() == key
         lines = tok.decode(s.prompt_ids).split("\n")
@@ -155,7 +155,7 @@ def test_length_above_what_the_model_holds(tok, hay):
 
     spec = EvalSpec(tasks=["needle", "passkey"], lengths=[256, 600], depths=[50], variants=[parse_rope("naive")])
     samples = build_samples(spec, tok, hay)
-    with pytest.raises(EvalError, match=r"length 600 .* above what the model holds: trained at 256 tokens.*--truncate middle"):
+    with pytest.raises(EvalError, match=r"length 600 .* above what the model holds: trained at 256 tokens.*dynamic:3.*--truncate middle"):
         check_lengths(spec, samples, train_length=256)
     spec.variants = [parse_rope("naive"), parse_rope("dynamic:4")]  # a variant that holds it: naive extrapolates
     check_lengths(spec, samples, train_length=256)

@@ -7,7 +7,8 @@ of the haystack and moved back to the previous sentence end, and the prompt arou
         question, and "Answer: " + the answer prefix (completion form; the gold answer continues it).
   chat: Index's chat format `<unk>{system}reserved_0{user}reserved_1` with the document and the
         guided question as the user turn; the assistant turn starts with the answer prefix.
-The prompt is exactly `length` tokens: the haystack gets what the instruction, needle and question
+Prompt + gold answer is exactly `length` tokens (the sequence one forced-scoring forward reads; a
+32K length fits a 32K model): the haystack gets what the instruction, needle, question and answer
 leave. The same (lang, repeat) gives the same haystack at every depth; the needle is drawn from a
 seed of (lang, length, depth, repeat), so every variant sees the same samples.
 """
@@ -58,14 +59,14 @@ def needle_sample(hay: Haystack, *, lang: str, length: int, depth: float, repeat
     else:
         raise EvalError(f"--prompt {prompt!r}: use base or chat.")
     needle_ids = encode_text(tok, f"\n{needle.text}\n")
-    n = length - len(head) - len(tail) - len(needle_ids)
+    n = length - len(head) - len(tail) - len(needle_ids) - len(answer)
     if n < 1:
         raise EvalError(f"length {length} is too short for a needle prompt ({length - n} tokens without any "
                         f"haystack); use lengths of at least {length - n + 64}.")
     ids = hay.tokens(lang, n, seed=repeat)
     pos = hay.snap_back(ids, int(n * depth / 100))
     prompt_ids = head + ids[:pos] + needle_ids + ids[pos:] + tail
-    assert len(prompt_ids) == length, (len(prompt_ids), length)
+    assert len(prompt_ids) + len(answer) == length, (len(prompt_ids), len(answer), length)
     # gold = the answer tokens as text: a character that merged into the first answer token belongs to it
     return Sample("needle", lang, length, repeat, prompt_ids, answer, gold=tok.decode(answer).strip(),
                   keyword=needle.keyword, depth=depth, actual_depth=100.0 * pos / n)

@@ -4,7 +4,7 @@ Owns `passkey_sample(...)`. The prompt is their five lines joined by "\\n": the 
 a garbage prefix, "The pass key is {k}. Remember it. {k} is the pass key.", a garbage suffix, and
 "What is the pass key? The pass key is". Garbage is "The grass is green. The sky is blue. The sun is
 yellow. Here we go. There and back again." repeated; like theirs, both garbage parts are cut from
-the start of the same repeated text, but here at a token boundary, so the prompt is exactly
+the start of the same repeated text, but here at a token boundary, so prompt + key is exactly
 `length` tokens. Where they draw the key's position at random, it is placed at the requested depth
 (% of the garbage before the key line), so passkey shares the needle's depth grid. The key is drawn
 from 10000..99999 with a seed of (length, depth, repeat). Correct iff the model's tokens at the
@@ -45,11 +45,11 @@ class PasskeyPrompts:
         task, info = self.tok.encode(TASK), encode_text(self.tok, "\n" + INFO.format(k=key))
         question, answer = split_answer(self.tok, "\n" + QUESTION, f" {key}")
         fixed = len(task) + len(info) + len(question) + 2  # + the newlines before the two garbage parts
-        g = length - fixed
+        g = length - fixed - len(answer)
         if g < 0:
             raise EvalError(f"length {length} is too short for the passkey prompt ({fixed} tokens without garbage).")
         before = int(g * depth / 100)
         ids = task + self.garbage(before) + info + self.garbage(g - before) + question
-        assert len(ids) == length, (len(ids), length)
+        assert len(ids) + len(answer) == length, (len(ids), len(answer), length)
         return Sample("passkey", "en", length, repeat, ids, answer, gold=str(key), depth=depth,
                       actual_depth=100.0 * before / max(g, 1))

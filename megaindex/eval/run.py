@@ -5,8 +5,8 @@ all RoPE variants), `needed_length` and `check_lengths` (a length no variant can
 unless middle truncation is on), and `run_grid`, which sets each variant on the engine, scores the
 samples in batches and yields one result dict per sample:
 
-  needle/passkey: task, variant, lang, length (the prompt's tokens), input_length (after any
-    truncation), depth, actual_depth, repeat, prediction, gold, score, exact, logprob, truncated
+  needle/passkey: task, variant, lang, length (prompt + gold answer tokens), input_length (the
+    prompt the model read, after any truncation), depth, actual_depth, repeat, prediction, gold, score, exact, logprob, truncated
   ppl: task, variant, lang, length, repeat, nll_mean, ppl, buckets [[start, end, nll sum, count]],
     concatenated
 
@@ -78,7 +78,7 @@ def check_lengths(spec: EvalSpec, samples: list[Sample], train_length: int) -> N
         raise EvalError(
             f"length {s.length} ({s.task}: {len(s.prompt_ids) + new_tokens(spec, s)} tokens with the answer) is above "
             f"what the model holds: trained at {train_length} tokens, at most {limit} with --rope {names}; add a "
-            f"variant that extends it (e.g. --rope naive,dynamic:{max(2, math.ceil(s.length / train_length))}), "
+            f"variant that extends it (e.g. --rope naive,dynamic:{max(2, math.ceil((len(s.prompt_ids) + new_tokens(spec, s)) / train_length))}), "
             f"pass --truncate middle, or drop the length."
         )
 

@@ -1,6 +1,6 @@
 """One evaluation sample as the model reads it, and the token helpers that build prompts exactly.
 
-Owns `Sample` (prompt ids of exactly the requested length, gold answer ids, what scores it) and the
+Owns `Sample` (prompt ids, gold answer ids, together exactly the requested length; what scores it) and the
 two helpers every task uses: `encode_text` (a piece of a prompt encoded as it would be inside the
 whole text, so a prompt is built from pieces whose token counts add up) and `split_answer` (the
 answer's tokens as the model would write them after the prompt's last words).
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 class Sample:
     task: str                     # needle | passkey | ppl
     lang: str
-    length: int                   # prompt length in model tokens (what --lengths asked for)
+    length: int                   # prompt + gold answer in model tokens (what --lengths asked for)
     repeat: int
     prompt_ids: list[int]
     answer_ids: list[int] = field(default_factory=list)
