@@ -40,50 +40,58 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train_config(path: Path):
+def _train_config(resolved: tuple[str, Path]):
     """The training config saved with a megaindex checkpoint, or None (HF directory)."""
     from megaindex.checkpoint import CONFIG_FILE
     from megaindex.config import load_config
-    from megaindex.eval.engine import resolve_path
 
-    kind, resolved = resolve_path(path)
-    return load_config(resolved / CONFIG_FILE) if kind == "megaindex" else None
+    kind, path = resolved
+    return load_config(path / CONFIG_FILE) if kind == "megaindex" else None
+
+
+def _samples(spec: EvalSpec, tokenizer, hay_files):
+    from megaindex.eval.haystack import Haystack
+    from megaindex.eval.run import build_samples
+
+    hay = Haystack.from_files(hay_files, tokenizer) if hay_files else None
+    return build_samples(spec, tokenizer, hay)
 
 
 def run(args: argparse.Namespace) -> dict:
-    from megaindex.eval.engine import load_engine, resolve_path
-    from megaindex.eval.haystack import Haystack, resolve_haystack
-    from megaindex.eval.run import build_samples, check_lengths, needed_length, run_grid
-    from megaindex.eval.summary import summarize
+    from megaindex.eval.engine import load_engine, open_tokenizer, resolve_path
+    from megaindex.eval.haystack import resolve_haystack
     from megaindex.eval.plots import write_plots
+    from megaindex.eval.run import GENERATE_SLACK, check_lengths, run_grid
+    from megaindex.eval.summary import summarize
 
     spec = EvalSpec(tasks=parse_tasks(args.tasks), lengths=parse_lengths(args.lengths), depths=parse_depths(args.depths),
                     repeats=args.repeats, variants=parse_variants(args.rope), prompt=args.prompt, truncate=args.truncate,
                     langs=args.langs.split(",") if args.langs else None, generate=args.generate,
                     batch_size=max(1, args.batch_size))
-    resolve_path(args.path)  # a missing/invalid checkpoint fails before anything is loaded
     t0 = time.time()
-    hay = None
-    if "needle" in spec.tasks or "ppl" in spec.tasks:
-        hay_files = resolve_haystack(args.haystack, _train_config(Path(args.path)))
-    engine = load_engine(args.path, engine=args.engine, train_length=args.train_length, tokenizer_model=args.tokenizer)
-    if "needle" in spec.tasks or "ppl" in spec.tasks:
-        hay = Haystack.from_files(hay_files, engine.tokenizer)
-    samples = build_samples(spec, engine.tokenizer, hay)
+    resolved = resolve_path(args.path)  # a missing/invalid checkpoint fails before anything is loaded
+    train_cfg = _train_config(resolved)
+    hay_files = resolve_haystack(args.haystack, train_cfg) if {"needle", "ppl"} & set(spec.tasks) else None
+    if train_cfg is not None:  # check the grid before loading the model (a 2B model takes a while)
+        tok = open_tokenizer([args.tokenizer, train_cfg.data.tokenizer_model], str(resolved[1]))
+        check_lengths(spec, _samples(spec, tok, hay_files), args.train_length or train_cfg.data.seq_length)
+    # Without truncation every variant runs every length (past its own limit: the extrapolation
+    # baseline); check_lengths refuses lengths that no requested variant holds.
+    longest = None if spec.truncate else max(spec.lengths) + (GENERATE_SLACK if spec.generate else 0)
+    engine = load_engine(args.path, engine=args.engine, train_length=args.train_length, tokenizer_model=args.tokenizer,
+                         max_length=longest)
+    samples = _samples(spec, engine.tokenizer, hay_files)
     check_lengths(spec, samples, engine.train_length)
-    if not spec.truncate:  # variants below a length run it anyway (extrapolation baseline)
-        engine._max_length_override = max(needed_length(spec, samples), engine.train_length)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
-    total = len(samples) * len(spec.variants)
     results = []
     print(f"megaindex eval: {len(samples)} samples x {len(spec.variants)} variants on the {engine.name} engine "
           f"(trained at {engine.train_length} tokens; lengths in model tokens) -> {out}", file=sys.stderr)
-    with (out / "results.jsonl").open("w") as f, tqdm(total=total, unit="sample", file=sys.stderr, mininterval=1.0,
-                                                       dynamic_ncols=True) as bar:
+    with (out / "results.jsonl").open("w") as f, tqdm(total=len(samples) * len(spec.variants), unit="sample",
+                                                       file=sys.stderr, mininterval=1.0, dynamic_ncols=True) as bar:
         def progress(n: int, label: str) -> None:
             bar.set_postfix_str(label, refresh=False)
             bar.update(n)
@@ -92,11 +100,12 @@ def run(args: argparse.Namespace) -> dict:
             results.append(r)
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
             f.flush()
-    meta = {"checkpoint": str(args.path), "engine": engine.name, "train_length": engine.train_length,
+    meta = {"checkpoint": str(resolved[1]), "engine": engine.name, "train_length": engine.train_length,
             "tasks": spec.tasks, "lengths": spec.lengths, "depths": spec.depths, "repeats": spec.repeats,
             "variants": [v.name for v in spec.variants], "prompt": spec.prompt, "truncate": spec.truncate,
-            "prediction": "greedy generation" if spec.generate else "forced argmax", "length_unit": "model tokens",
-            "haystack": [str(p) for p in hay_files] if hay else None, "seconds": round(time.time() - t0, 2)}
+            "prediction": "greedy generation" if spec.generate else "forced argmax",
+            "length_unit": "model tokens, prompt + gold answer",
+            "haystack": [str(p) for p in hay_files] if hay_files else None, "seconds": round(time.time() - t0, 2)}
     summary = summarize(results, meta=meta)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     plots = write_plots(summary, out)

@@ -59,11 +59,6 @@ def new_tokens(spec: EvalSpec, s: Sample) -> int:
     return len(s.answer_ids) + (GENERATE_SLACK if spec.generate else 0)
 
 
-def needed_length(spec: EvalSpec, samples: list[Sample]) -> int:
-    """The longest prompt + answer of the grid (an engine's max_length must reach it)."""
-    return max(len(s.prompt_ids) + new_tokens(spec, s) for s in samples)
-
-
 def check_lengths(spec: EvalSpec, samples: list[Sample], train_length: int) -> None:
     """Every length must fit at least one requested variant's own limit (naive: the training length;
     others: factor x training length), or be cut by --truncate middle. A variant that cannot hold a
