@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_config(resolved: tuple[str, Path]):
     """The training config saved with a megaindex checkpoint, or None (HF directory)."""
     from megaindex.checkpoint import CONFIG_FILE
-    from megaindex.config import load_config
+    from megaindex.config_load import load_config
 
     kind, path = resolved
     return load_config(path / CONFIG_FILE) if kind == "megaindex" else None

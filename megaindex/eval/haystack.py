@@ -41,7 +41,8 @@ def _data_files(cfg) -> list[Path]:
 
 def resolve_haystack(source: str | Path | None, train_config=None) -> list[Path]:
     """The held-out JSONL files for `--haystack` (a JSONL or a recipe), or beside the training data."""
-    from megaindex.config import ConfigError, load_config
+    from megaindex.config import ConfigError
+    from megaindex.config_load import load_config
 
     if source is None and train_config is None:
         raise EvalError("no haystack: pass --haystack HELDOUT.jsonl (tools/prepare_corpus.py writes heldout.jsonl) "
