@@ -242,3 +242,33 @@ def test_summarize_watch_resummarises_on_change(engines, tmp_path):
     t.join(60)
     assert runs == [2]
     assert out.getvalue().count(">> ") == 2 and "(22 characters)" in out.getvalue()
+
+
+# ---- the GPU benchmark's CPU smoke mode, and context parallelism ----------------------------------
+def test_needle_grid_benchmark_smoke_and_cp2(tmp_path, single_process_megatron):
+    """benchmarks/eval_needle_grid.py --smoke: exact lengths, a JSON report; the same grid under
+    torchrun with 2 processes (CP2: every packed document split over the ranks, scores summed
+    over the CP group) gives the same scores and predictions."""
+    import importlib.util
+    import json
+
+    from conftest import REPO, torchrun
+
+    spec = importlib.util.spec_from_file_location("eval_needle_grid", REPO / "benchmarks" / "eval_needle_grid.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    one = bench.main(["--smoke", "--out", str(tmp_path / "one.json")])
+    assert json.loads((tmp_path / "one.json").read_text())["samples"] == one["samples"] == 6
+    assert one["prefill_tokens"] == 3 * (200 + 400) and one["wall_s"] > 0 and one["weights"].startswith("random init")
+    from megaindex.data.tokenizer import IndexTokenizer
+
+    tok = IndexTokenizer(REPO / "tests/fixtures/tokenizer.model")
+    prompt, answer = bench.needle_item(tok, 400, 50, 0)
+    assert len(prompt) + len(answer) == 400 and "special magic number is " + tok.decode(answer).strip() in tok.decode(prompt)
+
+    torchrun(REPO / "benchmarks" / "eval_needle_grid.py", 2, "--smoke", "--out", str(tmp_path / "cp2.json"))
+    cp2 = json.loads((tmp_path / "cp2.json").read_text())
+    assert cp2["world_size"] == 2
+    for a, b in zip(one["results"], cp2["results"]):
+        assert (a["length"], a["depth"], a["prediction_ids"], a["exact"]) == (b["length"], b["depth"], b["prediction_ids"], b["exact"])
+        assert abs(a["logprob"] - b["logprob"]) <= 1e-3  # rounded to 4 decimals in the JSON

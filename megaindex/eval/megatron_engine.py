@@ -175,7 +175,8 @@ class MegatronEngine(LengthLimit):
         def score_positions(hidden_states, output_layer, output_weight, **_):
             h = hidden_states.index_select(0, sel.to(hidden_states.device))  # [k, 1, hidden]
             tgt = local_targets[sel].to(hidden_states.device)
-            am, lp = [], []
+            # a CP rank may hold none of the scored positions (all its chunks are prompt)
+            am, lp = [tgt.new_empty(0)], [torch.empty(0, device=h.device)]
             for start in range(0, h.shape[0], LOGIT_BLOCK):
                 logits, _ = output_layer(h[start:start + LOGIT_BLOCK], weight=output_weight)
                 logits = logits[:, 0, :self.vocab_size].float()
