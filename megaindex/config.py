@@ -1,6 +1,6 @@
 """The typed configuration of a megaindex run.
 
-Owns: the dataclass sections (model, parallel, data, optim, train, checkpoint, log), each of which
+Owns: the dataclass sections (model, parallel, data, optim, train, checkpoint, log, eval), each of which
 checks its own fields (`check()`: every number's range, declared beside its doc, and the rules
 inside the section), the one cross-section check of whether a layout can run
 (`Config.validate(world_size)`, which explains why not in words), and dumping the resolved config
@@ -265,6 +265,29 @@ class LogConfig:
         return range_errors("log", self)
 
 
+PROBE_TASKS = ("passkey", "needle")
+
+
+@dataclass
+class EvalConfig:
+    interval: int = _f(0, "run the long-context probe (megaindex/eval/probe.py) every N steps and at the end; 0 = off", ge=0)
+    tasks: list[str] = _f(["passkey"], "probe tasks: passkey and/or needle")
+    lengths: list[int] = _f([], "probe lengths in model tokens (prompt + answer); empty = [data.seq_length]", ge=64)
+    depths: list[float] = _f([0.0, 50.0, 100.0], "needle/key depths in % of the haystack", ge=0)
+    repeats: int = _f(1, "samples per (length, depth)", ge=1)
+    haystack: str | None = _f(None, "held-out JSONL for the needle probe; None = heldout.jsonl beside data.data_path")
+
+    def check(self) -> list[str]:
+        errors = range_errors("eval", self)
+        errors += [f"eval.tasks: unknown probe task {t!r}; use {' or '.join(PROBE_TASKS)}." for t in self.tasks
+                   if t not in PROBE_TASKS]
+        errors += [f"eval.depths: {d!r} is not a depth in % (0 to 100)." for d in self.depths
+                   if not isinstance(d, (int, float)) or not 0 <= d <= 100][:1]
+        if self.interval and not self.tasks:
+            errors.append("eval.tasks is empty but eval.interval is set; name passkey and/or needle.")
+        return errors
+
+
 @dataclass
 class Config:
     name: str = _f("run", "run name (log prefix)")
@@ -275,6 +298,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"doc": "training loop"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"doc": "checkpointing"})
     log: LogConfig = field(default_factory=LogConfig, metadata={"doc": "logging"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "in-training long-context probe (off by default)"})
 
     # ---- derived quantities -------------------------------------------------------------
     @property

@@ -1,7 +1,8 @@
 """`megaindex eval` end to end on a tiny stage-1 checkpoint the test trains (real corpus, CPU):
-results.jsonl, summary.json and the PNGs in under 2 minutes, a progress bar with ETA, and one-line
+results.jsonl, summary.json and the PNGs in under 2 minutes, a progress bar with ETA, one-line
 errors for bad input (missing checkpoint, unknown task/variant, bad --depths, a length above what
-the model holds)."""
+the model holds); the in-training probe (config `eval:`) that the same training run enables, and
+that the probe leaves the model exactly as it found it."""
 
 from __future__ import annotations
 
@@ -22,16 +23,68 @@ TRAIN_LENGTH = 256
 
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory) -> Path:
-    """Two optimizer steps of the tiny stage-1 recipe at 256 tokens (a real trainer checkpoint)."""
+    """Two optimizer steps of the tiny stage-1 recipe at 256 tokens (a real trainer checkpoint), with
+    the long-context probe after each step."""
     run = tmp_path_factory.mktemp("stage1")
     cmd = [sys.executable, "-m", "megaindex", "train", str(STAGE1), f"train.run_dir={run}",
            f"data.cache_dir={run / 'cache'}", f"data.seq_length={TRAIN_LENGTH}", "data.global_batch_tokens=512",
-           "train.train_iters=2", "train.eval_interval=0", "checkpoint.save_interval=2", "log.tensorboard=false",
-           "log.plot=false"]
+           "train.train_iters=2", "train.eval_interval=0", "checkpoint.save_interval=2", "log.tensorboard=true",
+           "log.plot=false", "eval.interval=1", "eval.tasks=[passkey,needle]", "eval.lengths=[192,256]",
+           "eval.depths=[0,100]"]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "MASTER_PORT": str(free_port())}
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "long-context probe at step 2: needle " in r.stdout and ", passkey_256 " in r.stdout
     return run / "checkpoints"
+
+
+def test_probe_scores_land_in_metrics_and_tensorboard(stage1):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = stage1.parent
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert {"loss", "probe_passkey", "probe_passkey_192", "probe_passkey_256", "probe_needle",
+                "probe_needle_192", "probe_needle_256"} <= set(r)
+        assert 0 <= r["probe_needle"] <= 100 and r["probe_passkey"] in (0, 25, 50, 75, 100)  # 4 keys per step
+        assert r["probe_needle"] == pytest.approx((r["probe_needle_192"] + r["probe_needle_256"]) / 2, abs=1e-3)
+    (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/probe_needle")] == [1, 2]
+
+
+def test_probe_restores_the_model(single_process_megatron):
+    """Logits after a probe equal those before (same rotary module, RoPE fusion, train mode)."""
+    import torch
+
+    from megaindex import distributed
+    from megaindex.config_load import load_config
+    from megaindex.data.tokenizer import IndexTokenizer
+    from megaindex.eval.probe import Probe
+    from megaindex.model.build import build_model
+
+    cfg = load_config(STAGE1, ["data.seq_length=128", "data.global_batch_tokens=128", "eval.interval=1",
+                               "eval.tasks=[passkey,needle]", "eval.lengths=[192,250]", "eval.depths=[50]"])
+    distributed.seed_everything(3)
+    model = build_model(cfg)
+    model.train()
+    tok = IndexTokenizer(REPO / cfg.data.tokenizer_model)
+    ids = torch.tensor([tok.encode("The pass key is hidden somewhere in this text. Find it.")])
+    pos = torch.arange(ids.shape[1])[None]
+    before = model(ids, pos, attention_mask=None).detach()
+    rotary = model.rotary_pos_emb
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the recipe's relative data paths (the needle's held-out documents)
+    try:
+        scores = Probe(cfg, tok).run(model)
+    finally:
+        os.chdir(cwd)
+    assert set(scores) == {"probe_passkey", "probe_passkey_192", "probe_passkey_250", "probe_needle",
+                           "probe_needle_192", "probe_needle_250"}
+    assert model.training and model.rotary_pos_emb is rotary
+    assert torch.equal(model(ids, pos, attention_mask=None).detach(), before)
 
 
 def test_eval_writes_results_summary_and_plots(stage1, tmp_path):

@@ -129,6 +129,11 @@ class Trainer:
             self.run_dir, enabled=self.rank == 0, tensorboard=cfg.log.tensorboard,
             start_step=self.progress.step, total_steps=cfg.train.train_iters,
         )
+        self.probe = None  # the optional long-context probe (config `eval:`), scored into metrics.jsonl
+        if cfg.eval.interval:
+            from megaindex.eval.probe import Probe
+
+            self.probe = Probe(cfg, self.tokenizer)
 
     # ---- setup helpers ------------------------------------------------------------------------
     def _resume_or_start(self) -> None:
@@ -320,6 +325,10 @@ class Trainer:
             if torch.cuda.is_available():
                 rec["tflops_per_gpu"] = flops / dt / world / 1e12
                 rec["mfu"] = rec["tflops_per_gpu"] / cfg.log.peak_tflops
+            if self.probe is not None and self.probe.due(step):
+                scores = self.probe.run(self.chunks[0])
+                rec.update(scores)
+                self._log(f"long-context probe at step {step}: " + ", ".join(f"{k[6:]} {v:.1f}" for k, v in scores.items()))
             self.metrics.log_step(rec, console=step % cfg.log.log_interval == 0 or step == t.train_iters)
             # Collective (all ranks, every step): the stop step must be the same everywhere.
             preempted = self.preemption.agreed_signal(self.device) if step < t.train_iters else None
