@@ -75,7 +75,7 @@ def build_engine(args):
     """A megatron engine: --checkpoint's weights, or a random-init model of the preset."""
     import torch
 
-    from megaindex.config import load_config
+    from megaindex.config_load import load_config
     from megaindex.data.tokenizer import IndexTokenizer
     from megaindex.eval.engine import load_engine
     from megaindex.eval.megatron_engine import MegatronEngine, eval_config

@@ -21,7 +21,7 @@ VARIANTS = ["naive", "linear:4", "dynamic:4", "yarn:4"]
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, single_process_megatron):
     from megaindex.checkpoint import save_model
-    from megaindex.config import load_config
+    from megaindex.config_load import load_config
     from megaindex.model.build import build_model_chunks
 
     cfg = load_config(None, ["model.preset=tiny", "model.num_layers=2", "train.precision=fp32",

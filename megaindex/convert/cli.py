@@ -23,7 +23,10 @@ TO_HF_EPILOG = """\
 --format llama (default) writes a stock LlamaForCausalLM: the Norm-Head is baked into lm_head.weight,
 so transformers.AutoModelForCausalLM loads it without remote code and gives identical logits.
 --format index keeps Index's layout (IndexForCausalLM, norm_head: true, un-normalised lm_head) and
-copies the modeling code and tokenizer from --template-dir (the released Index checkpoint)."""
+copies the modeling code and tokenizer from --template-dir (the released Index checkpoint).
+--rope-scaling KIND:FACTOR writes a training-free RoPE variant (linear, dynamic NTK, YaRN) for the
+training length --train-length (default: the checkpoint's data.seq_length) into config.json; dynamic
+NTK reads that length from max_position_embeddings, which is then set to it."""
 
 
 def _from_hf_parser() -> argparse.ArgumentParser:

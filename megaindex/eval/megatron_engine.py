@@ -77,7 +77,8 @@ class MegatronEngine(LengthLimit):
     def from_checkpoint(cls, ckpt: Path, *, rope: RopeVariant, train_length: int | None = None,
                         tokenizer_model=None, max_length: int | None = None, precision: str = "auto") -> "MegatronEngine":
         from megaindex.checkpoint import CONFIG_FILE, CheckpointError, load_model
-        from megaindex.config import ConfigError, load_config
+        from megaindex.config import ConfigError
+        from megaindex.config_load import load_config
         from megaindex.distributed import init_distributed, init_single_process
         from megaindex.model.build import build_model
 
