@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     rank0 = int(os.environ.get("RANK", "0")) == 0
     grid = [(n, d, r) for n in args.lengths for d in args.depths for r in range(args.repeats)]
     items = {key: needle_item(engine.tokenizer, key[0], key[1], key[2]) for key in grid}
-    engine.forced([items[grid[0]]])  # warm-up: CUDA context, kernels, cuDNN plans
+    engine.forced([items[grid[-1]]])  # warm-up at the longest length: CUDA context, kernels, workspaces
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     results, per_length = [], {}
     sync()

@@ -61,6 +61,11 @@ class MegatronEngine(LengthLimit):
         """`model`: a GPTModel chunk holding the whole model (PP=1) on this rank; any CP."""
         from megatron.core import parallel_state as ps
 
+        if not (model.pre_process and model.post_process):
+            raise EvalError("the megatron engine needs the whole model on each rank (PP = 1): this chunk is one pipeline stage.")
+        if ps.get_tensor_model_parallel_world_size() > 1:  # logits would be vocabulary shards
+            raise EvalError("the megatron engine scores with TP = 1 (CP splits long sequences instead); "
+                            f"this model is split over TP = {ps.get_tensor_model_parallel_world_size()} ranks.")
         self.model, self.cfg, self.tokenizer, self.train_length = model.eval(), cfg, tokenizer, train_length
         self.checkpoint = checkpoint
         self._max_length_override = max_length
