@@ -171,6 +171,9 @@ def test_bad_input(engines, ckpt, tmp_path):
         load_engine(ckpt, engine="vllm")
     with pytest.raises(EvalError, match="non-empty"):
         me.forced([([1, 2], [])])
+    assert me.forced([]) == []
+    with pytest.raises(EvalError, match="token id 8000 is outside the model's vocabulary"):
+        me.forced([([1, 8000], [5])])
     naive = load_engine(ckpt)  # no max_length: the variant's own limit
     assert naive.max_length == TRAIN_LENGTH
     with pytest.raises(EvalError, match=r"is 80 tokens, longer than 64.*RoPE naive"):

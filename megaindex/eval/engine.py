@@ -60,6 +60,7 @@ class LengthLimit:
     """train_length / max_length bookkeeping and the length checks both engines make."""
 
     train_length: int
+    vocab_size: int
     rope: RopeVariant
     _max_length_override: int | None = None
 
@@ -74,6 +75,14 @@ class LengthLimit:
             if not prompt or not answer:
                 raise EvalError(f"forced item {i}: prompt and answer must both be non-empty token lists.")
             self.check_length(len(prompt) + len(answer), f"forced item {i} (prompt {len(prompt)} + answer {len(answer)} tokens)")
+            self.check_ids(list(prompt) + list(answer), f"forced item {i}")
+
+    def check_ids(self, ids: list[int], what: str) -> None:
+        """Token ids outside the vocabulary would index past the embedding (a device assert on GPU)."""
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise EvalError(f"{what}: token id {bad} is outside the model's vocabulary [0, {self.vocab_size}); "
+                            f"was the text encoded with another tokenizer?")
 
     def check_length(self, n: int, what: str) -> None:
         if n > self.max_length:

@@ -151,6 +151,7 @@ class HFEngine(LengthLimit):
         if len(ids) < 2:
             raise EvalError(f"nll needs at least 2 tokens, got {len(ids)}.")
         self.check_length(len(ids), "the sequence")
+        self.check_ids(list(ids), "nll")
         _, lp = self._score(list(ids), list(range(len(ids) - 1)))
         return (-lp).float()
 
@@ -162,6 +163,7 @@ class HFEngine(LengthLimit):
         if not prompt_ids:
             raise EvalError("generate needs a non-empty prompt.")
         self.check_length(len(prompt_ids) + max_new_tokens, f"the prompt ({len(prompt_ids)} tokens) + max_new_tokens {max_new_tokens}")
+        self.check_ids(list(prompt_ids), "generate")
         self._fresh_rotary()
         ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
         out = self.model.generate(

@@ -120,6 +120,8 @@ class MegatronEngine(LengthLimit):
     def forced(self, items: list[tuple[list[int], list[int]]]) -> list[Forced]:
         """One forward over prompt + gold answer per item (several items per packed forward)."""
         self.check_items(items)
+        if not items:
+            return []
         seqs = [list(p) + list(a) for p, a in items]
         wanted = [list(range(len(p) - 1, len(s) - 1)) for (p, _), s in zip(items, seqs)]
         out: list[Forced] = []
@@ -133,6 +135,7 @@ class MegatronEngine(LengthLimit):
         if len(ids) < 2:
             raise EvalError(f"nll needs at least 2 tokens, got {len(ids)}.")
         self.check_length(len(ids), "the sequence")
+        self.check_ids(list(ids), "nll")
         (_, lp), = self._score([list(ids)], [list(range(len(ids) - 1))])
         return (-lp).float()
 
