@@ -5,7 +5,9 @@ the torchrun world size; megaindex.model.build, so TE on GPU and the reference a
 megaindex.checkpoint.load_model reshards), and forced scoring / per-token NLL:
 
 * several sequences go into ONE packed THD forward (per-document attention and positions, as in
-  training), up to `pack_tokens` tokens;
+  training), up to `pack_tokens` tokens: by default the engine's max_length with Transformer Engine
+  (its THD kernels skip cross-document pairs), 6 x hidden_size on the reference attention (it masks
+  a full T x T score matrix, which costs as much as the linear layers at T = 6 x hidden);
 * under CP every document is padded to a multiple of 2*CP and each rank computes its chunks
   (megaindex.cp_layout); the logits are computed only at the positions that are scored, in
   blocks (a 32K x 65K fp32 logits tensor would be 8.5 GB), through GPTModel's output_processor
@@ -140,8 +142,11 @@ class MegatronEngine(LengthLimit):
         return (-lp).float()
 
     def _groups(self, lengths: list[int]) -> list[list[int]]:
-        """Consecutive items packed up to pack_tokens tokens (default: max_length) per forward."""
-        budget = max(self.pack_tokens or self.max_length, max(lengths))
+        """Consecutive items packed up to pack_tokens tokens per forward (default: module docstring)."""
+        from megaindex.model.build import use_transformer_engine
+
+        default = self.max_length if use_transformer_engine(self.cfg) else 6 * self.cfg.model.hidden_size
+        budget = max(self.pack_tokens or default, max(lengths))
         groups, cur, used = [], [], 0
         for i, n in enumerate(lengths):
             if cur and used + n > budget:
