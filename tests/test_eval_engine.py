@@ -75,8 +75,9 @@ def test_variant_specs():
 
 
 def test_exported_rope_scaling_logits_equal_transformers(ckpt, tmp_path, single_process_megatron):
-    """`convert to-hf --rope-scaling` writes a config stock transformers loads with the same
-    variant: logits equal the megatron model's with the variant applied, at 150 > 64 tokens."""
+    """`convert to-hf [--rope-scaling]` writes a config stock transformers loads with the same
+    variant: logits equal the megatron model's with the variant applied, at 150 > 64 tokens, for
+    all four variants (naive: the plain export)."""
     from transformers import AutoModelForCausalLM
 
     from megaindex.convert.cli import main
@@ -86,11 +87,12 @@ def test_exported_rope_scaling_logits_equal_transformers(ckpt, tmp_path, single_
     model, cfg = build_megaindex(ckpt)
     tokens = random_tokens(cfg.model.vocab_size, 1, 150, seed=3)
     naive = megaindex_logits(model, tokens, cfg.model.vocab_size)
-    for spec in VARIANTS[1:]:
+    for spec in VARIANTS:
         out = tmp_path / spec.replace(":", "_")
-        assert main(["to-hf", str(ckpt), str(out), "--rope-scaling", spec, "--check"]) == 0
+        scaling = [] if spec == "naive" else ["--rope-scaling", spec]
+        assert main(["to-hf", str(ckpt), str(out), *scaling, "--check"]) == 0
         hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
-        assert hf.config.rope_parameters["rope_type"] == spec.split(":")[0]
+        assert hf.config.rope_parameters["rope_type"] == {"naive": "default"}.get(spec, spec.split(":")[0])
         apply_rope_variant(model, parse_rope(spec), train_length=TRAIN_LENGTH)
         ours = megaindex_logits(model, tokens, cfg.model.vocab_size)
         if spec == "dynamic:4":
@@ -98,7 +100,7 @@ def test_exported_rope_scaling_logits_equal_transformers(ckpt, tmp_path, single_
         with torch.no_grad():
             theirs = hf(tokens).logits.float()
         assert (ours - theirs).abs().max().item() <= 1e-4, spec
-        assert (ours - naive).abs().max().item() > 1e-2, f"{spec} changed nothing"
+        assert spec == "naive" or (ours - naive).abs().max().item() > 1e-2, f"{spec} changed nothing"
         if spec == "dynamic:4":
             dynamic_hf_dir = out
     # an HF directory carrying a variant: the hf engine reads the variant and the training length
@@ -174,6 +176,10 @@ def test_bad_input(engines, ckpt, tmp_path):
     assert me.forced([]) == []
     with pytest.raises(EvalError, match="token id 8000 is outside the model's vocabulary"):
         me.forced([([1, 8000], [5])])
+    from megaindex.convert.cli import main as convert
+
+    assert convert(["to-hf", str(ckpt), str(tmp_path / "x"), "--rope-scaling", "ntk:2"]) == 1
+    assert not (tmp_path / "x").exists()
     naive = load_engine(ckpt)  # no max_length: the variant's own limit
     assert naive.max_length == TRAIN_LENGTH
     with pytest.raises(EvalError, match=r"is 80 tokens, longer than 64.*RoPE naive"):
