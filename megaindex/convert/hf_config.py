@@ -116,7 +116,8 @@ def hf_config_dict(m: ModelConfig, fmt: str, torch_dtype: str, template: dict[st
     index: `IndexForCausalLM` with `norm_head: true` and the template's auto_map (remote code).
     Fields from a template config are kept unless megaindex owns them (shapes, rope, eps, vocab).
     rope_scaling: a training-free RoPE variant's parameters (megaindex.eval.rope.hf_rope_parameters),
-    written as `rope_parameters` (transformers >= 5) and `rope_scaling` (< 5, Index's remote code);
+    written as `rope_parameters` (transformers >= 5) and `rope_scaling` (older versions and Index's
+    remote code read it, with "type");
     max_position_embeddings overrides the model's (HF's dynamic NTK reads the training length there).
     """
     cfg: dict[str, Any] = {}
@@ -156,7 +157,9 @@ def hf_config_dict(m: ModelConfig, fmt: str, torch_dtype: str, template: dict[st
     cfg.pop("rope_scaling", None)
     if rope_scaling:
         cfg["rope_parameters"] = dict(rope_scaling)
-        cfg["rope_scaling"] = {k: v for k, v in rope_scaling.items() if k != "rope_theta"}
+        # transformers >= 5 reads rope_scaling first when both are present (it keeps rope_theta from the
+        # top level); older code, Index's remote modeling included, reads its "type"
+        cfg["rope_scaling"] = {"type": rope_scaling["rope_type"], **{k: v for k, v in rope_scaling.items() if k != "rope_theta"}}
     return cfg
 
 
