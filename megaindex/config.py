@@ -60,7 +60,7 @@ def range_errors(section: str, obj: Any, skip: tuple[str, ...] = ()) -> list[str
 
 @dataclass
 class ModelConfig:
-    preset: str | None = _f(None, "named architecture filled in first (index-1.9b, index-1.9b-32k, llama, tiny, tiny-llama)")
+    preset: str | None = _f(None, "named architecture filled in first (index-1.9b, index-1.9b-32k, llama, mini-index, tiny, tiny-llama)")
     num_layers: int = _f(0, "transformer layers", ge=1)
     hidden_size: int = _f(0, "model width", ge=1)
     num_attention_heads: int = _f(0, "query heads", ge=1)
@@ -166,6 +166,7 @@ class DataConfig:
     micro_batch_size: int = _f(1, "samples per GPU per forward/backward", ge=1)
     global_batch_tokens: int = _f(4194304, "tokens per optimizer step over all DP ranks (4M stage 1, 1M stage 2)", ge=1)
     packing: Literal["reset", "concat"] = _f("reset", "reset = per-document attention and positions (report recipe); concat = plain causal concatenation")
+    whole_documents: int = _f(0, "pretrain: documents of at most this many tokens are never split across rows (first fit over a 16-document look-ahead); 0 = split any", ge=0)
     loss_weighting: Literal["token", "longalign"] = _f("token", "token = mean over target tokens; longalign = 1/(M*N_i) per token (SFT)")
     sorted_batching: bool = _f(False, "LongAlign sorted batching: group similar lengths, shuffle batch order")
     sft_overlength: Literal["drop", "truncate"] = _f("drop", "conversation longer than seq_length: drop (counted) or truncate earliest turns")

@@ -56,6 +56,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         rotary_base=320000,
         max_position_embeddings=2048,
     ),
+    # "mini-index": the miniature replication's model (examples/mini_replication/): Index-shaped
+    # (head dim 128, MHA, SwiGLU at Index's 2.875x width, Norm-Head, untied), ~34.7M parameters with
+    # an 8000-piece tokenizer. Stage 0 at 2K with base 10000; stage 1 raises base and length.
+    "mini-index": dict(
+        num_layers=8,
+        hidden_size=512,
+        num_attention_heads=4,
+        num_query_groups=4,
+        ffn_hidden_size=1472,
+        vocab_size=8000,
+        norm_epsilon=1e-6,
+        norm_head=True,
+        untie_embeddings_and_output_weights=True,
+        rotary_base=10000,
+        max_position_embeddings=2048,
+    ),
     # Llama-shaped toy model with grouped-query attention and a plain head (converter tests).
     "tiny-llama": dict(
         num_layers=4,

@@ -132,7 +132,7 @@ def _build_pretrain(cfg, tokenizer, prefixes, weights, vprefixes, vweights, trai
         random_seed=d.seed, sequence_length=d.seq_length, tokenizer=MegatronTokenizerView(tokenizer),
         reset_position_ids=d.packing == "reset", reset_attention_mask=d.packing == "reset", eod_mask_loss=True,
         create_attention_mask=False, path_to_cache=d.cache_dir and os.path.join(d.cache_dir, "indices"),
-        pad_multiple=pad_multiple(cfg), packing=d.packing, num_epochs=d.num_epochs,
+        pad_multiple=pad_multiple(cfg), packing=d.packing, num_epochs=d.num_epochs, whole_documents=d.whole_documents,
         context_parallel_size=cfg.parallel.context_parallel_size,
     )
     if vprefixes:
@@ -142,6 +142,8 @@ def _build_pretrain(cfg, tokenizer, prefixes, weights, vprefixes, vweights, trai
     sizes = [None, None, None] if d.num_epochs is not None else [train_n, valid_n or None, None]
     if sizes[1] is None and (vweights or (weights and not vprefixes)):
         sizes[1] = max(valid_n, 1)
+    if weights and not vprefixes and d.num_epochs is None:
+        sizes[2] = 0  # megatron asserts that a weighted blend gives every split a size (the test split is unused)
     train, valid, _ = BlendedMegatronDatasetBuilder(PackedGPTDataset, sizes, lambda: True, config).build()
     return train, valid
 

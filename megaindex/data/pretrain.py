@@ -13,7 +13,11 @@ BlendedMegatronDatasetBuilder. It changes what a sample is:
     (the last one partly padded instead of dropped) and its own seeded row shuffle, so every token of
     every document appears exactly once per epoch and epoch e does not depend on how many are built;
   * no extra overlapping token: a piece's labels are the next tokens *of the same document*; the
-    label of a document's final EOD would be another document's token, so it is loss-masked.
+    label of a document's final EOD would be another document's token, so it is loss-masked;
+  * optionally (`whole_documents` > 0) documents of at most that many tokens are never split across
+    rows: each row takes, first fit, the next documents of a 16-document look-ahead that still fit,
+    and is closed with padding when none does (longer documents are split as before). Short
+    documents whose end asks about their beginning (synthetic retrieval documents) need this.
 """
 
 from __future__ import annotations
@@ -48,13 +52,16 @@ class PackedGPTDatasetConfig(GPTDatasetConfig):
     num_epochs: Optional[int] = None
     """epochs to build; None = enough for num_samples (at least one)"""
 
+    whole_documents: int = 0
+    """documents of at most this many tokens are never split across rows; 0 = split any"""
+
 
 class PackedGPTDataset(GPTDataset):
     """Megatron GPTDataset whose samples are THD packs (see the module docstring)."""
 
     @staticmethod
     def _key_config_attributes() -> list[str]:
-        return GPTDataset._key_config_attributes() + ["pad_multiple", "packing", "num_epochs"]
+        return GPTDataset._key_config_attributes() + ["pad_multiple", "packing", "num_epochs", "whole_documents"]
 
     # ---- index building ---------------------------------------------------------------------
     def _padded_lengths(self) -> np.ndarray:
@@ -67,11 +74,15 @@ class PackedGPTDataset(GPTDataset):
         rng = np.random.RandomState([self.config.random_seed, epoch])
         documents = self.indices.astype(np.int32).copy()
         rng.shuffle(documents)
-        tokens = int(padded[documents].sum())
-        sample_index = helpers.build_sample_idx(
-            padded, documents, self.config.sequence_length, 1, tokens,
-            drop_last_partial_sequence=False, add_extra_token_to_sequence=False,
-        ).astype(np.int64)
+        if self.config.whole_documents > 0:
+            documents, sample_index = whole_document_rows(padded, documents, self.config.sequence_length,
+                                                          self.config.whole_documents)
+        else:
+            tokens = int(padded[documents].sum())
+            sample_index = helpers.build_sample_idx(
+                padded, documents, self.config.sequence_length, 1, tokens,
+                drop_last_partial_sequence=False, add_extra_token_to_sequence=False,
+            ).astype(np.int64)
         n = sample_index.shape[0] - 1
         shuffle = _build_shuffle_index(n, n, rng).astype(np.int64)
         return documents, sample_index, shuffle
@@ -155,6 +166,63 @@ class PackedGPTDataset(GPTDataset):
             pieces.append(Piece(text[: end - start], labels, weights))
         return pack_pieces(pieces, self.config.sequence_length, self.config.pad_multiple,
                            concat=self.config.packing == "concat")
+
+
+LOOKAHEAD = 16
+
+
+def whole_document_rows(padded: np.ndarray, documents: np.ndarray, seq_length: int, whole_max: int,
+                        lookahead: int = LOOKAHEAD) -> tuple[np.ndarray, np.ndarray]:
+    """Rows that never split a document of at most `whole_max` (padded) tokens.
+
+    Returns (document order, sample index) in megatron's layout: row i runs from
+    sample_index[i] = (position in the order, offset) to sample_index[i + 1]; a row that ends in
+    padding ends at (next position, 0). Each row takes, first fit, documents from the next
+    `lookahead` ones of `documents` (so the order changes only locally and stays seeded); a longer
+    document is split across rows at the current offset, as megatron's packing does.
+    """
+    whole_max = min(whole_max, seq_length)
+    order: list[int] = []
+    bounds: list[tuple[int, int]] = [(0, 0)]
+    window: list[int] = []
+    it = iter(documents.tolist())
+    fill = 0
+    while True:
+        while len(window) < lookahead:
+            nxt = next(it, None)
+            if nxt is None:
+                break
+            window.append(nxt)
+        if not window:
+            break
+        room = seq_length - fill
+        pick = next((i for i, d in enumerate(window) if padded[d] > whole_max or padded[d] <= room), None)
+        if pick is None:  # nothing fits whole: pad the rest of this row
+            bounds.append((len(order), 0))
+            fill = 0
+            continue
+        doc = window.pop(pick)
+        n = int(padded[doc])
+        pos = len(order)
+        order.append(doc)
+        if n <= room:
+            fill += n
+        else:  # a long document: split at the row ends, like megatron's build_sample_idx
+            off = room
+            bounds.append((pos, off))
+            while n - off > seq_length:
+                off += seq_length
+                bounds.append((pos, off))
+            fill = n - off
+        if fill == seq_length:
+            bounds.append((len(order), 0))
+            fill = 0
+    if order and (fill > 0 or bounds[-1] == (len(order), 0)):
+        # The last row ends at the end of the last document (there is no next position).
+        if bounds[-1] == (len(order), 0):
+            bounds.pop()
+        bounds.append((len(order) - 1, int(padded[order[-1]])))
+    return np.asarray(order, dtype=np.int32), np.asarray(bounds, dtype=np.int64).reshape(-1, 2)
 
 
 class MegatronTokenizerView:

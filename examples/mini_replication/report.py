@@ -1,0 +1,199 @@
+"""The replication's results: summary JSON, markdown table, plots and the pre-registered thresholds.
+
+Reads the `summary.json` files `megaindex eval` wrote under EVAL_DIR (base_*/ for the stage-0 model
+with every RoPE variant, longpt/ for stage 1, ablation_*/ for the ablations) and writes into OUT:
+  replication_summary.json  per model variant: mean needle score per length, passkey accuracy per
+                            length, perplexity per length; the thresholds, each met or missed
+  results.md                the same as tables, plus the thresholds
+  heatmaps.png              needle heatmaps side by side: base + naive, base + Dynamic NTK, Long-PT
+  score_vs_length.png       needle score vs length, one line per variant
+With publish_to (benchmarks/), replication_summary.json and the PNGs are copied there as
+replication_summary.json, replication_heatmaps.png, replication_score_vs_length.png.
+
+The thresholds are the issue's, fixed before the run (README.md "Thresholds"); "Dynamic NTK" is the
+factor most favourable to the baseline at each comparison (the best of 2, 4, 8, 16).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+SCHEMA = "megaindex.replication_summary/1"
+COLOURS = ["#F0496E", "#EBB839", "#0CD79F"]  # NeedleBench's red -> yellow -> green over 0..100
+
+
+def _num(d: dict) -> dict[int, float]:
+    return {int(k): float(v) for k, v in d.items()}
+
+
+def load_variants(eval_dir: Path) -> dict[str, dict]:
+    """{variant name: {model, rope, needle, passkey, ppl (by length), grid}} from every summary.json."""
+    variants: dict[str, dict] = {}
+    for path in sorted(Path(eval_dir).glob("*/summary.json")):
+        s = json.loads(path.read_text())
+        group = path.parent.name
+        model = "base" if group.startswith("base") else group
+        ropes = set(s.get("needle", {})) | set(s.get("passkey", {})) | set(s.get("ppl", {}))
+        for rope in sorted(ropes):
+            name = f"base+{rope}" if model == "base" else (model if rope == "naive" else f"{model}+{rope}")
+            n, p, q = s.get("needle", {}).get(rope, {}), s.get("passkey", {}).get(rope, {}), s.get("ppl", {}).get(rope, {})
+            variants[name] = {
+                "model": model, "rope": rope,
+                "needle_mean_by_length": _num(n.get("by_length", {})),
+                "passkey_accuracy_by_length": _num(p.get("accuracy_by_length", {})),
+                "ppl_by_length": _num(q.get("by_length", {})),
+                "needle_grid": {int(L): {float(d): float(x) for d, x in ds.items()} for L, ds in n.get("grid", {}).items()},
+                "train_length": s.get("meta", {}).get("train_length"),
+            }
+    return variants
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _check(tid: str, text: str, value: float | None, target: str, ok) -> dict:
+    measurable = value is not None and not (isinstance(value, float) and math.isnan(value))
+    return {"id": tid, "threshold": text, "value": None if not measurable else round(value, 2), "target": target,
+            "status": "met" if measurable and ok(value) else ("missed" if measurable else "not measured")}
+
+
+def check_thresholds(variants: dict[str, dict], train_length: int) -> list[dict]:
+    """The issue's pre-registered thresholds, each met / missed / not measured."""
+    base, lp = variants.get("base+naive"), variants.get("longpt")
+    ntk = {k: v for k, v in variants.items() if v["model"] == "base" and v["rope"].startswith("dynamic")}
+
+    def at(v, key, pred):
+        return [x for L, x in (v or {}).get(key, {}).items() if pred(L)]
+
+    short = lambda L: L <= train_length  # noqa: E731
+    long_ = lambda L: L > train_length  # noqa: E731
+    out = [
+        _check("gate_needle", f"base + naive: needle score >= 90 at every length <= {train_length}",
+               min(at(base, "needle_mean_by_length", short), default=None), ">= 90", lambda x: x >= 90),
+        _check("gate_passkey", f"base + naive: passkey accuracy >= 95% at every length <= {train_length}",
+               min((100 * x for x in at(base, "passkey_accuracy_by_length", short)), default=None), ">= 95",
+               lambda x: x >= 95),
+        _check("longpt_mean", "Long-PT: needle score >= 85 averaged over the lengths up to 32K",
+               _mean(at(lp, "needle_mean_by_length", lambda L: True)) if lp else None, ">= 85", lambda x: x >= 85),
+        _check("longpt_min", "Long-PT: no length below 70",
+               min(at(lp, "needle_mean_by_length", lambda L: True), default=None), ">= 70", lambda x: x >= 70),
+        _check("longpt_passkey", "Long-PT: passkey accuracy >= 90% (mean over lengths)",
+               100 * _mean(at(lp, "passkey_accuracy_by_length", lambda L: True)) if lp else None, ">= 90",
+               lambda x: x >= 90),
+        _check("naive_low", f"base + naive: needle score <= 20 at every length > {train_length}",
+               max(at(base, "needle_mean_by_length", long_), default=None), "<= 20", lambda x: x <= 20),
+    ]
+    first_long = min((L for L in (base or {}).get("needle_mean_by_length", {}) if L > train_length), default=None)
+    best_at = max((v["needle_mean_by_length"].get(first_long, float("nan")) for v in ntk.values()), default=None) \
+        if first_long else None
+    naive_at = (base or {}).get("needle_mean_by_length", {}).get(first_long)
+    out.append(_check("ntk_above_naive", f"Dynamic NTK (best factor) above naive at {first_long} tokens",
+                      None if best_at is None or naive_at is None else best_at - naive_at, "> 0", lambda x: x > 0))
+    ntk_long = max((_mean(at(v, "needle_mean_by_length", long_)) for v in ntk.values()), default=None)
+    lp_long = _mean(at(lp, "needle_mean_by_length", long_)) if lp else None
+    out.append(_check("ntk_gap", f"Long-PT at least 30 points above Dynamic NTK (best factor), mean over {first_long}+",
+                      None if ntk_long is None or lp_long is None else lp_long - ntk_long, ">= 30", lambda x: x >= 30))
+    return out
+
+
+def _lengths(variants: dict[str, dict]) -> list[int]:
+    return sorted({L for v in variants.values() for L in v["needle_mean_by_length"]})
+
+
+def markdown(variants: dict[str, dict], thresholds: list[dict]) -> str:
+    lengths = _lengths(variants)
+    fmt = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
+    head = "| variant | " + " | ".join(f"{L}" for L in lengths) + " |\n|---|" + "---|" * len(lengths) + "\n"
+    needle = "".join(f"| {k} | " + " | ".join(fmt(v["needle_mean_by_length"].get(L)) for L in lengths) + " |\n"
+                     for k, v in variants.items())
+    passkey = "".join(f"| {k} | " + " | ".join(fmt(None if L not in v["passkey_accuracy_by_length"] else
+                                                    100 * v["passkey_accuracy_by_length"][L]) for L in lengths) + " |\n"
+                      for k, v in variants.items())
+    ppl = "".join(f"| {k} | " + " | ".join(fmt(v["ppl_by_length"].get(L)) for L in lengths) + " |\n"
+                  for k, v in variants.items())
+    th = "| threshold | value | target | status |\n|---|---|---|---|\n" + "".join(
+        f"| {t['threshold']} | {fmt(t['value'])} | {t['target']} | **{t['status']}** |\n" for t in thresholds)
+    return (f"## Needle score (0-100) by length (model tokens)\n\n{head}{needle}\n"
+            f"## Passkey accuracy (%) by length\n\n{head}{passkey}\n"
+            f"## Perplexity by length\n\n{head}{ppl}\n## Pre-registered thresholds\n\n{th}")
+
+
+def plots(variants: dict[str, dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LinearSegmentedColormap
+
+    cmap = LinearSegmentedColormap.from_list("needlebench", COLOURS)
+    ntk = [k for k in variants if k.startswith("base+dynamic")]
+    best_ntk = max(ntk, key=lambda k: _mean(variants[k]["needle_mean_by_length"].values()), default=None)
+    panels = [k for k in ("base+naive", best_ntk, "longpt") if k in variants]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        grid = variants[name]["needle_grid"]
+        lengths = sorted(grid)
+        depths = sorted({d for ds in grid.values() for d in ds})
+        data = [[grid[L].get(d, float("nan")) for L in lengths] for d in depths]
+        im = ax.imshow(data, cmap=cmap, vmin=0, vmax=100, aspect="auto", origin="upper")
+        ax.set_xticks(range(len(lengths)), [f"{L // 1024}K" if L >= 1024 else str(L) for L in lengths])
+        ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
+        ax.set_xlabel("length (model tokens)")
+        ax.set_ylabel("depth (%)")
+        mean = _mean(variants[name]["needle_mean_by_length"].values())
+        ax.set_title(f"{name}: {mean:.1f}", fontsize=10)
+    if panels:
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    heat = out / "heatmaps.png"
+    fig.savefig(heat, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, v in variants.items():
+        xs = sorted(v["needle_mean_by_length"])
+        ax.plot(xs, [v["needle_mean_by_length"][L] for L in xs], marker="o", label=name,
+                linewidth=2.5 if name == "longpt" else 1.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("length (model tokens)")
+    ax.set_ylabel("needle score")
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    line = out / "score_vs_length.png"
+    fig.savefig(line, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return [heat, line]
+
+
+def write_report(eval_dir: Path, out: Path, *, publish_to: Path | None = None) -> list[Path]:
+    variants = load_variants(eval_dir)
+    if not variants:
+        raise SystemExit(f"no summary.json under {eval_dir}: run the evaluation steps first")
+    base = variants.get("base+naive") or next(iter(variants.values()))
+    train_length = int(base.get("train_length") or 2048)
+    thresholds = check_thresholds(variants, train_length)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "schema": SCHEMA, "length_unit": "model tokens", "base_train_length": train_length,
+        "lengths": _lengths(variants),
+        "variants": {k: {f: ({str(L): round(x, 4) for L, x in v[f].items()} if isinstance(v[f], dict) else v[f])
+                         for f in ("model", "rope", "needle_mean_by_length", "passkey_accuracy_by_length", "ppl_by_length")}
+                     for k, v in variants.items()},
+        "thresholds": thresholds,
+    }
+    js = out / "replication_summary.json"
+    js.write_text(json.dumps(summary, indent=1) + "\n")
+    md = out / "results.md"
+    md.write_text(markdown(variants, thresholds))
+    pngs = plots(variants, out)
+    for t in thresholds:
+        print(f"  {t['status']:<12} {t['threshold']} (value {t['value']}, target {t['target']})")
+    if publish_to is not None:
+        shutil.copyfile(js, publish_to / "replication_summary.json")
+        for p in pngs:
+            shutil.copyfile(p, publish_to / f"replication_{p.name}")
+    return [js, md, *pngs]

@@ -1,0 +1,386 @@
+#!/usr/bin/env python3
+"""The miniature Index-1.9B-32K replication, as resumable steps (README.md beside this file).
+
+    python examples/mini_replication/run.py STEP [STEP ...] [--work DIR] [--smoke]
+    python examples/mini_replication/run.py all --smoke      # every step at toy scale on CPU (< 3 min)
+    python examples/mini_replication/run.py status            # which steps are done, how long each took
+
+Steps, in order (each fits one 10-minute command on one H100; a finished step is skipped unless
+--force; training steps resume from their last checkpoint):
+  here (needs the package registries): corpus, tokenizer, retrieval, preprocess, stage
+  on the GPU node:  unstage, stage0, stage1, eval_base, eval_longpt, ablation_<name>..., report
+
+`--smoke` runs the same code at toy scale on the CI fixture corpus (no downloads): a tiny model,
+256/1024-token stages, a few steps, 256-1024-token evaluation. Everything goes under WORK
+(default runs/mini_replication, or runs/mini_smoke with --smoke); WORK/steps/STEP.json records
+each finished step (seconds, outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+PY = sys.executable
+PART_BYTES = 45 * 2**20  # one device call carries at most 64 MiB with the working tree
+STAGE_PREFIX = ".mini"   # REPO/.mini0, .mini1, ... (git-ignored), one per device call
+ABLATIONS = yaml.safe_load((HERE / "ablations.yaml").read_text())
+
+
+@dataclass
+class Scale:
+    """What differs between the real run and the CPU smoke run (the code path does not)."""
+
+    corpus: str                       # "prepare" = tools/prepare_corpus.py; "fixture" = tests/fixtures/corpus
+    vocab_size: int
+    retrieval_max_tokens: int
+    retrieval_min_tokens: int
+    stage0: list[str] = field(default_factory=list)   # overrides of stage0.yaml
+    stage1: list[str] = field(default_factory=list)   # overrides of stage1.yaml (and every ablation)
+    ablations: dict[str, list[str]] = field(default_factory=dict)  # per-ablation extra overrides
+    lengths: str = "1k,2k,4k,8k,16k,32k"
+    depths: str = "0:100:11"
+    repeats: int = 3
+    base_ropes: tuple[str, ...] = ("naive,dynamic:2,dynamic:4", "dynamic:8,dynamic:16,yarn:16")
+    margin: float = 1.1               # synthetic tokens generated over the share the recipe needs
+
+
+FULL = Scale(corpus="prepare", vocab_size=8000, retrieval_max_tokens=2048, retrieval_min_tokens=128)
+SMOKE = Scale(
+    corpus="fixture", vocab_size=4000, retrieval_max_tokens=256, retrieval_min_tokens=48,
+    stage0=["model.preset=tiny", "model.max_position_embeddings=256", "data.seq_length=256", "data.micro_batch_size=4",
+            "data.global_batch_tokens=2048", "data.whole_documents=256", "data.num_workers=0", "train.train_iters=6",
+            "train.eval_interval=6", "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=6",
+            "log.log_interval=1", "data.split=90,10,0"],
+    stage1=["model.preset=tiny", "model.max_position_embeddings=1024", "data.seq_length=1024", "data.global_batch_tokens=2048",
+            "data.whole_documents=256", "data.num_workers=0", "train.train_iters=3", "train.eval_interval=3",
+            "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=3", "log.log_interval=1",
+            "data.split=90,10,0"],
+    ablations={"ctx_warmup": ["data.context_length_warmup=[[1,256],[2,512]]"]},
+    lengths="256,512,1024", depths="0:100:3", repeats=1, base_ropes=("naive,dynamic:2", "yarn:4"),
+)
+
+
+class Ctx:
+    def __init__(self, work: Path, scale: Scale, force: bool):
+        self.work, self.scale, self.force = work, scale, force
+        self.smoke = scale is SMOKE
+
+    def p(self, *parts: str) -> Path:
+        return self.work.joinpath(*parts)
+
+    def recipe(self, name: str, overrides: list[str]) -> tuple[Path, list[str]]:
+        """The shipped recipe with WORK filled in, written to WORK/recipes/NAME.yaml (what was run)."""
+        text = (HERE / f"{name.split('.')[0]}.yaml").read_text().replace("WORK/", f"{self.work}/")
+        out = self.p("recipes", f"{name}.yaml")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        return out, overrides
+
+
+def log(msg: str) -> None:
+    print(f"[mini {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sh(*cmd: str | Path) -> None:
+    log("$ " + " ".join(map(str, cmd)))
+    subprocess.run([str(c) for c in cmd], check=True, cwd=REPO)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---- steps here: data ------------------------------------------------------------------------------
+def step_corpus(ctx: Ctx) -> list[Path]:
+    out = ctx.p("corpus")
+    if ctx.scale.corpus == "fixture":
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("pretrain.jsonl", "heldout.jsonl"):
+            shutil.copyfile(REPO / "tests/fixtures/corpus" / name, out / name)
+    else:
+        sh(PY, "tools/prepare_corpus.py", out, "--work", Path.home() / ".cache/megaindex/corpus")
+    files = [out / "pretrain.jsonl", out / "heldout.jsonl"]
+    for f in files:
+        if not f.is_file():
+            raise SystemExit(f"{f} missing: tools/prepare_corpus.py writes pretrain.jsonl and the held-out heldout.jsonl")
+    return files
+
+
+def step_tokenizer(ctx: Ctx) -> list[Path]:
+    out = ctx.p("tokenizer.model")
+    sh(PY, "tools/train_tokenizer.py", ctx.p("corpus/pretrain.jsonl"), "-o", out, "--vocab-size", str(ctx.scale.vocab_size))
+    return [out]
+
+
+def _stage_tokens(ctx: Ctx, name: str, overrides: list[str]) -> tuple[int, float]:
+    """(tokens the stage trains on, share of the retrieval dataset) from the resolved recipe."""
+    from megaindex.config import load_config
+    from megaindex.data.builder import parse_blend
+
+    cfg = load_config(HERE / f"{name}.yaml", overrides)
+    paths, weights = parse_blend(cfg.data.data_path, "data.data_path")
+    share = next(w for p, w in zip(paths, weights) if "retrieval" in p) / sum(weights)
+    return cfg.train.train_iters * cfg.data.global_batch_tokens, share
+
+
+def step_retrieval(ctx: Ctx) -> list[Path]:
+    from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator, write_documents
+    from megaindex.data.tokenizer import IndexTokenizer
+
+    tok = IndexTokenizer(ctx.p("tokenizer.model"))
+    filler = FillerText([ctx.p("corpus/pretrain.jsonl")])  # training text only: never heldout.jsonl
+    outs = []
+    for seed, (stage, overrides) in enumerate((("stage0", ctx.scale.stage0), ("stage1", ctx.scale.stage1))):
+        tokens, share = _stage_tokens(ctx, stage, overrides)
+        want = int(tokens * share * ctx.scale.margin)
+        cfg = RetrievalDocConfig(max_tokens=ctx.scale.retrieval_max_tokens, min_tokens=ctx.scale.retrieval_min_tokens,
+                                 seed=seed)
+        out = ctx.p("corpus", f"retrieval_s{seed}.jsonl")
+        t0 = time.time()
+        docs, got = write_documents(out, RetrievalDocGenerator(tok, filler, cfg), tokens=want,
+                                    progress=lambda d, t: log(f"  {out.name}: {d} documents, {t / 1e6:.1f}M tokens"))
+        log(f"{out.name}: {docs} documents, {got} tokens ({share:.0%} of {stage}'s {tokens} x {ctx.scale.margin}) "
+            f"in {time.time() - t0:.0f}s")
+        outs.append(out)
+    return outs
+
+
+def step_preprocess(ctx: Ctx) -> list[Path]:
+    from megaindex.data.preprocess import preprocess
+
+    outs = []
+    for src, name in (("pretrain.jsonl", "corpus"), ("retrieval_s0.jsonl", "retrieval_s0"),
+                      ("retrieval_s1.jsonl", "retrieval_s1")):
+        prefix = ctx.p("data", name)
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        st = preprocess([str(ctx.p("corpus", src))], str(prefix), str(ctx.p("tokenizer.model")), kind="pretrain",
+                        workers=min(2, os.cpu_count() or 1), progress=False)
+        log(f"{name}: {st.documents} documents, {st.tokens} tokens")
+        outs += [Path(f"{prefix}.bin"), Path(f"{prefix}.idx")]
+    return outs
+
+
+STAGED = ["tokenizer.model", "corpus/heldout.jsonl", "data/corpus.bin", "data/corpus.idx", "data/retrieval_s0.bin",
+          "data/retrieval_s0.idx", "data/retrieval_s1.bin", "data/retrieval_s1.idx"]
+
+
+def step_stage(ctx: Ctx) -> list[Path]:
+    """Everything the GPU node needs, as one tar.gz cut into parts in REPO/.mini0, .mini1, ..."""
+    dest = ctx.p("staged") if ctx.smoke else REPO
+    for old in dest.glob(f"{STAGE_PREFIX}[0-9]*"):
+        shutil.rmtree(old)
+    tar = ctx.p("mini_data.tar.gz")
+    with tarfile.open(tar, "w:gz", compresslevel=6) as t:
+        for rel in STAGED:
+            t.add(ctx.p(rel), arcname=rel)
+    manifest = {"sha256": sha256(tar), "bytes": tar.stat().st_size, "files": STAGED, "parts": []}
+    outs = []
+    with tar.open("rb") as f:
+        for k in range(1 << 10):
+            chunk = f.read(PART_BYTES)
+            if not chunk:
+                break
+            d = dest / f"{STAGE_PREFIX}{k}"
+            d.mkdir(parents=True)
+            (d / f"part{k:02d}").write_bytes(chunk)
+            manifest["parts"].append(f"part{k:02d}")
+            outs.append(d)
+    for d in outs:
+        (d / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    tar.unlink()
+    log(f"staged {manifest['bytes'] / 2**20:.1f} MiB in {len(outs)} parts: {', '.join(d.name for d in outs)} "
+        f"(one device call each; README.md)")
+    return outs
+
+
+def step_unstage(ctx: Ctx, sources: list[Path] | None = None) -> list[Path]:
+    """Reassemble the staged parts (REPO/.mini*, /tmp/mini-parts) into WORK and check them."""
+    roots = sources or ([ctx.p("staged")] if ctx.smoke else [REPO, Path("/tmp/mini-parts")])
+    parts: dict[str, Path] = {}
+    manifest = None
+    for root in roots:
+        for m in sorted(root.glob(f"{STAGE_PREFIX}[0-9]*/manifest.json")) + sorted(root.glob("manifest.json")):
+            manifest = json.loads(m.read_text())
+            for p in m.parent.glob("part[0-9]*"):
+                parts.setdefault(p.name, p)
+    if manifest is None:
+        raise SystemExit(f"no staged parts ({STAGE_PREFIX}N/manifest.json) under {', '.join(map(str, roots))}")
+    missing = [p for p in manifest["parts"] if p not in parts]
+    if missing:
+        raise SystemExit(f"staged parts missing: {', '.join(missing)} (carry each {STAGE_PREFIX}N folder; README.md)")
+    tar = ctx.p("mini_data.tar.gz")
+    tar.parent.mkdir(parents=True, exist_ok=True)
+    with tar.open("wb") as f:
+        for name in manifest["parts"]:
+            f.write(parts[name].read_bytes())
+    if sha256(tar) != manifest["sha256"]:
+        raise SystemExit(f"{tar}: checksum differs from the manifest; a part is damaged, stage again")
+    dest = ctx.p("unstaged") if ctx.smoke else ctx.work
+    with tarfile.open(tar) as t:
+        t.extractall(dest, filter="data")
+    tar.unlink()
+    if ctx.smoke:  # the round trip must give the same bytes
+        for rel in manifest["files"]:
+            if sha256(dest / rel) != sha256(ctx.p(rel)):
+                raise SystemExit(f"unstaged {rel} differs from the staged file")
+    return [dest / rel for rel in manifest["files"]]
+
+
+# ---- steps on the GPU node: training -----------------------------------------------------------------
+def _train(ctx: Ctx, recipe: str, overrides: list[str], run_name: str) -> list[Path]:
+    from megaindex.cli import main as megaindex
+
+    path, overrides = ctx.recipe(recipe, overrides)
+    overrides = [*overrides, f"train.run_dir={ctx.p(run_name)}", f"data.cache_dir={ctx.p('cache')}"]
+    if recipe != "stage0":
+        overrides.append(f"checkpoint.pretrained={ctx.p('stage0', 'checkpoints')}")
+    log(f"megaindex train {path} {' '.join(overrides)}")
+    rc = megaindex(["train", str(path), *overrides])
+    if rc != 0:
+        raise SystemExit(f"megaindex train {recipe} exited with {rc}; rerun the step to resume from its last checkpoint")
+    return [ctx.p(run_name, "checkpoints", "latest"), ctx.p(run_name, "metrics.jsonl")]
+
+
+def step_stage0(ctx: Ctx) -> list[Path]:
+    return _train(ctx, "stage0", ctx.scale.stage0, "stage0")
+
+
+def step_stage1(ctx: Ctx) -> list[Path]:
+    return _train(ctx, "stage1", ctx.scale.stage1, "stage1")
+
+
+def _eval(ctx: Ctx, run_name: str, out: str, ropes: str, train_length: int) -> Path:
+    from megaindex.eval.cli import main as megaindex_eval
+
+    dest = ctx.p("eval", out)
+    if (dest / "summary.json").is_file() and not ctx.force:
+        log(f"{dest}/summary.json exists; skipped")
+        return dest / "summary.json"
+    args = [str(ctx.p(run_name, "checkpoints")), "--tasks", "needle,passkey,ppl", "--lengths", ctx.scale.lengths,
+            "--depths", ctx.scale.depths, "--repeats", str(ctx.scale.repeats), "--rope", ropes,
+            "--train-length", str(train_length), "--haystack", str(ctx.p("corpus", "heldout.jsonl")),
+            "--out", str(dest)]
+    log("megaindex eval " + " ".join(args))
+    rc = megaindex_eval(args)
+    if rc != 0:
+        raise SystemExit(f"megaindex eval {run_name} exited with {rc}")
+    return dest / "summary.json"
+
+
+def _seq(ctx: Ctx, recipe: str, overrides: list[str]) -> int:
+    from megaindex.config import load_config
+
+    return load_config(HERE / f"{recipe}.yaml", overrides).data.seq_length
+
+
+def step_eval_base(ctx: Ctx) -> list[Path]:
+    L = _seq(ctx, "stage0", ctx.scale.stage0)
+    return [_eval(ctx, "stage0", f"base_{i}", ropes, L) for i, ropes in enumerate(ctx.scale.base_ropes)]
+
+
+def step_eval_longpt(ctx: Ctx) -> list[Path]:
+    return [_eval(ctx, "stage1", "longpt", "naive", _seq(ctx, "stage1", ctx.scale.stage1))]
+
+
+def make_ablation_step(name: str):
+    def step(ctx: Ctx) -> list[Path]:
+        overrides = [*ctx.scale.stage1, *(f"{k}={json.dumps(v)}" for k, v in ABLATIONS[name].items()),
+                     *ctx.scale.ablations.get(name, [])]
+        outs = _train(ctx, "stage1", overrides, f"ablation_{name}")
+        return outs + [_eval(ctx, f"ablation_{name}", f"ablation_{name}", "naive", _seq(ctx, "stage1", overrides))]
+    step.__doc__ = f"stage 1 with {ABLATIONS[name]}, then its evaluation"
+    return step
+
+
+def step_report(ctx: Ctx, publish: bool = False) -> list[Path]:
+    import report
+
+    return report.write_report(ctx.p("eval"), ctx.p("report"), publish_to=REPO / "benchmarks" if publish else None)
+
+
+STEPS = {
+    "corpus": step_corpus, "tokenizer": step_tokenizer, "retrieval": step_retrieval, "preprocess": step_preprocess,
+    "stage": step_stage, "unstage": step_unstage, "stage0": step_stage0, "stage1": step_stage1,
+    "eval_base": step_eval_base, "eval_longpt": step_eval_longpt,
+    **{f"ablation_{n}": make_ablation_step(n) for n in ABLATIONS},
+    "report": step_report,
+}
+
+
+def status(ctx: Ctx) -> None:
+    for name in STEPS:
+        rec = ctx.p("steps", f"{name}.json")
+        done = json.loads(rec.read_text()) if rec.is_file() else None
+        print(f"  {name:<22} {'done in %6.1f s' % done['seconds'] if done else 'not done'}")
+
+
+def run_step(ctx: Ctx, name: str, **kw) -> None:
+    rec = ctx.p("steps", f"{name}.json")
+    if rec.is_file() and not ctx.force:
+        log(f"step {name}: done before ({rec}); skipped (--force to redo)")
+        return
+    log(f"step {name} ...")
+    t0 = time.time()
+    outs = STEPS[name](ctx, **kw)
+    missing = [str(o) for o in outs if not Path(o).exists()]
+    if missing:
+        raise SystemExit(f"step {name} finished without its outputs: {', '.join(missing)}")
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    rec.write_text(json.dumps({"step": name, "seconds": round(time.time() - t0, 1), "smoke": ctx.smoke,
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                               "outputs": [str(o) for o in outs]}, indent=1) + "\n")
+    log(f"step {name} done in {time.time() - t0:.1f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("steps", nargs="+", help=f"all, status, or steps: {', '.join(STEPS)}")
+    ap.add_argument("--smoke", action="store_true", help="toy scale on CPU (the CI fixture corpus, no downloads)")
+    ap.add_argument("--work", type=Path, default=None, help="work directory (default runs/mini_replication or runs/mini_smoke)")
+    ap.add_argument("--force", action="store_true", help="redo steps already done")
+    ap.add_argument("--publish", action="store_true", help="report: also write benchmarks/replication_summary.json and PNGs")
+    args = ap.parse_args(argv)
+    scale = SMOKE if args.smoke else FULL
+    work = (args.work or REPO / "runs" / ("mini_smoke" if args.smoke else "mini_replication")).resolve()
+    ctx = Ctx(work, scale, args.force)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    if "MASTER_PORT" not in os.environ:  # one process; a free port, not 29500 which another job may hold
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    names = list(STEPS) if args.steps == ["all"] else args.steps
+    if names == ["status"]:
+        status(ctx)
+        return 0
+    unknown = [n for n in names if n not in STEPS]
+    if unknown:
+        ap.error(f"unknown step(s) {', '.join(unknown)}; steps: {', '.join(STEPS)}")
+    for name in names:
+        run_step(ctx, name, **({"publish": True} if name == "report" and args.publish else {}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
