@@ -364,12 +364,6 @@ def main(argv: list[str] | None = None) -> int:
     work = (args.work or REPO / "runs" / ("mini_smoke" if args.smoke else "mini_replication")).resolve()
     ctx = Ctx(work, scale, args.force)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    if "MASTER_PORT" not in os.environ:  # one process; a free port, not 29500 which another job may hold
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     names = list(STEPS) if args.steps == ["all"] else args.steps
     if names == ["status"]:
         status(ctx)

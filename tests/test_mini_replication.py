@@ -1,0 +1,107 @@
+"""examples/mini_replication: recipes, the pre-registered thresholds, and the whole pipeline at toy scale.
+
+The smoke run is the CI stand-in for the GPU run: the same driver, steps and code path (corpus ->
+tokenizer -> retrieval documents -> preprocessing -> staging round trip -> stage 0 -> stage 1 ->
+evaluation -> ablations -> report) on the CI fixture corpus with a tiny model. It checks that every
+step ran and produced its outputs, not what the scores are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from megaindex.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+HERE = REPO / "examples" / "mini_replication"
+sys.path.insert(0, str(HERE))
+
+import report  # noqa: E402
+
+
+def test_recipes_and_ablations_validate():
+    s0 = load_config(HERE / "stage0.yaml")
+    s1 = load_config(HERE / "stage1.yaml")
+    for cfg in (s0, s1):
+        cfg.validate(1)
+        m = cfg.model
+        assert (m.num_layers, m.hidden_size, m.head_dim, m.norm_head, m.untie_embeddings_and_output_weights) == (8, 512, 128, True, True)
+        assert cfg.data.whole_documents == 2048 <= s0.data.seq_length  # retrieval documents: whole, never longer than stage 0
+    params = s0.model.num_layers * (4 * s0.model.hidden_size ** 2 + 3 * s0.model.hidden_size * s0.model.ffn_hidden_size)
+    params += 2 * s0.model.hidden_size * s0.padded_vocab_size
+    assert 33e6 < params < 36e6  # the issue's ~34M
+    assert (s0.data.seq_length, s0.model.rotary_base) == (2048, 10000)
+    assert (s1.data.seq_length, s1.model.rotary_base, s1.data.packing) == (32768, 320000, "reset")
+    assert s0.train.train_iters * s0.data.global_batch_tokens == 2 ** 27  # 134M tokens: README's sizing
+    assert 30e6 <= s1.train.train_iters * s1.data.global_batch_tokens <= 36e6
+    ablations = yaml.safe_load((HERE / "ablations.yaml").read_text())
+    assert set(ablations) == {"rope_10k", "rope_5m", "concat", "ctx_warmup"}
+    for name, overrides in ablations.items():
+        cfg = load_config(HERE / "stage1.yaml", [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+        cfg.validate(1)
+    assert load_config(HERE / "stage1.yaml", ["model.rotary_base=5000000"]).model.rotary_base == 5_000_000
+
+
+def _variant(needle: dict, passkey: dict, model="base", rope="naive") -> dict:
+    return {"model": model, "rope": rope, "needle_mean_by_length": needle, "passkey_accuracy_by_length": passkey,
+            "ppl_by_length": {}, "needle_grid": {}}
+
+
+def test_thresholds_met_missed_and_not_measured():
+    lengths = [1024, 2048, 4096, 8192, 16384, 32768]
+    good = {
+        "base+naive": _variant(dict(zip(lengths, [98, 95, 10, 5, 3, 2])), dict(zip(lengths, [1, 1, 0, 0, 0, 0]))),
+        "base+dynamic:8": _variant(dict(zip(lengths, [98, 95, 40, 30, 20, 10])), {}, rope="dynamic:8"),
+        "base+dynamic:2": _variant(dict(zip(lengths, [98, 95, 35, 20, 10, 5])), {}, rope="dynamic:2"),
+        "longpt": _variant(dict(zip(lengths, [99, 97, 95, 90, 88, 80])), dict(zip(lengths, [1] * 6)), model="longpt"),
+    }
+    got = {t["id"]: t for t in report.check_thresholds(good, 2048)}
+    assert all(t["status"] == "met" for t in got.values()), got
+    assert got["ntk_above_naive"]["value"] == 30  # best factor (8) at 4K minus naive
+    assert math.isclose(got["ntk_gap"]["value"], (95 + 90 + 88 + 80) / 4 - (40 + 30 + 20 + 10) / 4)
+    bad = dict(good, longpt=_variant(dict(zip(lengths, [99, 97, 50, 40, 30, 20])), dict(zip(lengths, [1, 1, 1, 0, 0, 0])),
+                                     model="longpt"))
+    bad["base+naive"] = _variant(dict(zip(lengths, [80, 95, 25, 5, 3, 2])), dict(zip(lengths, [1, 0.9, 0, 0, 0, 0])))
+    got = {t["id"]: t["status"] for t in report.check_thresholds(bad, 2048)}
+    assert got == {"gate_needle": "missed", "gate_passkey": "missed", "longpt_mean": "missed", "longpt_min": "missed",
+                   "longpt_passkey": "missed", "naive_low": "missed", "ntk_above_naive": "met", "ntk_gap": "missed"}
+    got = {t["id"]: t["status"] for t in report.check_thresholds({"base+naive": good["base+naive"]}, 2048)}
+    assert got["longpt_mean"] == got["ntk_gap"] == "not measured" and got["gate_needle"] == "met"
+
+
+def test_smoke_runs_every_step(tmp_path):
+    """`run.py all --smoke`: every step runs and leaves its outputs; the report has every variant."""
+    work = tmp_path / "mini"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    r = subprocess.run([sys.executable, str(HERE / "run.py"), "all", "--smoke", "--work", str(work)], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    import run
+
+    for name in run.STEPS:
+        rec = work / "steps" / f"{name}.json"
+        assert rec.is_file(), f"step {name} did not run"
+        outs = json.loads(rec.read_text())["outputs"]
+        assert outs and all(Path(o).exists() for o in outs), (name, outs)
+    summary = json.loads((work / "report" / "replication_summary.json").read_text())
+    assert summary["schema"] == report.SCHEMA
+    names = set(summary["variants"])
+    assert {"base+naive", "base+dynamic:2", "base+yarn:4", "longpt"} | {f"ablation_{a}" for a in run.ABLATIONS} <= names
+    for v in summary["variants"].values():
+        assert set(v["needle_mean_by_length"]) == {"256", "512", "1024"}
+        assert set(v["passkey_accuracy_by_length"]) == {"256", "512", "1024"}
+    assert {t["status"] for t in summary["thresholds"]} <= {"met", "missed", "not measured"}
+    assert len(summary["thresholds"]) == 8
+    for png in ("heatmaps.png", "score_vs_length.png"):
+        assert (work / "report" / png).read_bytes()[:4] == b"\x89PNG"
+    # a finished step is skipped on a rerun (resumable)
+    r = subprocess.run([sys.executable, str(HERE / "run.py"), "report", "--smoke", "--work", str(work)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "skipped" in r.stdout
