@@ -48,7 +48,13 @@ def load_variants(eval_dir: Path) -> dict[str, dict]:
                 "needle_grid": {int(L): {float(d): float(x) for d, x in ds.items()} for L, ds in n.get("grid", {}).items()},
                 "train_length": s.get("meta", {}).get("train_length"),
             }
-    return variants
+    def order(name: str):  # base + naive, NTK by factor, other RoPE variants, Long-PT, ablations
+        v = variants[name]
+        rope, _, factor = v["rope"].partition(":")
+        return (("base", "longpt").index(v["model"]) if v["model"] in ("base", "longpt") else 2,
+                rope != "naive", rope != "dynamic", float(factor or 0), name)
+
+    return {k: variants[k] for k in sorted(variants, key=order)}
 
 
 def _mean(xs) -> float:
@@ -144,7 +150,8 @@ def plots(variants: dict[str, dict], out: Path) -> list[Path]:
         ax.set_xticks(range(len(lengths)), [f"{L // 1024}K" if L >= 1024 else str(L) for L in lengths])
         ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
         ax.set_xlabel("length (model tokens)")
-        ax.set_ylabel("depth (%)")
+        if ax is axes[0][0]:
+            ax.set_ylabel("depth (%)")
         mean = _mean(variants[name]["needle_mean_by_length"].values())
         ax.set_title(f"{name}: {mean:.1f}", fontsize=10)
     if panels:
