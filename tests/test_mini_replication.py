@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from megaindex.config import load_config
@@ -76,6 +77,7 @@ def test_thresholds_met_missed_and_not_measured():
     assert got["longpt_mean"] == got["ntk_gap"] == "not measured" and got["gate_needle"] == "met"
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_step(tmp_path):
     """`run.py all --smoke`: every step runs and leaves its outputs; the report has every variant."""
     work = tmp_path / "mini"
