@@ -92,6 +92,9 @@ def test_smoke_runs_every_step(tmp_path):
         assert rec.is_file(), f"step {name} did not run"
         outs = json.loads(rec.read_text())["outputs"]
         assert outs and all(Path(o).exists() for o in outs), (name, outs)
+    for run_name in ("stage0", "stage1"):  # the in-training passkey probe ran and was logged
+        lines = [json.loads(x) for x in (work / run_name / "metrics.jsonl").read_text().splitlines()]
+        assert any("probe_passkey" in x for x in lines), run_name
     summary = json.loads((work / "report" / "replication_summary.json").read_text())
     assert summary["schema"] == report.SCHEMA
     names = set(summary["variants"])

@@ -68,11 +68,11 @@ SMOKE = Scale(
     stage0=["model.preset=tiny", "model.max_position_embeddings=256", "data.seq_length=256", "data.micro_batch_size=4",
             "data.global_batch_tokens=2048", "data.whole_documents=256", "data.num_workers=0", "train.train_iters=6",
             "train.eval_interval=6", "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=6",
-            "log.log_interval=1", "data.split=90,10,0"],
+            "log.log_interval=1", "data.split=90,10,0", "eval.interval=6", "eval.lengths=[256]", "eval.repeats=1"],
     stage1=["model.preset=tiny", "model.max_position_embeddings=1024", "data.seq_length=1024", "data.global_batch_tokens=2048",
             "data.whole_documents=256", "data.num_workers=0", "train.train_iters=3", "train.eval_interval=3",
             "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=3", "log.log_interval=1",
-            "data.split=90,10,0"],
+            "data.split=90,10,0", "eval.interval=3", "eval.lengths=[1024]"],
     ablations={"ctx_warmup": ["data.context_length_warmup=[[1,256],[2,512]]"]},
     lengths="256,512,1024", depths="0:100:3", repeats=1, base_ropes=("naive,dynamic:4", "dynamic:2,yarn:4"),
 )
