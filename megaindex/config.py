@@ -176,6 +176,7 @@ class DataConfig:
     cache_dir: str | None = _f(None, "where packed-sample indices are cached; None = next to the data")
     seed: int = _f(1234, "shuffle seed (same seed, same samples)", ge=0)
     pad_to_multiple_of: int | None = _f(None, "pad every packed piece to a multiple of this; None = 2*CP (set e.g. 4 at CP=1 to get CP=2's samples)", ge=1)
+    static_thd_shapes: bool = _f(False, "TE path: run-constant cu_seqlens/max_seqlen shapes; saves TE's per-shape backend selection (host) but costs GPU time in THD RoPE")
 
     @property
     def global_batch_size(self) -> int:

@@ -107,3 +107,28 @@ if __name__ == "__main__":  # run by torchrun: TP=2, rank 0 loads a batch, rank 
     assert got.keys() == expect.keys() and all(torch.equal(got[k], expect[k]) for k in expect)
     print("tp broadcast ok", flush=True)
     distributed.destroy_distributed()
+
+
+def test_static_thd_shapes_keep_the_layout_and_fix_the_shapes(batch):
+    from megaindex.data.batch import MIN_THD_SLOTS, static_thd_shapes
+
+    _, b = batch
+    few = dict(b, cu_seqlens=b["cu_seqlens"][:3].clone(), cu_seqlens_padded=torch.tensor([0, S, 2 * S], dtype=torch.int32))
+    assert 32 < len(b["cu_seqlens"]) - 1 <= 64  # the SFT rows hold 33-64 conversations
+    for x, slots in ((b, 64), (few, MIN_THD_SLOTS)):
+        out = static_thd_shapes(x, 4 * S)
+        n = len(x["cu_seqlens"])
+        # the same boundaries, then zero-length sequences; a run-constant max_seqlen (the row)
+        assert len(out["cu_seqlens"]) == len(out["cu_seqlens_padded"]) == slots + 1
+        assert torch.equal(out["cu_seqlens"][:n], x["cu_seqlens"]) and torch.equal(out["cu_seqlens_padded"][:n], x["cu_seqlens_padded"])
+        assert (out["cu_seqlens"][n - 1:] == x["cu_seqlens"][-1]).all()
+        assert (out["cu_seqlens_padded"][n - 1:] == 2 * S).all()
+        assert int(out["max_seqlen"]) == 4 * S and out["max_seqlen"].dtype == torch.int32
+        assert out["tokens"] is x["tokens"] and len(x["cu_seqlens"]) == n  # the input batch is untouched
+    many = torch.arange(0, 2 * S + 1, 16, dtype=torch.int32)  # 128 pieces -> 128 slots; 129 -> 256
+    assert len(static_thd_shapes(dict(b, cu_seqlens=many, cu_seqlens_padded=many), S)["cu_seqlens"]) == 129
+    more = torch.cat([many[:1], many + 8])
+    more[-1] = 2 * S
+    assert len(static_thd_shapes(dict(b, cu_seqlens=more, cu_seqlens_padded=more), S)["cu_seqlens"]) == 257
+    with pytest.raises(ValueError, match="longer than the static max_seqlen"):
+        static_thd_shapes(few, S - 1)

@@ -66,3 +66,50 @@ def test_te_thd_packed_equals_per_document(models):
             parts.append(te(t[:, start:start + n], pos, None)[..., :V].float())
             start += n
     assert (out - torch.cat(parts, 1)).abs().max().item() <= BF16_LOGIT_TOL
+
+
+def test_static_thd_shapes_same_loss_and_grads_one_backend_selection(models, monkeypatch):
+    """The trainer's forward step with run-constant THD shapes: the same per-token losses and
+    gradients as the exact metadata, and TE selects its attention backend once for rows of
+    different layouts (with exact shapes it re-selects on every new layout)."""
+    import numpy as np
+    import transformer_engine.pytorch.attention.dot_product_attention.utils as dpa_utils
+
+    from megaindex.data.batch import collate
+    from megaindex.data.packing import Piece, pack_pieces
+    from megaindex.training.loss import make_forward_step
+
+    cfg, _, te = models
+    S = cfg.data.seq_length
+    rng = np.random.default_rng(3)
+    rows = []
+    for lengths in ([40, 88, 56], [120, 100], [S], [8] * 12 + [64]):
+        pieces = [Piece(t, np.roll(t, -1), np.ones(n, dtype=np.float32))
+                  for n in lengths for t in [rng.integers(5, 8000, n)]]
+        rows.append(collate([pack_pieces(pieces, S, pad_multiple=8)]))
+
+    selections = []
+    real = dpa_utils.get_attention_backend
+    monkeypatch.setattr(dpa_utils, "get_attention_backend", lambda p: selections.append(p) or real(p))
+
+    def run(batch, static):
+        step = make_forward_step(packed=True, longalign=False, device=torch.device("cuda"),
+                                 static_max_seqlen=S if static else None)
+        te.zero_grad()
+        out, loss_fn = step(iter([batch]), te)
+        loss_fn(out)[0].backward()
+        return out.detach().float(), torch.cat([p.grad.float().flatten() for p in te.parameters() if p.grad is not None])
+
+    te.train()  # cuDNN keeps the softmax statistics for the backward only in training mode
+    try:
+        exact = [run(b, False) for b in rows]
+        n_exact = len(selections)
+        selections.clear()
+        static = [run(b, True) for b in rows]
+    finally:
+        te.eval()
+    assert n_exact == len(rows) and len(selections) == 1, (n_exact, len(selections))
+    for (lx, gx), (ls, gs) in zip(exact, static):
+        # the same kernels on the same tokens: equal up to bf16 rounding of a differently-sized launch
+        assert (lx - ls).abs().max().item() <= BF16_LOGIT_TOL
+        assert ((gx - gs).norm() / gx.norm()).item() <= 1e-2

@@ -55,6 +55,8 @@ LAYOUTS = {
                              "parallel.hierarchical_context_parallel_sizes=[2,2]"], PACKED),
     "selective_recompute": (1, ["train.recompute_granularity=selective"], PACKED),
     "full_recompute": (1, ["train.recompute_granularity=full"], PACKED),
+    # Run-constant THD metadata (zero-length slots, max_seqlen = seq_length) gives the same step.
+    "static_thd_shapes": (1, ["data.static_thd_shapes=true"], PACKED),
 }
 REFERENCES = {PACKED: [], CONCAT: ["data.packing=concat"]}
 

@@ -9,6 +9,9 @@ Owns what happens between a dataset sample and the model's input on one GPU:
     `thd_get_partitioned_indices`). cu_seqlens stay global: TE's CP attention wants them whole.
   * `broadcast_batch_to_tp`: TP rank 0 loads the batch and the other TP ranks receive it (they
     compute on the same tokens), the way Megatron-LM's get_batch does.
+  * `static_thd_shapes`: the THD metadata with shapes that stay the same from micro-batch to
+    micro-batch (zero-length slots appended to cu_seqlens, a run-wide max_seqlen), so Transformer
+    Engine selects its attention backend once per run instead of per new shape.
 """
 
 from __future__ import annotations
@@ -36,6 +39,41 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     out["cu_seqlens_padded"] = torch.cat(padded)
     out["num_sequences"] = torch.stack([s["num_sequences"] for s in samples]).sum()
     out["max_seqlen"] = (out["cu_seqlens_padded"][1:] - out["cu_seqlens_padded"][:-1]).max().to(torch.int32)
+    return out
+
+
+MIN_THD_SLOTS = 32  # cuDNN's THD graphs bucket the sequence count to >= 32 as well
+
+
+def thd_slots(num_sequences: int, min_slots: int = MIN_THD_SLOTS) -> int:
+    """Sequence slots for a micro-batch of `num_sequences` pieces: the next power of two >= min_slots."""
+    slots = min_slots
+    while slots < num_sequences:
+        slots *= 2
+    return slots
+
+
+def static_thd_shapes(batch: dict[str, torch.Tensor], max_seqlen: int, min_slots: int = MIN_THD_SLOTS) -> dict[str, torch.Tensor]:
+    """The batch with THD metadata whose shapes do not change between micro-batches of a run.
+
+    Transformer Engine re-runs its attention backend selection whenever (sequence count, max_seqlen)
+    differs from the previous call, i.e. on most micro-batches of packed rows of varying documents.
+    Here cu_seqlens and cu_seqlens_padded get trailing zero-length sequences (the last offset
+    repeated) up to `thd_slots` entries, and max_seqlen becomes `max_seqlen`, a run-wide upper bound
+    (data.seq_length: no piece crosses a sample), which is all TE's attention and fused THD RoPE need.
+    Attention is unchanged: a zero-length sequence has no tokens. The price is GPU time in TE's THD
+    RoPE, whose grid is slots x max_seqlen (see benchmarks/RESULTS_microbatch.md). Not for megatron's
+    unfused THD RoPE (CPU), which reads a freqs table as long as the row as absolute positions.
+    """
+    cu, cu_pad = batch["cu_seqlens"], batch["cu_seqlens_padded"]
+    real_max = int((cu_pad[1:] - cu_pad[:-1]).max())
+    if real_max > max_seqlen:
+        raise ValueError(f"a packed piece of {real_max} tokens is longer than the static max_seqlen {max_seqlen}")
+    extra = thd_slots(len(cu) - 1, min_slots) - (len(cu) - 1)
+    out = dict(batch)
+    out["cu_seqlens"] = torch.cat([cu, cu[-1:].expand(extra)])
+    out["cu_seqlens_padded"] = torch.cat([cu_pad, cu_pad[-1:].expand(extra)])
+    out["max_seqlen"] = torch.tensor(max_seqlen, dtype=torch.int32)
     return out
 
 

@@ -23,7 +23,7 @@ import torch
 from megatron.core import parallel_state as ps
 from megatron.core.packed_seq_params import PackedSeqParams
 
-from megaindex.data.batch import slice_batch_for_cp_rank
+from megaindex.data.batch import slice_batch_for_cp_rank, static_thd_shapes
 
 LOSS_KEY = "lm loss"
 
@@ -47,11 +47,25 @@ def batch_count(batch: dict, longalign: bool) -> torch.Tensor:
     return n.to(torch.int).reshape(())
 
 
-def packed_seq_params(batch: dict) -> PackedSeqParams:
+def packed_seq_params(batch: dict, device: torch.device | None = None, static_max_seqlen: int | None = None) -> PackedSeqParams:
+    """TE's THD parameters from a (CPU) batch. The checks run on the host, then cu_seqlens move to
+    `device` (on the GPU, torch.equal and int() would each wait for the GPU to drain its queue).
+
+    `static_max_seqlen`: run-constant shapes (data/batch.py `static_thd_shapes`), and cu_seqlens_padded
+    always a tensor of its own: TE infers `pad_between_seqs` from whether the two are the same object,
+    and a flip between rows (one filled by a single document piece, the next with tail padding) would
+    make it select its backend again."""
+    static = static_max_seqlen is not None
+    if static:
+        batch = static_thd_shapes(batch, static_max_seqlen)
     cu, cu_pad = batch["cu_seqlens"], batch["cu_seqlens_padded"]
-    if torch.equal(cu, cu_pad):
-        cu_pad = cu  # same object: TE keeps flash attention eligible (padded != real forces cuDNN)
+    share = not static and torch.equal(cu, cu_pad)
     max_len = int(batch["max_seqlen"])
+    if device is not None:
+        cu = cu.to(device, non_blocking=True)
+        cu_pad = cu if share else cu_pad.to(device, non_blocking=True)
+    if share:
+        cu_pad = cu  # same object: TE keeps flash attention eligible (padded != real forces cuDNN)
     return PackedSeqParams(
         qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu_pad,
         cu_seqlens_kv_padded=cu_pad, max_seqlen_q=max_len, max_seqlen_kv=max_len,
@@ -62,12 +76,15 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, stats_chunk=None):
+def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, stats_chunk=None,
+                      static_max_seqlen: int | None = None):
     """forward_step(data_iterator, model) for megatron's get_forward_backward_func().
 
     With virtual pipeline stages every model chunk runs forward_step on the same micro-batches;
     document statistics are counted only for `stats_chunk` (the chunk holding the loss), once per
-    micro-batch."""
+    micro-batch. `static_max_seqlen` (Transformer Engine path only): pad the THD metadata to
+    run-constant shapes with this max_seqlen (data/batch.py `static_thd_shapes`). Everything but the model runs on the host
+    without waiting for the GPU."""
     cp_size = ps.get_context_parallel_world_size()
 
     def forward_step(data_iterator, model):
@@ -76,8 +93,9 @@ def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, st
         if stats_chunk is None or model is stats_chunk:
             lengths = (batch["cu_seqlens_padded"][1:] - batch["cu_seqlens_padded"][:-1]).to(torch.int64)
             forward_step.stats["doc_sq_sum"] = forward_step.stats.get("doc_sq_sum", 0) + int((lengths * lengths).sum())
-        batch = to_device(slice_batch_for_cp_rank(batch, cp_size, ps.get_context_parallel_rank()), device)
-        psp = packed_seq_params(batch) if packed else None
+        batch = slice_batch_for_cp_rank(batch, cp_size, ps.get_context_parallel_rank())
+        psp = packed_seq_params(batch, device, static_max_seqlen) if packed else None
+        batch = to_device({k: batch[k] for k in ("tokens", "position_ids", "labels", "loss_mask")}, device)
         output = model(
             batch["tokens"], None if packed else batch["position_ids"], None,
             labels=batch["labels"], packed_seq_params=psp,

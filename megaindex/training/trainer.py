@@ -26,7 +26,7 @@ from megaindex.data.builder import build_datasets
 from megaindex.data.sampler import build_dataloader
 from megaindex.data.tokenizer import IndexTokenizer
 from megaindex.distributed import init_distributed
-from megaindex.model.build import build_model_chunks, params_dtype
+from megaindex.model.build import build_model_chunks, params_dtype, use_transformer_engine
 from megaindex.plan import step_flops
 from megaindex.training import checkpointing
 from megaindex.training.loss import LOSS_KEY, make_forward_step
@@ -119,8 +119,10 @@ class Trainer:
 
         self.train_ds, self.valid_ds = build_datasets(cfg, self.tokenizer)
         self._phase_datasets: dict[int, object] = {}  # warmup phase start step -> its dataset
-        self.forward_step = make_forward_step(packed=True, longalign=cfg.data.loss_weighting == "longalign",
-                                              device=self.device, stats_chunk=self.model[-1])
+        self.forward_step = make_forward_step(
+            packed=True, longalign=cfg.data.loss_weighting == "longalign", device=self.device,
+            stats_chunk=self.model[-1],
+            static_max_seqlen=cfg.data.seq_length if cfg.data.static_thd_shapes and use_transformer_engine(cfg) else None)
         self.forward_backward = get_forward_backward_func()
         self.num_microbatches = cfg.num_microbatches(self.layout.world_size)
         self.phase = None  # (seq_length, first step) of the data the iterators read
