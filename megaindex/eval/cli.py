@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -83,15 +84,20 @@ def run(args: argparse.Namespace) -> dict:
     samples = _samples(spec, engine.tokenizer, hay_files)
     check_lengths(spec, samples, engine.train_length)
 
+    # Under torchrun (context parallelism) every rank scores every sample; rank 0 writes.
+    writer = int(os.environ.get("RANK", "0")) == 0
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
     results = []
-    print(f"megaindex eval: {len(samples)} samples x {len(spec.variants)} variants on the {engine.name} engine "
-          f"(trained at {engine.train_length} tokens; lengths in model tokens) -> {out}", file=sys.stderr)
-    with (out / "results.jsonl").open("w") as f, tqdm(total=len(samples) * len(spec.variants), unit="sample",
-                                                       file=sys.stderr, mininterval=1.0, dynamic_ncols=True) as bar:
+    if writer:
+        print(f"megaindex eval: {len(samples)} samples x {len(spec.variants)} variants on the {engine.name} engine "
+              f"(trained at {engine.train_length} tokens; lengths in model tokens) -> {out}", file=sys.stderr)
+    bar = tqdm(total=len(samples) * len(spec.variants), unit="sample", file=sys.stderr, mininterval=1.0,
+               dynamic_ncols=True, disable=not writer)
+    with open(out / "results.jsonl" if writer else os.devnull, "w") as f, bar:
         def progress(n: int, label: str) -> None:
             bar.set_postfix_str(label, refresh=False)
             bar.update(n)
@@ -100,6 +106,8 @@ def run(args: argparse.Namespace) -> dict:
             results.append(r)
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
             f.flush()
+    if not writer:
+        return {"summary": None, "plots": [], "out": out}
     meta = {"checkpoint": str(resolved[1]), "engine": engine.name, "train_length": engine.train_length,
             "tasks": spec.tasks, "lengths": spec.lengths, "depths": spec.depths, "repeats": spec.repeats,
             "variants": [v.name for v in spec.variants], "prompt": spec.prompt, "truncate": spec.truncate,
@@ -131,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     except (EvalError, ConfigError) as e:
         print(f"megaindex eval: {e}", file=sys.stderr)
         return 2
+    if r["summary"] is None:  # not rank 0
+        return 0
     _print_summary(r["summary"])
     print(f"wrote {r['out'] / 'results.jsonl'}, {r['out'] / 'summary.json'} and "
           f"{', '.join(p.name for p in r['plots'])}")
