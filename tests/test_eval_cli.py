@@ -21,6 +21,13 @@ STAGE1 = REPO / "examples" / "tiny_long_pt.yaml"
 TRAIN_LENGTH = 256
 
 
+def _children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory) -> Path:
     """Two optimizer steps of the tiny stage-1 recipe at 256 tokens (a real trainer checkpoint), with
@@ -92,11 +99,13 @@ def test_eval_writes_results_summary_and_plots(stage1, tmp_path):
     cmd = [sys.executable, "-m", "megaindex", "eval", str(stage1), "--tasks", "needle,passkey,ppl",
            "--lengths", "256,512", "--depths", "0:100:3", "--rope", "naive,dynamic:2", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "MASTER_PORT": str(free_port())}
-    t0 = time.time()
+    t0, cpu0 = time.time(), _children_cpu()
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    wall = time.time() - t0
+    wall, cpu = time.time() - t0, _children_cpu() - cpu0
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert wall < 120, f"megaindex eval took {wall:.0f}s on the tiny checkpoint"
+    # The goal is under 2 minutes on 2 cores. CPU seconds measure the work whatever else the machine
+    # runs (wall time on a shared box does not): with one free core it takes at most that long.
+    assert cpu < 120, f"megaindex eval used {cpu:.0f} CPU seconds ({wall:.0f}s wall) on the tiny checkpoint"
     assert "44/44" in r.stderr and "<00:00" in r.stderr  # the tqdm bar: done/total and elapsed<remaining
 
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
