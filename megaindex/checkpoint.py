@@ -23,12 +23,15 @@ metadata without it.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -82,10 +85,13 @@ def architecture(cfg: Config) -> dict[str, Any]:
 # ---- metadata -------------------------------------------------------------------------------
 
 def write_meta(path: str | Path, cfg: Config, *, kind: str, step: int = 0, extra_meta: dict[str, Any] | None = None) -> None:
-    """Write megaindex.json and config.yaml into the checkpoint directory `path` (one process)."""
+    """Write config.yaml, then megaindex.json (last: its presence marks a complete checkpoint) with
+    the manifest of every other file and its size, which `verify` checks before a load."""
     path = Path(path)
-    meta = {"kind": kind, "step": step, "architecture": architecture(cfg), "git_revision": git_revision(), **(extra_meta or {})}
     (path / CONFIG_FILE).write_text(cfg.to_yaml())
+    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != META_FILE}
+    meta = {"kind": kind, "step": step, "architecture": architecture(cfg), "git_revision": git_revision(),
+            **(extra_meta or {}), "files": files}
     (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -100,15 +106,30 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return json.loads(meta.read_text())
 
 
-def check_dist_metadata(path: str | Path) -> None:
-    """Read the DCP `.metadata` through the restricted unpickler before megatron does (a crafted
-    file fails here with one line naming it), and route megatron's own reads through the safe
-    loaders (safe_pickle.install). Every load in megaindex calls this first."""
+def verify(path: str | Path) -> dict[str, Any]:
+    """Check that `path` holds the complete checkpoint its manifest describes (every file present
+    with its recorded size; checkpoints written before the manifest skip that part) and read the
+    DCP `.metadata` through the restricted unpickler, so a crafted or torn file fails here with one
+    line naming it. Also routes megatron's own reads through the safe loaders
+    (safe_pickle.install). Every load in megaindex calls this first; returns megaindex.json."""
     safe_pickle.install()
     path = Path(path)
+    meta = read_meta(path)
+    for name, size in (meta.get("files") or {}).items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing: the checkpoint is incomplete.")
+        if f.stat().st_size != size:
+            raise CheckpointError(f"{f} has {f.stat().st_size} bytes, {size} were written: the file is truncated or damaged.")
     if not (path / ".metadata").is_file():
-        raise CheckpointError(f"{path} lacks its .metadata file: the checkpoint is incomplete.")
-    safe_pickle.read_metadata(path)
+        raise CheckpointError(f"{path / '.metadata'} is missing: the checkpoint is incomplete.")
+    try:
+        safe_pickle.read_metadata(path)
+    except safe_pickle.UnsafePickleError:
+        raise
+    except Exception as e:  # EOF, garbage: damaged, not crafted
+        raise CheckpointError(f"{path / '.metadata'} cannot be read ({type(e).__name__}: {e}): the file is damaged.") from None
+    return meta
 
 
 def check_architecture(cfg: Config, path: str | Path) -> None:
@@ -140,6 +161,7 @@ def save_checkpoint(
     the queue finalises the write (`maybe_finalize_async_calls`). One write is in flight at a time.
     """
     from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -164,14 +186,73 @@ def save_checkpoint(
         _barrier()
 
     if async_queue is None:
-        dist_checkpointing.save(state, str(tmp))
-        _barrier()
-        complete()
+        with _WriterErrors() as logged:
+            try:
+                dist_checkpointing.save(state, str(tmp))
+                _barrier()
+                complete()
+            except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+                raise _save_error(e, path, tmp, logged.messages) from None
     else:
         request = dist_checkpointing.save(state, str(tmp), async_sharded_save=True, async_strategy="mcore")
         request.add_finalize_fn(complete)
         async_queue.schedule_async_request(request)
     return path
+
+
+class _WriterErrors(logging.Handler):
+    """Collects what megatron's checkpoint writers log while a save runs: a writer thread's OSError
+    reaches the caller only as "error: <class 'OSError'>", its message only the log."""
+
+    LOGGER = "megatron.core.dist_checkpointing"
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> "_WriterErrors":
+        logging.getLogger(self.LOGGER).addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger(self.LOGGER).removeHandler(self)
+
+
+def _save_error(e: BaseException, path: Path, tmp: Path, logged: list[str]) -> CheckpointError:
+    """One line for a failed write (the disk-full case named as such); the partial write is removed."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    code, text = _os_error(e, logged)
+    latest = path.parent / LATEST_FILE
+    keeps = f"; {latest} still names {latest.read_text().strip()}" if latest.is_file() else ""
+    if code == errno.ENOSPC:
+        return CheckpointError(f"writing checkpoint {path} failed: no space left on device (ENOSPC) under {path.parent}"
+                               f"{keeps}. Free space (or set checkpoint.save elsewhere) and rerun to resume.")
+    why = f"{text} ({errno.errorcode.get(code, code)})" if code is not None else str(e).splitlines()[0]
+    return CheckpointError(f"writing checkpoint {path} failed: {why}{keeps}.")
+
+
+def _os_error(e: BaseException, logged: list[str]) -> tuple[int | None, str]:
+    """(errno, message) of the OS error behind `e`: its causes, DCP's per-rank failures, and the
+    writers' log lines (`[Errno 28] No space left on device`)."""
+    seen, todo, texts = set(), [e], list(logged)
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno is not None:
+            return x.errno, x.strerror or str(x)
+        texts.append(str(x))
+        todo += [x.__cause__, x.__context__]
+        todo += [f[0] if isinstance(f, tuple) else f for f in getattr(x, "failures", {}).values()]
+    for text in texts:
+        m = re.search(r"\[Errno (\d+)\] ([^'\"\n]+)", text)
+        if m:
+            return int(m.group(1)), m.group(2).strip()
+    return None, ""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -190,37 +271,79 @@ def save_model(chunks: list[torch.nn.Module], path: str | Path, cfg: Config, **m
 # ---- a save directory: step directories, the `latest` pointer, keep-last-N --------------------
 
 def save_step(save_dir: str | Path, step: int, state: dict[str, Any], cfg: Config, *,
-              extra_meta: dict[str, Any] | None = None, async_queue=None) -> Path:
+              extra_meta: dict[str, Any] | None = None, async_queue=None, protect: Iterable[str] = ()) -> Path:
     """Write `state` as save_dir/step_XXXXXXXX, then point `latest` at it, then prune to
-    checkpoint.keep_last (in the background with `async_queue`: `latest` moves only once the
-    write is complete)."""
+    checkpoint.keep_last, never pruning the step directories named in `protect` (in the background
+    with `async_queue`: `latest` moves only once the write is complete)."""
     save_dir = Path(save_dir)
     if _rank() == 0:
         save_dir.mkdir(parents=True, exist_ok=True)
     _barrier()
     name = STEP_DIR.format(step)
+    keep = {name, *protect}
 
     def point_latest() -> None:  # rank 0, after the checkpoint is complete under its final name
-        _write_latest(save_dir, name)
-        _prune(save_dir, cfg.checkpoint.keep_last, keep=name)
+        write_latest(save_dir, name)
+        _prune(save_dir, cfg.checkpoint.keep_last, keep=keep)
 
     return save_checkpoint(save_dir / name, state, cfg, kind="train", step=step, extra_meta=extra_meta,
                            async_queue=async_queue, on_complete=point_latest)
 
 
+def step_dirs(save_dir: str | Path) -> list[Path]:
+    """The step directories of a save directory (complete or not), oldest first."""
+    return sorted(p for p in Path(save_dir).glob("step_*") if p.is_dir() and p.name[5:].isdigit())
+
+
+def resume_point(save_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint a run in `save_dir` continues from, and warnings about what was skipped.
+
+    `latest` decides when it names a checkpoint that verifies. A damaged one falls back to the newest
+    complete step before it; a missing or dangling `latest` to the newest complete step overall.
+    None when no step directory holds a complete checkpoint.
+    """
+    save_dir = Path(save_dir)
+    pointer = save_dir / LATEST_FILE
+    steps = step_dirs(save_dir)[::-1]
+    warnings: list[str] = []
+    if pointer.is_file():
+        named = save_dir / pointer.read_text().strip()
+        if named.is_dir():
+            try:
+                verify(named)
+                return named, warnings
+            except CheckpointError as e:
+                warnings.append(f"{pointer} names a damaged checkpoint: {e}")
+            steps = [p for p in steps if p.name < named.name]
+        else:
+            warnings.append(f"{pointer} names {named.name}, which does not exist")
+    elif steps:
+        warnings.append(f"{pointer} is missing")
+    for path in steps:
+        try:
+            verify(path)
+        except CheckpointError as e:
+            warnings.append(f"skipped {path.name}: {e}")
+            continue
+        if warnings:
+            warnings.append(f"resuming from {path.name}, the newest complete checkpoint")
+        return path, warnings
+    return None, warnings
+
+
 def latest_checkpoint(save_dir: str | Path) -> Path | None:
-    """The checkpoint `save_dir/latest` names, or None when there is none yet."""
+    """The checkpoint `save_dir/latest` names (verified), or None when there is none yet."""
     save_dir = Path(save_dir)
     pointer = save_dir / LATEST_FILE
     if not pointer.is_file():
         return None
     path = save_dir / pointer.read_text().strip()
-    if not (path / META_FILE).is_file():
-        raise CheckpointError(f"{pointer} names {path.name}, which is not a complete checkpoint; remove the pointer or restore the directory.")
+    verify(path)
     return path
 
 
-def _write_latest(save_dir: Path, name: str) -> None:
+def write_latest(save_dir: Path, name: str) -> None:
+    """Point `save_dir/latest` at the step directory `name` (atomically; rank 0)."""
     tmp = save_dir / f".{LATEST_FILE}.tmp"
     tmp.write_text(name + "\n")
     with tmp.open() as f:
@@ -229,12 +352,12 @@ def _write_latest(save_dir: Path, name: str) -> None:
     _fsync_dir(save_dir)
 
 
-def _prune(save_dir: Path, keep_last: int, keep: str) -> None:
+def _prune(save_dir: Path, keep_last: int, keep: set[str]) -> None:
     if keep_last <= 0:
         return
-    steps = sorted(p for p in save_dir.glob("step_*") if p.is_dir() and (p / META_FILE).is_file())
+    steps = [p for p in step_dirs(save_dir) if (p / META_FILE).is_file()]
     for old in steps[:-keep_last]:
-        if old.name != keep:
+        if old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
     for stale in save_dir.glob(".step_*.tmp"):  # left by a run killed mid-write
         shutil.rmtree(stale, ignore_errors=True)
@@ -257,7 +380,7 @@ def load_model(chunks: list[torch.nn.Module], path: str | Path, cfg: Config | No
         check_architecture(cfg, path)
     else:
         read_meta(path)
-    check_dist_metadata(path)
+    verify(path)
     sharded = model_sharded_state_dict(chunks)
     try:
         # Extra keys (optimizer, RNG of a training checkpoint) are fine; a missing model tensor is

@@ -41,7 +41,7 @@ FORMATS = ("llama", "index")
 
 
 def _load_checkpoint_config(ckpt: Path):
-    from megaindex.checkpoint import CONFIG_FILE, CheckpointError, check_architecture
+    from megaindex.checkpoint import CONFIG_FILE, CheckpointError, check_architecture, verify
 
     cfg_path = ckpt / CONFIG_FILE
     if not cfg_path.is_file():
@@ -49,6 +49,7 @@ def _load_checkpoint_config(ckpt: Path):
     try:
         cfg = load_config(cfg_path)
         check_architecture(cfg, ckpt)  # megaindex.json and config.yaml must describe one model
+        verify(ckpt)  # every file as written (a truncated shard is named here, not deep in DCP)
     except (ConfigError, CheckpointError) as e:
         raise ConversionError(str(e)) from None
     return cfg

@@ -90,11 +90,12 @@ def train_state_dict(chunks, optimizer, scheduler, cfg: Config, *, is_loading: b
 
 
 def save_train_checkpoint(save_dir: str | Path, chunks, optimizer, scheduler, cfg: Config, progress: dict[str, Any],
-                          async_queue=None) -> Path:
-    """step_XXXXXXXX under save_dir, then `latest` -> it, then prune to keep_last (checkpoint.save_step)."""
+                          async_queue=None, protect: set[str] = frozenset()) -> Path:
+    """step_XXXXXXXX under save_dir, then `latest` -> it, then prune to keep_last, keeping the step
+    directories in `protect` (checkpoint.save_step)."""
     state = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=False, progress=progress)
     return checkpoint.save_step(save_dir, int(progress["step"]), state, cfg, extra_meta={"progress": dict(progress)},
-                                async_queue=async_queue)
+                                async_queue=async_queue, protect=protect)
 
 
 def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: Config) -> dict[str, Any]:
@@ -104,10 +105,9 @@ def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: C
 
     path = Path(path)
     checkpoint.check_architecture(cfg, path)
-    meta = checkpoint.read_meta(path)
+    meta = checkpoint.verify(path)
     if meta.get("kind") != "train":
         raise CheckpointError(f"{path} holds model weights only; start from it with checkpoint.pretrained={path}.")
-    checkpoint.check_dist_metadata(path)
     _guard_step_key_on_load()
     prime_state_for_load(optimizer)
     template = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=True, progress=meta["progress"])
@@ -118,11 +118,49 @@ def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: C
     safe_pickle.check_extra_state({k: state[k] for k in checkpoint.model_state_keys(len(chunks))}, str(path))
     for key, chunk in zip(checkpoint.model_state_keys(len(chunks)), chunks):
         chunk.load_state_dict(state[key], strict=True)
+    apply_config_to_saved_groups(state["optimizer"], optimizer)
     optimizer.load_state_dict(state["optimizer"])
     fix_shared_step(optimizer)
+    for group in optimizer.param_groups:  # the saved groups came back with the saved Adam settings
+        group["betas"], group["eps"] = (cfg.optim.adam_beta1, cfg.optim.adam_beta2), cfg.optim.adam_eps
+    # The schedule's own fields come from this config (built with override_opt_param_scheduler);
+    # only its position (num_steps) is the checkpoint's.
     scheduler.load_state_dict(state["opt_param_scheduler"])
     _set_rng_state(state["rng_state"])
     return state["progress"]
+
+
+# ---- optimizer hyper-parameters changed on resume -------------------------------------------
+
+# megatron's ParamGroupOverride keys: values of a group (this run's config decides them) ...
+GROUP_VALUE_KEYS = ("max_lr", "min_lr", "start_wd", "end_wd")
+# ... and what tells groups apart (the same in any run of one model)
+GROUP_KIND_KEYS = ("optimizer", "wd_mult", "lr_mult", "is_expert_parallel", "is_decoupled_lr")
+
+
+def apply_config_to_saved_groups(saved: Any, optimizer) -> None:
+    """Give the checkpoint's param groups this run's LR and weight-decay values.
+
+    megatron's DistributedOptimizer pairs saved with current param groups by a tuple that includes
+    max_lr / min_lr, so a changed optim.lr found no saved group (a raw KeyError). Saved groups are
+    matched to the current ones by their kind instead and take the current values; moments, step
+    counts and everything else stay the checkpoint's.
+    """
+    kind = lambda g: tuple(g.get(k) for k in GROUP_KIND_KEYS)  # noqa: E731
+    current: dict[tuple, dict] = {}
+    for g in optimizer.param_groups:
+        current.setdefault(kind(g), {k: g[k] for k in GROUP_VALUE_KEYS if k in g})
+    for groups in _saved_param_groups(saved):
+        for g in groups:
+            g.update(current.get(kind(g), {}))
+
+
+def _saved_param_groups(state: Any):
+    if isinstance(state, dict):
+        if isinstance(state.get("param_groups"), list):
+            yield state["param_groups"]
+        for v in state.values():
+            yield from _saved_param_groups(v)
 
 
 # ---- guards for megatron-core's optimizer state with torch AdamW (see module doc) ------------

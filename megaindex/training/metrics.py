@@ -15,10 +15,24 @@ from typing import Any
 
 
 def _truncate_jsonl(path: Path, keep_through_step: int) -> None:
+    """Keep the records up to the resumed step. A line that does not parse (the torn last line of a
+    process killed mid-write) is dropped with a warning naming it."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= keep_through_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            print(f"warning: {path}:{n}: dropped a torn line (the run was killed while writing it): {line[:60]!r}", flush=True)
+            continue
+        if step <= keep_through_step:
+            kept.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)  # a kill now leaves the old file or the new one, never a half
 
 
 class MetricsLogger:

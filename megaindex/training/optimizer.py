@@ -47,6 +47,8 @@ def build_scheduler(cfg: Config, optimizer) -> OptimizerParamScheduler:
         end_wd=o.weight_decay,
         wd_incr_steps=t.train_iters,
         wd_incr_style="constant",
-        use_checkpoint_opt_param_scheduler=True,
-        override_opt_param_scheduler=False,
+        # On resume this config's schedule fields win over the checkpoint's (Megatron's
+        # --override-opt-param-scheduler); only the position in the schedule is restored.
+        use_checkpoint_opt_param_scheduler=False,
+        override_opt_param_scheduler=True,
     )

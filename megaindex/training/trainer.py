@@ -30,15 +30,13 @@ from megaindex.model.build import build_model_chunks, params_dtype, use_transfor
 from megaindex.plan import step_flops
 from megaindex.training import checkpointing
 from megaindex.training.loss import LOSS_KEY, make_forward_step
+from megaindex.training import resume
 from megaindex.training.metrics import MetricsLogger, plot_loss_curve
+from megaindex.training.nan_guard import NanGuard, NonFiniteStop  # noqa: F401 (NonFiniteStop: cli)
 from megaindex.training.optimizer import build_optimizer, build_scheduler
 from megaindex.training.preemption import PreemptionWatcher
 
 EXIT_NAN_STOP = 3
-
-
-class NonFiniteStop(RuntimeError):
-    """nan_policy=stop hit a NaN/Inf loss or gradient norm (a checkpoint was written first)."""
 
 
 @dataclass
@@ -76,7 +74,6 @@ class Trainer:
         self.save_dir = Path(cfg.checkpoint.save or self.run_dir / "checkpoints")
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
 
         self.tokenizer = IndexTokenizer(cfg.data.tokenizer_model)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
@@ -116,6 +113,8 @@ class Trainer:
         self.progress = Progress()
         self.async_queue = checkpointing.make_async_queue(cfg)
         self._resume_or_start()
+        if self.rank == 0:  # after the resume checks: a refused launch leaves the run's config alone
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
 
         self.train_ds, self.valid_ds = build_datasets(cfg, self.tokenizer)
         self._phase_datasets: dict[int, object] = {}  # warmup phase start step -> its dataset
@@ -140,17 +139,23 @@ class Trainer:
     # ---- setup helpers ------------------------------------------------------------------------
     def _resume_or_start(self) -> None:
         ck = self.cfg.checkpoint
-        path = Path(ck.load) if ck.load else checkpoint.latest_checkpoint(self.save_dir)
+        path = resume.choose(self.cfg, self.save_dir, self.run_dir, self._log, self.rank)
+        dist.barrier()  # train.overwrite: rank 0 has cleared the run before anyone reads it
         if path is not None:
+            resume.check_resume(path, self.cfg, self._log)
             saved = checkpointing.load_train_checkpoint(path, self.chunks, self.optimizer, self.scheduler, self.cfg)
             self.progress = Progress(**saved)
             self._log(f"resumed from {path} at step {self.progress.step}")
         elif ck.pretrained:
+            resume.note_pretrained(Path(ck.pretrained), self.cfg, self._log)
             # Loading copies into the params in place, i.e. into DDP's param buffers; the optimizer's
             # fp32 main copies were taken at construction and must be refreshed.
             checkpoint.load_model(self.chunks, ck.pretrained, self.cfg)
             self.optimizer.reload_model_params()
             self._log(f"starting from pretrained weights {ck.pretrained} (fresh optimizer and schedule)")
+        t = self.cfg.train
+        self.nan_guard = NanGuard(t.nan_policy, t.max_consecutive_skips, self.save_dir,
+                                  path if path is not None and path.parent == self.save_dir else None)
 
     def _data_iterators(self, dataset, consumed: int, micro_batch_size: int | None = None):
         """One iterator per model chunk (interleaved PP advances each chunk's stream separately)."""
@@ -259,12 +264,6 @@ class Trainer:
         self.progress.consumed_samples += self.cfg.data.global_batch_size
         if not finite:
             self.progress.skipped_steps += 1
-            if self.cfg.train.nan_policy == "stop":
-                self.save()
-                raise NonFiniteStop(
-                    f"step {self.progress.step}: loss {loss}, grad norm {grad_norm} is not finite; nan_policy=stop "
-                    f"wrote a checkpoint to {self.save_dir} and stopped. Lower the LR, check the data, or use nan_policy=skip."
-                )
         return {"loss": loss, "grad_norm": grad_norm, "finite": finite, "doc_sq_sum": doc_sq_sum}
 
     def validate(self) -> float | None:
@@ -283,12 +282,23 @@ class Trainer:
         """Checkpoint now; with async saves (GPU) `blocking=False` returns while the write goes on."""
         path = checkpointing.save_train_checkpoint(
             self.save_dir, self.chunks, self.optimizer, self.scheduler, self.cfg, self.progress.as_dict(),
-            async_queue=self.async_queue,
+            async_queue=self.async_queue, protect=self.nan_guard.protected(),
         )
+        self.nan_guard.saved(path)
         if blocking and self.async_queue is not None:
             self.async_queue.maybe_finalize_async_calls(blocking=True)
         self._log(f"checkpoint: {path}{'' if blocking or self.async_queue is None else ' (writing in the background)'}")
         return path
+
+    def _stop_on_nan(self) -> None:
+        """Nothing is saved; `latest` goes back to the last good checkpoint (nan_guard.py)."""
+        if self.async_queue is not None:
+            self.async_queue.maybe_finalize_async_calls(blocking=True)
+        if self.rank == 0:
+            self.nan_guard.point_latest_at_good()
+        dist.barrier()
+        self.preemption.restore()
+        self.metrics.close()
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self) -> dict:
@@ -332,6 +342,11 @@ class Trainer:
                 rec.update(scores)
                 self._log(f"long-context probe at step {step}: " + ", ".join(f"{k[6:]} {v:.1f}" for k, v in scores.items()))
             self.metrics.log_step(rec, console=step % cfg.log.log_interval == 0 or step == t.train_iters)
+            try:
+                self.nan_guard.after_step(step, out["finite"], out["loss"], out["grad_norm"], cfg.optim.lr)
+            except NonFiniteStop:
+                self._stop_on_nan()
+                raise
             # Collective (all ranks, every step): the stop step must be the same everywhere.
             preempted = self.preemption.agreed_signal(self.device) if step < t.train_iters else None
             if preempted is not None:
