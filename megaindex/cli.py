@@ -249,6 +249,8 @@ def user_error_code(e: BaseException) -> int | None:
         "megaindex.safe_pickle": (("UnsafePickleError", 1),),
         "megaindex.training.run_lock": (("RunDirBusy", 1),),
         "megaindex.convert.hf_config": (("ConversionError", 1),),
+        "megaindex.data.tokenizer": (("TokenizerError", 2),),
+        "megaindex.data.chat": (("ChatFormatError", 1),),
     }
     for module, classes in known.items():
         mod = sys.modules.get(module)

@@ -146,13 +146,19 @@ def check_extra_state(state: dict[str, Any], source: str) -> None:
     loads them; admit only what megatron's restricted unpickler accepts (FP8 scaling metadata)."""
     from megatron.core.safe_globals import SafeUnpickler
 
+    class ExtraStateUnpickler(SafeUnpickler):  # megatron's FP8 allowlist, plus dtypes and sizes
+        def find_class(self, module: str, name: str) -> Any:
+            if _is_torch_constant(module, name):
+                return pickle.Unpickler.find_class(self, module, name)
+            return super().find_class(module, name)
+
     for key, value in _flat_items(state):
         if not key.endswith("_extra_state") or not isinstance(value, torch.Tensor) or value.numel() == 0:
             continue
         if value.dtype != torch.uint8:
             continue
         try:
-            SafeUnpickler(io.BytesIO(value.detach().cpu().numpy().tobytes())).load()
+            ExtraStateUnpickler(io.BytesIO(value.detach().cpu().numpy().tobytes())).load()
         except pickle.UnpicklingError as e:
             raise UnsafePickleError(f"{source}: tensor '{key}' holds a pickle that is not FP8 metadata ({e}); "
                                     f"it may run code. Do not use this checkpoint.") from None

@@ -164,7 +164,9 @@ def test_crafted_extra_state_is_refused():
     from megaindex.safe_pickle import UnsafePickleError, check_extra_state
 
     evil = torch.frombuffer(bytearray(pickle.dumps(RunsCode(Path("/nonexistent/x")))), dtype=torch.uint8)
-    fp8_meta = torch.frombuffer(bytearray(pickle.dumps({"scale_fwd": torch.ones(3), "recipe": None})), dtype=torch.uint8)
+    fp8_meta = torch.frombuffer(bytearray(pickle.dumps(
+        {"scale_fwd": torch.ones(3), "recipe": None, "extra_fp8_variables": {"dtype": torch.float32, "shape": torch.Size([3])}})),
+        dtype=torch.uint8)
     check_extra_state({"model": {"decoder.linear_qkv._extra_state": fp8_meta, "w": torch.ones(2)}}, "ck")
     with pytest.raises(UnsafePickleError, match="'model.decoder.linear_fc1._extra_state' holds a pickle"):
         check_extra_state({"model": {"decoder.linear_fc1._extra_state": evil}}, "ck")
@@ -466,3 +468,15 @@ def test_kill_9_at_random_points_of_saves_loses_nothing(tmp_path, cache):
     assert f"resumed from {path} at step {resumed_at}" in r.out
     record("after the final resume")
     assert max(first_loss) >= resumed_at + 2
+
+
+@pytest.mark.parametrize("override,says", [
+    ("model.vocab_size=100", "has 8000 pieces but model.vocab_size is 100"),
+    ("data.tokenizer_model=/nonexistent/tokenizer.model", "tokenizer model /nonexistent/tokenizer.model does not exist"),
+    ("model.transformer_impl=transformer_engine", "model.transformer_impl=transformer_engine but Transformer Engine"),
+])
+def test_setup_errors_are_one_line(tmp_path, cache, override, says):
+    if override.startswith("model.transformer_impl") and torch.cuda.is_available():
+        pytest.skip("TE may be present on a GPU node")
+    line = train(tmp_path / "run", cache, override, expect=2).error_line()
+    assert says in line, line

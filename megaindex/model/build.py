@@ -21,7 +21,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_block import TransformerBlock, TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
-from megaindex.config import Config
+from megaindex.config import Config, ConfigError
 from megaindex.model.output_layer import configure_output_layer
 from megaindex.model.reference_attention import ReferenceAttention
 
@@ -41,7 +41,7 @@ def use_transformer_engine(cfg: Config) -> bool:
     impl = cfg.model.transformer_impl
     if impl == "transformer_engine":
         if not te_available():
-            raise RuntimeError(
+            raise ConfigError(
                 "model.transformer_impl=transformer_engine but Transformer Engine or CUDA is missing; "
                 "install the `gpu` extra on a GPU node or set model.transformer_impl=auto."
             )

@@ -21,7 +21,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
 from megaindex import checkpoint
-from megaindex.config import Config
+from megaindex.config import Config, ConfigError
 from megaindex.data.builder import build_datasets
 from megaindex.data.sampler import build_dataloader
 from megaindex.data.tokenizer import IndexTokenizer
@@ -77,7 +77,7 @@ class Trainer:
 
         self.tokenizer = IndexTokenizer(cfg.data.tokenizer_model)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"tokenizer {cfg.data.tokenizer_model} has {self.tokenizer.vocab_size} pieces but "
                 f"model.vocab_size is {cfg.model.vocab_size}; ids past the vocabulary would be out of range."
             )
