@@ -81,7 +81,7 @@ def main() -> int:
     run_dir = Path(os.environ.get("BENCH_RUN_DIR", f"/tmp/megaindex-mb-{args.name}"))
     overrides = [
         f"data.data_path=[{args.data}]", f"data.tokenizer_model={args.tokenizer}", f"train.train_iters={args.steps + 100}",
-        "train.eval_interval=0", "checkpoint.save_interval=0", "checkpoint.pretrained=null", f"train.run_dir={run_dir}",
+        "train.eval_interval=0", "checkpoint.save_interval=0", "checkpoint.pretrained=null", f"train.run_dir={run_dir}", "train.overwrite=true",
         "log.tensorboard=false", "log.plot=false", f"data.cache_dir={run_dir}/cache", "parallel.context_parallel_size=1",
         f"data.seq_length={args.seq_length}", f"data.micro_batch_size={args.mbs}",
         f"data.global_batch_tokens={args.rows * args.seq_length}", *MODEL_34M, *args.overrides,

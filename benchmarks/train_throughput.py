@@ -68,7 +68,7 @@ def main() -> int:
     overrides = [
         f"data.data_path=[{args.data}]", f"data.tokenizer_model={args.tokenizer}", f"train.train_iters={args.steps}",
         "train.eval_interval=0",
-        "checkpoint.save_interval=0", "checkpoint.pretrained=null", f"train.run_dir={run_dir}",
+        "checkpoint.save_interval=0", "checkpoint.pretrained=null", f"train.run_dir={run_dir}", "train.overwrite=true",
         "log.tensorboard=false", "log.plot=false", "data.num_workers=2", f"data.cache_dir={run_dir}/cache",
         *args.overrides,
     ]
