@@ -4,11 +4,18 @@ A megaindex checkpoint is a directory:
     <dir>/                   megatron dist checkpoint (torch_dist): {"model": GPTModel.sharded_state_dict()}
                              ({"model0", "model1", ...} with virtual pipeline stages, as Megatron-LM),
                              plus whatever the trainer adds (training/checkpointing.py)
-    <dir>/megaindex.json     what wrote it: kind (model|train), step, architecture fields, git revision
+    <dir>/megaindex.json     what wrote it: kind (model|train), step, architecture fields, git revision,
+                             and `files`: every other file with its size (written last: its presence
+                             marks a complete checkpoint)
     <dir>/config.yaml        the resolved config of the run that wrote it
 
+Every load first `verify`s the directory against that manifest and reads the DCP `.metadata`
+through safe_pickle's allowlist, so a truncated, missing or crafted file is named in one line.
+
 A save directory holds training checkpoints as `step_XXXXXXXX/` directories and a `latest` file
-naming the newest complete one; older steps beyond `checkpoint.keep_last` are pruned.
+naming the newest complete one; older steps beyond `checkpoint.keep_last` are pruned (never one the
+trainer protects). `resume_point` picks what a run continues from: `latest`, or, when it is
+missing, dangling or damaged, the newest complete step (with a warning).
 
 dist_checkpointing stores global tensors keyed by megatron's parameter names, with the TE and local
 module layouts mapped onto the same keys, so a checkpoint loads into any TP/PP/CP/DP layout and

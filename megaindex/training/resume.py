@@ -68,8 +68,7 @@ def _clear(save_dir: Path, run_dir: Path, log: Callable[[str], None]) -> None:
     (save_dir / checkpoint.LATEST_FILE).unlink(missing_ok=True)
     for name in ("metrics.jsonl", "validation.jsonl"):
         (run_dir / name).unlink(missing_ok=True)
-    if gone:
-        log(f"train.overwrite: removed {len(gone)} checkpoints from {save_dir} and the run's metrics; starting over")
+    log(f"train.overwrite: removed {len(gone)} checkpoint directories from {save_dir} and the run's metrics; starting over")
 
 
 def saved_config(path: Path) -> dict[str, Any]:
