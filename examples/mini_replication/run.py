@@ -252,8 +252,14 @@ def step_unstage(ctx: Ctx, sources: list[Path] | None = None) -> list[Path]:
 def _train(ctx: Ctx, recipe: str, overrides: list[str], run_name: str) -> list[Path]:
     from megaindex.cli import main as megaindex
 
+    from megaindex import checkpoint
+
     path, overrides = ctx.recipe(recipe, overrides)
     overrides = [*overrides, f"train.run_dir={ctx.p(run_name)}", f"data.cache_dir={ctx.p('cache')}"]
+    if checkpoint.resume_point(ctx.p(run_name, "checkpoints"))[0] is None:
+        # nothing to resume (first attempt, or one killed before its first checkpoint): start clean
+        # rather than be refused over the metrics an unfinished attempt left
+        overrides.append("train.overwrite=true")
     if recipe != "stage0":
         overrides.append(f"checkpoint.pretrained={ctx.p('stage0', 'checkpoints')}")
     log(f"megaindex train {path} {' '.join(overrides)}")
