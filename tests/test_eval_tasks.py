@@ -169,6 +169,11 @@ def test_ppl_samples_and_buckets(hay):
     s = ppl_sample(hay, lang="en", length=4096, repeat=0)
     assert len(s.prompt_ids) == 4096 and not s.concatenated
     assert any(d[:4096] == s.prompt_ids for d in hay._doc_ids("en"))  # a document's beginning
+    for r in range(4):  # every length of a repeat reads a prefix of the same document
+        long = ppl_sample(hay, lang="zh", length=20000, repeat=r, pick_length=20000)
+        short = ppl_sample(hay, lang="zh", length=1000, repeat=r, pick_length=20000)
+        assert short.prompt_ids == long.prompt_ids[:1000]
+    assert ppl_sample(hay, lang="en", length=16000, repeat=0).concatenated  # no 16K-token English document
     nll = torch.arange(1, 16, dtype=torch.float32)  # 16 tokens -> 15 predictions (positions 1..15)
     b = bucket_nll(nll, bucket_edges(16, 4))
     assert [x[:2] for x in b] == [[0, 4], [4, 8], [8, 12], [12, 16]]

@@ -34,6 +34,12 @@ def _length_label(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
+def _length_ticks(ax, lengths: list[int]) -> None:
+    ticks = sorted(set(lengths))
+    ax.set_xticks(ticks, [_length_label(n) for n in ticks])
+    ax.minorticks_off()
+
+
 def heatmap(variant: str, s: dict, out: Path, title: str = "") -> Path:
     import numpy as np
     from matplotlib.colors import LinearSegmentedColormap
@@ -82,6 +88,8 @@ def score_vs_length(summary: dict, out: Path, train_length: int | None) -> Path:
         if train_length:
             ax.axvline(train_length, color="gray", ls="--", lw=1, label=f"trained at {train_length}")
         ax.set_xscale("log", base=2)
+        _length_ticks(ax, [int(x) for s in summary[task].values()
+                           for x in (s["by_length"] if task == "needle" else s["accuracy_by_length"])])
         ax.set_xlabel("context length (model tokens)")
         ax.set_ylabel(label)
         ax.set_ylim(-5, 105)
@@ -110,6 +118,7 @@ def ppl_plot(summary: dict, out: Path, train_length: int | None) -> Path:
     a1.set_xlabel("position in the document (model tokens)")
     a1.set_ylabel("mean NLL per position bucket")
     a2.set_xscale("log", base=2)
+    _length_ticks(a2, [int(x) for s in summary["ppl"].values() for x in s["by_length"]])
     a2.set_yscale("log")
     a2.set_xlabel("context length (model tokens)")
     a2.set_ylabel("perplexity")

@@ -48,7 +48,8 @@ def build_samples(spec: EvalSpec, tokenizer, haystack: Haystack | None) -> list[
                 if passkeys:
                     out.append(passkeys.sample(length=length, depth=d, repeat=r))
             if "ppl" in spec.tasks:
-                out += [ppl_sample(haystack, lang=lang, length=length, repeat=r) for lang in langs]
+                out += [ppl_sample(haystack, lang=lang, length=length, repeat=r, pick_length=max(spec.lengths))
+                        for lang in langs]
     return out
 
 

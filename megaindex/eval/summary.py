@@ -6,8 +6,9 @@ Owns `summarize(results, ...)`. Per RoPE variant:
            overall); by_lang[lang] = the same overall per language.
   passkey: accuracy_by_length[length] (fraction exact), grid[length][depth] (accuracy), overall.
   ppl:     by_length[length] = exp(mean NLL over all tokens of that length's samples);
-           nll_by_position = [[start, end, mean NLL], ...] over all ppl samples (positions count from
-           each document's start).
+           nll_by_position = [[start, end, mean NLL], ...] over the samples of the longest length
+           (positions count from each document's start; shorter lengths read prefixes of the same
+           documents, so adding them would only reweight the early buckets).
 Keys are strings in JSON (lengths in model tokens, depths in %).
 """
 
@@ -63,12 +64,14 @@ def summarize(results: list[dict], *, meta: dict | None = None) -> dict:
         elif task == "ppl":
             per_len: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
             buckets: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0])
+            longest = max(r["length"] for r in rows)
             for r in rows:
                 for a, b, total, n in r["buckets"]:
-                    buckets[(a, b)][0] += total
-                    buckets[(a, b)][1] += n
                     per_len[r["length"]][0] += total
                     per_len[r["length"]][1] += n
+                    if r["length"] == longest:
+                        buckets[(a, b)][0] += total
+                        buckets[(a, b)][1] += n
             out["ppl"][variant] = {
                 "by_length": {str(L): round(math.exp(t / n), 4) for L, (t, n) in sorted(per_len.items())},
                 "nll_by_position": [[a, b, round(t / n, 5)] for (a, b), (t, n) in sorted(buckets.items())],
