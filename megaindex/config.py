@@ -158,8 +158,8 @@ def split_ratios(split: str) -> list[float]:
 @dataclass
 class DataConfig:
     kind: Literal["pretrain", "sft"] = _f("pretrain", "pretrain = packed documents (stage 1); sft = chat with response-only loss (stage 2)")
-    data_path: list[str] = _f([], "dataset prefixes (.bin/.idx) or JSONL files; 'W PATH' entries give blend weights")
-    valid_data_path: list[str] = _f([], "held-out data; empty = split off the training data by `split`")
+    data_path: list[str] = _f([], "dataset prefixes (.bin/.idx) or JSONL files; 'W PATH' entries give blend weights; '@FILE' reads a blend file")
+    valid_data_path: list[str] = _f([], "held-out data (same syntax); empty = split off each training prefix by `split`")
     split: str = _f("99,1,0", "train,valid,test ratio when valid_data_path is empty")
     tokenizer_model: str | None = _f(None, "SentencePiece tokenizer.model (Index layout: <unk>0 <s>1 </s>2 reserved_0 3 reserved_1 4)")
     seq_length: int = _f(4096, "tokens per packed sample", ge=1)

@@ -1,10 +1,11 @@
 """`build_datasets(cfg, tokenizer)`: the config's data section -> (train, valid) map-style datasets.
 
-Owns turning `DataConfig` into datasets: parsing `data_path` ("PATH" or "WEIGHT PATH" entries;
-PATH is an IndexedDataset prefix or a .jsonl/.jsonl.gz file, which is preprocessed once into the
-cache), the train/valid split, the number of samples the run needs, and the CP padding multiple.
-Pretraining goes through megatron-core's BlendedMegatronDatasetBuilder with PackedGPTDataset
-(blending, splitting, caching); SFT builds PackedSFTDataset over the chat IndexedDatasets.
+Owns turning `DataConfig` into datasets: resolving `data_path` entries (megaindex.data.blend parses
+them; PATH is an IndexedDataset prefix or a .jsonl/.jsonl.gz file, which is preprocessed once into
+the cache), the train/valid split (per prefix), the number of samples the run needs, and the CP
+padding multiple. Pretraining builds one PackedGPTDataset per prefix and split (megatron's cached
+indices) and mixes several with blend.BlendedSamples; SFT builds PackedSFTDataset over the chat
+IndexedDatasets (it mixes by weight inside every epoch itself).
 
 Works without torch.distributed; under torchrun, rank 0 preprocesses/builds caches first and the
 other ranks wait at a barrier (megatron's builder does the same for its indices).
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from megaindex.config import Config, ConfigError, split_ratios
+from megaindex.data.blend import BlendedSamples, normalise, parse_blend, share_sizes
 
 
 def pad_multiple(cfg: Config) -> int:
@@ -37,26 +39,6 @@ def seq_length_at_step(cfg: Config, step: int) -> int:
         if step < until:
             return length
     return cfg.data.seq_length
-
-
-def parse_blend(entries: list[str], what: str) -> tuple[list[str], list[float] | None]:
-    """["0.3 a", "0.7 b"] -> (["a", "b"], [0.3, 0.7]); ["a", "b"] -> (["a", "b"], None)."""
-    paths, weights = [], []
-    for e in entries:
-        parts = str(e).split()
-        if len(parts) == 2:
-            try:
-                weights.append(float(parts[0]))
-            except ValueError:
-                raise ConfigError(f"{what} entry {e!r}: expected 'WEIGHT PATH' or 'PATH'.") from None
-            paths.append(parts[1])
-        elif len(parts) == 1:
-            paths.append(parts[0])
-        else:
-            raise ConfigError(f"{what} entry {e!r}: expected 'WEIGHT PATH' or 'PATH'.")
-    if weights and len(weights) != len(paths):
-        raise ConfigError(f"{what}: give a weight for every entry or for none.")
-    return paths, (weights or None)
 
 
 def _barrier() -> None:
@@ -119,32 +101,66 @@ def build_datasets(cfg: Config, tokenizer, *, num_samples: tuple[int | None, int
     return _build_pretrain(cfg, tokenizer, prefixes, weights, vprefixes, vweights, train_n, valid_n)
 
 
+def _rank0_first(build):
+    """Rank 0 builds (and caches the indices) first, the others then load them: megatron's protocol."""
+    dist = torch.distributed.is_initialized()
+    out = build() if not dist or torch.distributed.get_rank() == 0 else None
+    _barrier()
+    return out if out is not None else build()
+
+
 def _build_pretrain(cfg, tokenizer, prefixes, weights, vprefixes, vweights, train_n, valid_n):
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    """Every prefix is its own PackedGPTDataset per split, sized for its share; BlendedSamples mixes them."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from megatron.core.datasets.utils import Split
 
     from megaindex.data.pretrain import MegatronTokenizerView, PackedGPTDataset, PackedGPTDatasetConfig
 
     d = cfg.data
     if d.num_epochs is not None and (weights or vweights):
         raise ConfigError("data.num_epochs with blend weights: weighted blends are sized by train_iters; drop one.")
-    blend = (prefixes, weights)
-    common = dict(
+    epochs = d.num_epochs is not None
+    config = PackedGPTDatasetConfig(
         random_seed=d.seed, sequence_length=d.seq_length, tokenizer=MegatronTokenizerView(tokenizer),
         reset_position_ids=d.packing == "reset", reset_attention_mask=d.packing == "reset", eod_mask_loss=True,
         create_attention_mask=False, path_to_cache=d.cache_dir and os.path.join(d.cache_dir, "indices"),
         pad_multiple=pad_multiple(cfg), packing=d.packing, num_epochs=d.num_epochs, whole_documents=d.whole_documents,
-        context_parallel_size=cfg.parallel.context_parallel_size,
+        context_parallel_size=cfg.parallel.context_parallel_size, blend=(prefixes, weights), split=d.split,
     )
-    if vprefixes:
-        config = PackedGPTDatasetConfig(blend_per_split=[blend, (vprefixes, vweights), None], **common)
-    else:
-        config = PackedGPTDatasetConfig(blend=blend, split=d.split, **common)
-    sizes = [None, None, None] if d.num_epochs is not None else [train_n, valid_n or None, None]
-    if sizes[1] is None and (vweights or (weights and not vprefixes)):
-        sizes[1] = max(valid_n, 1)
-    if weights and not vprefixes and d.num_epochs is None:
-        sizes[2] = 0  # megatron asserts that a weighted blend gives every split a size (the test split is unused)
-    train, valid, _ = BlendedMegatronDatasetBuilder(PackedGPTDataset, sizes, lambda: True, config).build()
+    low = {p: IndexedDataset(p, multimodal=False, mmap=config.mmap_bin_files) for p in dict.fromkeys(prefixes + vprefixes)}
+
+    def doc_range(p: str, which: int) -> tuple[int, int]:
+        """Documents of prefix p in split `which` (0 train, 1 valid): all of it with valid_data_path."""
+        n = len(low[p].sequence_lengths)
+        return (0, n) if vprefixes else _split_ranges(n, d.split)[which]
+
+    def blend(ps, ws, which: int, total: int):
+        """The split's dataset over prefixes `ps` (one dataset, or a BlendedSamples), or None if empty."""
+        name, split = ("train", Split.train) if which == 0 else ("valid", Split.valid)
+        parts = [(p, w, doc_range(p, which)) for p, w in zip(ps, ws or [1.0] * len(ps))]
+        parts = [x for x in parts if x[2][1] > x[2][0]]  # a small prefix may have no valid documents
+        if not parts:
+            return None
+        if ws is None:  # unweighted: by tokens, as if the prefixes were one corpus
+            w = normalise([float(low[p].sequence_lengths[a:b].sum()) for p, _, (a, b) in parts])
+        else:
+            w = normalise([x for _, x, _ in parts])
+        exhaustive = epochs and which == 0
+        sizes = [None] * len(parts) if exhaustive else ([total] if len(parts) == 1 else share_sizes(w, total))
+        sets = [
+            _rank0_first(lambda p=p, a=a, b=b, n=n: PackedGPTDataset(low[p], p, np.arange(a, b, dtype=np.int32), n, split, config))
+            for (p, _, (a, b)), n in zip(parts, sizes)
+        ]
+        if len(sets) == 1:
+            return sets[0]
+        return BlendedSamples(sets, w, total, exhaustive=exhaustive, name=name)
+
+    train = blend(prefixes, weights, 0, train_n)
+    if train is None:
+        raise ConfigError(f"data.split {d.split!r} leaves no training documents in {', '.join(prefixes)}.")
+    valid = None
+    if valid_n:
+        valid = blend(vprefixes, vweights, 1, valid_n) if vprefixes else blend(prefixes, weights, 1, valid_n)
     return train, valid
 
 
