@@ -10,6 +10,10 @@ Formats:
   uses in its forward (megaindex.model.output_layer.normalize_rows), so the logits are identical.
 * `index`: Index's own layout (`IndexForCausalLM`, `norm_head: true`, un-normalised lm_head); the
   modeling/configuration code and tokenizer come from `template_dir` (the released checkpoint).
+
+The input may be a checkpoint, its save directory or `latest` file, or a run directory. The
+tokenizer files are chat-ready: Index's chat template (megaindex.convert.chat_template), so
+`apply_chat_template` gives the ids SFT trained on.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 
 from megaindex.config import ConfigError, load_config
 from megaindex.convert import layout as L
+from megaindex.convert.chat_template import add_chat_template, write_tokenizer_config
 from megaindex.convert.dist_io import DistCheckpointReader
 from megaindex.convert.from_hf import DTYPES, TOKENIZER_DIR, TOKENIZER_FILES
 from megaindex.convert.hf_config import (
@@ -123,7 +128,7 @@ def convert_to_hf(
     so that transformers computes what `megaindex eval --rope` does."""
     if fmt not in FORMATS:
         raise ConversionError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
-    ckpt = Path(ckpt)
+    ckpt = resolve_checkpoint(ckpt, log)
     check_out_dir(out, force, inputs=[ckpt, template_dir])
     template = Path(template_dir) if template_dir else None
     template_cfg = read_hf_config(template) if template else None
@@ -154,6 +159,11 @@ def convert_to_hf(
         (tmp / "config.json").write_text(json.dumps(hf_config_dict(m, fmt, dtype_name, template_cfg, rope_params, max_pos), indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation_config_dict(), indent=2) + "\n")
         copied = _copy_support_files(ckpt, cfg.data.tokenizer_model, template, fmt, tmp)
+        if "tokenizer.model" in copied and fmt == "llama":  # chat-ready: Index's template for apply_chat_template
+            write_tokenizer_config(tmp, m.max_position_embeddings)
+            copied = [c for c in copied if c not in ("tokenizer.json", "tokenizer_config.json")] + ["tokenizer_config.json (chat template)"]
+        elif (tmp / "tokenizer_config.json").is_file() and add_chat_template(tmp / "tokenizer_config.json"):
+            copied.append("chat template")
     log(f"[convert] wrote {out} in {time.time() - start:.1f}s" + (f"; copied {', '.join(copied)}" if copied else ""))
     return Path(out)
 
@@ -182,6 +192,27 @@ def hf_tensors(reader: DistCheckpointReader, arch: L.Arch, *, tied: bool, bake: 
         head = _baked_head(head, out_dtype, normalize_rows)
     yield L.HF_OUTPUT, head.to(out_dtype)
     on_layer()
+
+
+def resolve_checkpoint(path: str | Path, log: Callable[[str], None] = print) -> Path:
+    """A checkpoint directory from what a user has at hand: the checkpoint itself, a save directory
+    or its `latest` file (follows the pointer), or a run directory (RUN_DIR/checkpoints/latest)."""
+    from megaindex.checkpoint import LATEST_FILE, META_FILE
+
+    p = Path(path)
+    if (p / META_FILE).is_file():
+        return p
+    for pointer in (p, p / LATEST_FILE, p / "checkpoints" / LATEST_FILE):
+        if pointer.is_file() and pointer.name == LATEST_FILE:
+            target = pointer.parent / pointer.read_text().strip()
+            if not (target / META_FILE).is_file():
+                raise ConversionError(f"{pointer} names {target.name}, which is not a complete checkpoint.")
+            log(f"[convert] {path}: following {pointer} -> {target}")
+            return target
+    raise ConversionError(
+        f"{path} is not a megaindex checkpoint ({META_FILE} missing) and has no `latest` pointer "
+        f"(nor checkpoints/latest); give a checkpoint directory, its save directory, or the run directory."
+    )
 
 
 def _baked_head(head: torch.Tensor, out_dtype: torch.dtype, normalize_rows, rows: int = 8192) -> torch.Tensor:
