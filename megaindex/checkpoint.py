@@ -291,7 +291,7 @@ def save_step(save_dir: str | Path, step: int, state: dict[str, Any], cfg: Confi
 
     def point_latest() -> None:  # rank 0, after the checkpoint is complete under its final name
         write_latest(save_dir, name)
-        _prune(save_dir, cfg.checkpoint.keep_last, keep=keep)
+        _prune(save_dir, cfg.checkpoint.keep_last, keep=keep, keep_every=cfg.checkpoint.keep_every)
 
     return save_checkpoint(save_dir / name, state, cfg, kind="train", step=step, extra_meta=extra_meta,
                            async_queue=async_queue, on_complete=point_latest)
@@ -359,10 +359,13 @@ def write_latest(save_dir: Path, name: str) -> None:
     _fsync_dir(save_dir)
 
 
-def _prune(save_dir: Path, keep_last: int, keep: set[str]) -> None:
+def _prune(save_dir: Path, keep_last: int, keep: set[str], keep_every: int = 0) -> None:
+    """Remove all but the newest keep_last checkpoints; milestones (step % keep_every == 0) stay."""
     if keep_last <= 0:
         return
     steps = [p for p in step_dirs(save_dir) if (p / META_FILE).is_file()]
+    if keep_every > 0:
+        steps = [p for p in steps if not p.name[5:].isdigit() or int(p.name[5:]) % keep_every]
     for old in steps[:-keep_last]:
         if old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)

@@ -203,9 +203,15 @@ class DataConfig:
 class OptimConfig:
     lr: float = _f(1e-5, "peak learning rate", gt=0)
     min_lr: float = _f(0.0, "learning rate at the end of the decay", ge=0)
-    lr_decay_style: Literal["cosine", "linear", "constant"] = _f("cosine", "decay after warmup")
+    lr_decay_style: Literal["cosine", "linear", "constant", "wsd"] = _f(
+        "cosine", "decay after warmup; wsd = warmup-stable-decay: lr stays at its peak, then the last lr_wsd_decay_iters steps anneal to min_lr"
+    )
     lr_warmup_iters: int = _f(0, "linear warmup steps", ge=0)
-    lr_decay_iters: int | None = _f(None, "decay length in steps; None = train_iters", ge=1)
+    lr_decay_iters: int | None = _f(None, "decay length in steps (warmup included, Megatron's rule); None = train_iters", ge=1)
+    lr_wsd_decay_iters: int | None = _f(None, "wsd: steps of the final anneal; None = 10% of the decay length", ge=1)
+    lr_wsd_decay_style: Literal["linear", "cosine", "exponential", "minus_sqrt"] = _f(
+        "minus_sqrt", "wsd: shape of the final anneal (minus_sqrt = 1-sqrt, Haegele et al. 2024)"
+    )
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay (not on norms)", ge=0)
     adam_beta1: float = _f(0.9, "Adam beta1", ge=0, lt=1)
     adam_beta2: float = _f(0.95, "Adam beta2", ge=0, lt=1)
@@ -221,7 +227,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    train_iters: int = _f(1000, "optimizer steps", ge=1)
+    train_iters: int | None = _f(1000, "optimizer steps; null = every full global batch of data.num_epochs (the epochs set the run length)", ge=1)
+    train_tokens: int | None = _f(None, "run length in tokens: train_iters = ceil(train_tokens / data.global_batch_tokens); the schedule follows", ge=1)
     precision: Literal["auto", "bf16", "fp32"] = _f("auto", "auto = bf16 on GPU, fp32 on CPU")
     fp8: Literal[None, "e4m3", "hybrid"] = _f(None, "TE FP8 format; None = off")
     fp8_recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = _f("delayed", "TE FP8 scaling recipe")
@@ -236,11 +243,14 @@ class TrainConfig:
     seed: int = _f(1234, "init and dropout seed", ge=0)
     run_dir: str = _f("runs/default", "where logs, metrics, plots and (by default) checkpoints go")
     exit_at_step: int | None = _f(None, "stop after this step with a checkpoint; a resumed run continues the same schedule", ge=1)
+    profile_steps: list[int] = _f([], "[first, last]: record these steps with the torch profiler into RUN_DIR/profile/ (empty = off)", ge=1)
 
     def check(self) -> list[str]:
         errors = range_errors("train", self)
         if self.fp8 and self.precision == "fp32":
             errors.append("train.fp8 needs train.precision bf16 (or auto on GPU).")
+        if self.profile_steps and (len(self.profile_steps) != 2 or self.profile_steps[0] > self.profile_steps[1]):
+            errors.append(f"train.profile_steps {self.profile_steps} must be [first, last] with first <= last.")
         return errors
 
 
@@ -249,6 +259,7 @@ class CheckpointConfig:
     save: str | None = _f(None, "checkpoint directory; None = RUN_DIR/checkpoints")
     save_interval: int = _f(500, "save every N steps and at the end (0 = never save, e.g. for benchmarks)", ge=0)
     keep_last: int = _f(3, "keep this many newest checkpoints (0 = all)", ge=0)
+    keep_every: int = _f(0, "milestones: checkpoints whose step is a multiple of this are never pruned by keep_last (0 = none)", ge=0)
     load: str | None = _f(None, "resume from here; None = auto-resume from the save directory's `latest`")
     pretrained: str | None = _f(None, "start from these weights only (fresh optimizer and schedule), e.g. stage 1 -> stage 2")
     async_save: bool = _f(True, "write checkpoints in the background (GPU only)")
@@ -264,6 +275,8 @@ class LogConfig:
     tensorboard: bool = _f(True, "write TensorBoard scalars under RUN_DIR/tensorboard")
     plot: bool = _f(True, "write a loss-curve PNG at the end of a run")
     peak_tflops: float = _f(989.0, "per-GPU dense bf16 peak for MFU (H100/H200 SXM: 989)", gt=0)
+    tracker: Literal[None, "wandb", "mlflow"] = _f(None, "also log metrics to Weights & Biases or MLflow (off by default; needs that package)")
+    tracker_project: str | None = _f(None, "W&B project / MLflow experiment name; None = megaindex")
 
     def check(self) -> list[str]:
         return range_errors("log", self)

@@ -75,8 +75,11 @@ def _split_ranges(n: int, split: str) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(3)]
 
 
-def _num_samples(cfg: Config) -> tuple[int, int]:
+def _num_samples(cfg: Config) -> tuple[int | None, int]:
+    """(train, valid) samples the run reads; train None = what data.num_epochs holds (train_iters null)."""
     gbs = cfg.data.global_batch_size
+    if cfg.train.train_iters is None:  # validation reads the same first eval_iters batches every time
+        return None, (cfg.train.eval_iters * gbs if cfg.train.eval_interval else 0)
     train = cfg.train.train_iters * gbs
     evals = (cfg.train.train_iters // cfg.train.eval_interval + 1) if cfg.train.eval_interval else 0
     return train, evals * cfg.train.eval_iters * gbs

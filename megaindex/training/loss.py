@@ -93,6 +93,7 @@ def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, st
         if stats_chunk is None or model is stats_chunk:
             lengths = (batch["cu_seqlens_padded"][1:] - batch["cu_seqlens_padded"][:-1]).to(torch.int64)
             forward_step.stats["doc_sq_sum"] = forward_step.stats.get("doc_sq_sum", 0) + int((lengths * lengths).sum())
+            forward_step.stats["real_tokens"] = forward_step.stats.get("real_tokens", 0) + int(batch["cu_seqlens"][-1])
         batch = slice_batch_for_cp_rank(batch, cp_size, ps.get_context_parallel_rank())
         psp = packed_seq_params(batch, device, static_max_seqlen) if packed else None
         batch = to_device({k: batch[k] for k in ("tokens", "position_ids", "labels", "loss_mask")}, device)
@@ -102,5 +103,5 @@ def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, st
         )
         return output, partial(loss_func, batch["loss_mask"], count.to(device))
 
-    forward_step.stats = {}  # per-step statistics the trainer reads (sum of squared document lengths)
+    forward_step.stats = {}  # per-step statistics the trainer reads (sum of squared document lengths, real tokens)
     return forward_step

@@ -35,8 +35,14 @@ from megaindex.training.metrics import MetricsLogger, plot_loss_curve
 from megaindex.training.nan_guard import NanGuard, NonFiniteStop  # noqa: F401 (NonFiniteStop: cli)
 from megaindex.training.optimizer import build_optimizer, build_scheduler
 from megaindex.training.preemption import PreemptionWatcher
+from megaindex.training.run_length import resolve_after_data, resolve_before_data, steps_in_data
+from megaindex.training.tracking import PhaseTimers, ProfilerWindow, TimedIterator, build_tracker, save_launch_config
 
 EXIT_NAN_STOP = 3
+
+
+class DataExhausted(RuntimeError):
+    """The data ran out inside a step (the trainer checks before each step, so this is a guard)."""
 
 
 @dataclass
@@ -63,7 +69,9 @@ def _memory_gib() -> float:
 
 class Trainer:
     def __init__(self, cfg: Config):
+        cfg = resolve_before_data(cfg)  # train.train_tokens -> train_iters (training/run_length.py)
         self.cfg = cfg
+        self.timers = PhaseTimers()  # per-step seconds by phase (training/tracking.py)
         # First, so that a SIGUSR1/SIGTERM during setup is recorded rather than fatal, and so that
         # DataLoader workers inherit the handler (training/preemption.py).
         self.preemption = PreemptionWatcher().install()
@@ -108,15 +116,20 @@ class Trainer:
         if p.overlap_param_gather and p.use_distributed_optimizer:
             tf_config.param_sync_func = per_chunk([m.start_param_sync for m in self.model])
 
+        self.train_ds, self.valid_ds = build_datasets(cfg, self.tokenizer)
+        cfg, note = resolve_after_data(cfg, self.train_ds)  # null train_iters + data.num_epochs
+        self.cfg = cfg
+        if note:
+            self._log(note)
+
         self.optimizer = build_optimizer(cfg, self.model, self.dtype)
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.progress = Progress()
         self.async_queue = checkpointing.make_async_queue(cfg)
         self._resume_or_start()
         if self.rank == 0:  # after the resume checks: a refused launch leaves the run's config alone
-            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+            save_launch_config(self.run_dir, cfg)  # config.<time>.yaml per launch (kept) + config.yaml (newest)
 
-        self.train_ds, self.valid_ds = build_datasets(cfg, self.tokenizer)
         self._phase_datasets: dict[int, object] = {}  # warmup phase start step -> its dataset
         self.forward_step = make_forward_step(
             packed=True, longalign=cfg.data.loss_weighting == "longalign", device=self.device,
@@ -135,6 +148,10 @@ class Trainer:
             from megaindex.eval.probe import Probe
 
             self.probe = Probe(cfg, self.tokenizer)
+
+
+        self.tracker = build_tracker(cfg, self.run_dir) if self.rank == 0 else None
+        self.profiler = ProfilerWindow(cfg.train.profile_steps, self.run_dir, self.rank)
 
     # ---- setup helpers ------------------------------------------------------------------------
     def _resume_or_start(self) -> None:
@@ -157,15 +174,16 @@ class Trainer:
         self.nan_guard = NanGuard(t.nan_policy, t.max_consecutive_skips, self.save_dir,
                                   path if path is not None and path.parent == self.save_dir else None)
 
-    def _data_iterators(self, dataset, consumed: int, micro_batch_size: int | None = None):
-        """One iterator per model chunk (interleaved PP advances each chunk's stream separately)."""
+    def _data_iterators(self, dataset, consumed: int, micro_batch_size: int | None = None, timers=None):
+        """One iterator per model chunk (interleaved PP advances each chunk's stream separately);
+        the time spent waiting in next() is charged to `timers` (the step's data wait by default)."""
         d = self.cfg.data
         iters = [
-            iter(build_dataloader(
+            TimedIterator(iter(build_dataloader(
                 dataset, micro_batch_size=micro_batch_size or d.micro_batch_size, consumed_samples=consumed,
                 data_parallel_rank=ps.get_data_parallel_rank(), data_parallel_size=ps.get_data_parallel_world_size(),
                 num_workers=d.num_workers,
-            ))
+            )), timers or self.timers)
             for _ in self.model
         ]
         return iters if len(iters) > 1 else iters[0]
@@ -203,6 +221,7 @@ class Trainer:
                 pcfg, self.tokenizer, num_samples=((until - start) * d.global_batch_size * scale, 0))
         dataset = self.train_ds if until is None else self._phase_datasets[start]
         consumed = (self.progress.step - start) * d.global_batch_size * scale
+        self.data_end_step = start + len(dataset) // (d.global_batch_size * scale)  # the data runs out there
         self.train_iters = self._data_iterators(dataset, consumed, d.micro_batch_size * scale)
         if d.context_length_warmup:
             self._log(f"step {self.progress.step + 1}: training on {length}-token sequences")
@@ -226,30 +245,38 @@ class Trainer:
             forward_only=forward_only,
         )
 
-    def _reduce_loss(self, losses: list[dict]) -> tuple[float, int]:
-        """(global loss, global sum of squared document lengths) from this step's micro-batches.
+    def _reduce_loss(self, losses: list[dict]) -> tuple[float, int, int]:
+        """(global loss, global sum of squared document lengths, global real tokens) from this step's
+        micro-batches (real tokens: not padding, for the packing efficiency).
 
         Loss = sum over micro-batches and DP x CP of loss sums / counts. Each (last stage, TP rank 0)
         rank contributes its loss once; document lengths come from CP rank 0 of those (the batch
         before CP slicing), for the attention FLOPs.
         """
-        total = torch.zeros(3, dtype=torch.float64, device=self.device)
+        total = torch.zeros(4, dtype=torch.float64, device=self.device)
         doc_sq = self.forward_step.stats.pop("doc_sq_sum", 0)
+        real = self.forward_step.stats.pop("real_tokens", 0)
         if ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0:
             for rec in losses:
                 total[:2] += rec[LOSS_KEY].to(total)
             if ps.get_context_parallel_rank() == 0:
-                total[2] = doc_sq
+                total[2], total[3] = doc_sq, real
         dist.all_reduce(total)
         loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
-        return loss, int(total[2].item())
+        return loss, int(total[2].item()), int(total[3].item())
 
     def train_step(self) -> dict:
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        losses = self._run(self.train_iters, self.num_microbatches, forward_only=False)
-        loss, doc_sq_sum = self._reduce_loss(losses)
+        wait0, t0 = self.timers.t.get("data_wait_s", 0.0), time.perf_counter()
+        try:
+            losses = self._run(self.train_iters, self.num_microbatches, forward_only=False)
+        except StopIteration:  # the loop checks data_end_step first; this is a guard
+            raise DataExhausted(f"the training data ran out inside step {self.progress.step + 1}") from None
+        self.timers.add("forward_backward_s", time.perf_counter() - t0 - (self.timers.t.get("data_wait_s", 0.0) - wait0))
+        t0 = time.perf_counter()
+        loss, doc_sq_sum, real_tokens = self._reduce_loss(losses)
         grad_norm = None
         if math.isfinite(loss):
             self.optimizer.prepare_grads()
@@ -260,18 +287,19 @@ class Trainer:
             grad_norm = float(grad_norm)  # a 0-d tensor on GPU
             if ok:
                 self.scheduler.step(increment=1)
+        self.timers.add("optimizer_s", time.perf_counter() - t0)
         self.progress.step += 1
         self.progress.consumed_samples += self.cfg.data.global_batch_size
         if not finite:
             self.progress.skipped_steps += 1
-        return {"loss": loss, "grad_norm": grad_norm, "finite": finite, "doc_sq_sum": doc_sq_sum}
+        return {"loss": loss, "grad_norm": grad_norm, "finite": finite, "doc_sq_sum": doc_sq_sum, "real_tokens": real_tokens}
 
     def validate(self) -> float | None:
         if self.valid_ds is None or not self.cfg.train.eval_iters:
             return None
         for m in self.model:
             m.eval()
-        it = self._data_iterators(self.valid_ds, 0)  # the same batches every time: comparable losses
+        it = self._data_iterators(self.valid_ds, 0, timers=PhaseTimers())  # the same batches every time: comparable losses
         with torch.no_grad():
             losses = self._run(it, self.cfg.train.eval_iters * self.num_microbatches, forward_only=True)
         for m in self.model:
@@ -287,6 +315,7 @@ class Trainer:
         self.nan_guard.saved(path)
         if blocking and self.async_queue is not None:
             self.async_queue.maybe_finalize_async_calls(blocking=True)
+        self.last_saved_step = self.progress.step
         self._log(f"checkpoint: {path}{'' if blocking or self.async_queue is None else ' (writing in the background)'}")
         return path
 
@@ -312,10 +341,24 @@ class Trainer:
         )
         last_val = None
         preempted = None
+        data_exhausted = False
+        self.last_saved_step = None
         while self.progress.step < t.train_iters:
             if self.async_queue is not None:  # complete a background checkpoint write if it is done
                 self.async_queue.maybe_finalize_async_calls(blocking=False)
             self._enter_phase()
+            if self.progress.step >= self.data_end_step:  # same on every rank: same dataset length
+                data_exhausted = True
+                path = self.save() if self.last_saved_step != self.progress.step else self.save_dir
+                self._log(
+                    f"the training data ran out after step {self.progress.step} of {t.train_iters} "
+                    f"({len(self.train_ds)} samples = {steps_in_data(self.train_ds, cfg)} global batches of "
+                    f"{cfg.data.global_batch_size}{f', data.num_epochs={cfg.data.num_epochs}' if cfg.data.num_epochs else ''}); "
+                    f"stopped cleanly with a checkpoint ({path}). The LR schedule was planned for {t.train_iters} steps: "
+                    f"set train.train_iters=null to let the epochs set the run length, or add data / epochs."
+                )
+                break
+            self.profiler.before_step(self.progress.step + 1)
             start = time.perf_counter()
             out = self.train_step()
             dt = time.perf_counter() - start
@@ -330,6 +373,7 @@ class Trainer:
                 "seq_length": self.phase[0],
                 "step_time_s": dt,
                 "tokens_per_s": gbs_tokens / dt,
+                "packing_efficiency": out["real_tokens"] / gbs_tokens,  # real tokens / padded row tokens
                 "mem_gib": _memory_gib(),
             }
             flops = step_flops(cfg, gbs_tokens, out["doc_sq_sum"])
@@ -338,38 +382,58 @@ class Trainer:
                 rec["tflops_per_gpu"] = flops / dt / world / 1e12
                 rec["mfu"] = rec["tflops_per_gpu"] / cfg.log.peak_tflops
             if self.probe is not None and self.probe.due(step):
-                scores = self.probe.run(self.chunks[0])
+                with self.timers.time("eval_s"):
+                    scores = self.probe.run(self.chunks[0])
                 rec.update(scores)
                 self._log(f"long-context probe at step {step}: " + ", ".join(f"{k[6:]} {v:.1f}" for k, v in scores.items()))
-            self.metrics.log_step(rec, console=step % cfg.log.log_interval == 0 or step == t.train_iters)
+            trace = self.profiler.after_step(step)
+            if trace is not None:
+                self._log(f"profiler trace of steps {t.profile_steps[0]}-{t.profile_steps[1]}: {trace}")
             try:
                 self.nan_guard.after_step(step, out["finite"], out["loss"], out["grad_norm"], cfg.optim.lr)
             except NonFiniteStop:
+                self._log_step(rec, True)
                 self._stop_on_nan()
                 raise
             # Collective (all ranks, every step): the stop step must be the same everywhere.
             preempted = self.preemption.agreed_signal(self.device) if step < t.train_iters else None
             if preempted is not None:
-                self.preemption.record_stop(preempted, step, self.save())
+                with self.timers.time("checkpoint_s"):
+                    path = self.save()
+                self._log_step(rec, True)
+                self.preemption.record_stop(preempted, step, path)
                 self._log(f"stopped by {preempted.name} after step {step} with a checkpoint; rerun the same command to resume")
                 break
             if t.eval_interval and (step % t.eval_interval == 0 or step == t.train_iters):
-                last_val = self.validate()
+                with self.timers.time("eval_s"):
+                    last_val = self.validate()
                 if last_val is not None:
                     self.metrics.log_validation(step, last_val)
             stop_now = t.exit_at_step is not None and step >= t.exit_at_step
             interval = cfg.checkpoint.save_interval
             if interval > 0 and (step % interval == 0 or step == t.train_iters or stop_now):
-                self.save(blocking=step == t.train_iters or stop_now)
+                with self.timers.time("checkpoint_s"):
+                    self.save(blocking=step == t.train_iters or stop_now)
+            self._log_step(rec, step % cfg.log.log_interval == 0 or step == t.train_iters)
             if stop_now:
                 self._log(f"exit_at_step {t.exit_at_step} reached: stopped with a checkpoint; rerun to resume")
                 break
+        self.profiler.close()
+        if self.tracker is not None:
+            self.tracker.close()
         self.preemption.restore()
         self.metrics.close()
         plot = plot_loss_curve(self.run_dir) if self.rank == 0 and cfg.log.plot else None
         return {"run_dir": str(self.run_dir), "checkpoints": str(self.save_dir), "plot": str(plot) if plot else None,
                 "final_val_loss": last_val, "preempted": preempted.name if preempted else None,
-                **self.progress.as_dict()}
+                "data_exhausted": data_exhausted, **self.progress.as_dict()}
+
+    def _log_step(self, rec: dict, console: bool) -> None:
+        """The step's line with its phase timers (data wait, forward-backward, optimizer, eval, checkpoint)."""
+        rec.update(self.timers.pop())
+        self.metrics.log_step(rec, console=console)
+        if self.tracker is not None:
+            self.tracker.log(rec, rec["step"])
 
 
 
