@@ -62,7 +62,8 @@ def resolve_prefix(path: str, cfg: Config, tokenizer) -> str:
     prefix = str(cache / f"{Path(path).name.split('.')[0]}-{hashlib.md5(key.encode()).hexdigest()[:12]}")
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     if rank0 and not os.path.isfile(prefix + ".idx"):
-        preprocess([path], prefix, tokenizer.model_path, kind=cfg.data.kind, workers=min(2, os.cpu_count() or 1), progress=False)
+        # in this process (no fork inside a trainer), SentencePiece threads
+        preprocess([path], prefix, tokenizer.model_path, kind=cfg.data.kind, workers=1, progress=False)
     _barrier()
     return prefix
 

@@ -34,7 +34,14 @@ class IndexTokenizer:
                 f"tokenizer model {model_path} does not exist; train one with tools/train_tokenizer.py "
                 f"or point data.tokenizer_model at Index's tokenizer.model."
             )
-        self.sp = spm.SentencePieceProcessor(model_file=self.model_path)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=self.model_path)
+        except (RuntimeError, OSError) as e:
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise TokenizerError(
+                f"{model_path} is not a SentencePiece model ({reason}); point it at Index's tokenizer.model "
+                f"or train one with tools/train_tokenizer.py."
+            ) from None
         for i, piece in SPECIAL_PIECES.items():
             got = self.sp.id_to_piece(i) if i < self.sp.get_piece_size() else None
             if got != piece:
