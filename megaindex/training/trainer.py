@@ -148,8 +148,6 @@ class Trainer:
             from megaindex.eval.probe import Probe
 
             self.probe = Probe(cfg, self.tokenizer)
-
-
         self.tracker = build_tracker(cfg, self.run_dir) if self.rank == 0 else None
         self.profiler = ProfilerWindow(cfg.train.profile_steps, self.run_dir, self.rank)
 
