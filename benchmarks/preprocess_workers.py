@@ -91,7 +91,8 @@ def main() -> int:
                    [x["tokens"] / x["tool_s"] / 1e6 for x in runs if x["workers"] == w], color="k", s=12, zorder=3)
     ax.set_xlabel("worker processes")
     ax.set_ylabel("M tokens/s (bar: best, dots: all runs)")
-    ax.set_title(f"preprocess_data on {size / 1e6:.0f} MB, {os.cpu_count()} cores", fontsize=9)
+    loads = [x["load_avg_1m"] for x in runs]
+    ax.set_title(f"preprocess_data on {size / 1e6:.0f} MB, {os.cpu_count()} cores, load {min(loads):.0f}-{max(loads):.0f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")

@@ -39,7 +39,7 @@ def test_pretrain_tokens_and_eod_match_the_source(tmp_path, tok):
     src = FIX / "corpus/pretrain.jsonl"
     gz = tmp_path / "pretrain.jsonl.gz"
     gz.write_bytes(gzip.compress(src.read_bytes()))
-    st = preprocess([gz], tmp_path / "pt", TOK, workers=2, progress=False)  # 2 tokeniser threads, gzip input
+    st = preprocess([gz], tmp_path / "pt", TOK, workers=2, progress=False)  # 2 worker processes, gzip input
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     ds = IndexedDataset(str(tmp_path / "pt"))
