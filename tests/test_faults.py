@@ -302,8 +302,8 @@ def nan_from(monkeypatch):
         real = Trainer._reduce_loss
 
         def reduce_loss(self, losses):
-            loss, doc_sq = real(self, losses)
-            return (float("nan") if first <= self.progress.step + 1 <= last else loss), doc_sq
+            loss, *stats = real(self, losses)  # stats: document statistics of the step
+            return (float("nan") if first <= self.progress.step + 1 <= last else loss), *stats
 
         monkeypatch.setattr(Trainer, "_reduce_loss", reduce_loss)
 
