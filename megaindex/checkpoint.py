@@ -173,7 +173,7 @@ def save_checkpoint(
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     if async_queue is not None:
-        async_queue.maybe_finalize_async_calls(blocking=True)
+        finalize_async(async_queue, blocking=True)
     if _rank() == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -204,7 +204,22 @@ def save_checkpoint(
         request = dist_checkpointing.save(state, str(tmp), async_sharded_save=True, async_strategy="mcore")
         request.add_finalize_fn(complete)
         async_queue.schedule_async_request(request)
+        async_queue.megaindex_writing = path  # what a failure at finalisation names
     return path
+
+
+def finalize_async(async_queue, blocking: bool) -> None:
+    """Complete the background writes that are done (all with `blocking`); a failed write becomes
+    one CheckpointError naming its checkpoint, its partial write removed (collective)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        async_queue.maybe_finalize_async_calls(blocking=blocking)
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+        path = getattr(async_queue, "megaindex_writing", None)
+        if path is None:
+            raise
+        raise _save_error(e, path, path.with_name(f".{path.name}.tmp"), []) from None
 
 
 class _WriterErrors(logging.Handler):
@@ -232,6 +247,8 @@ def _save_error(e: BaseException, path: Path, tmp: Path, logged: list[str]) -> C
     """One line for a failed write (the disk-full case named as such); the partial write is removed."""
     shutil.rmtree(tmp, ignore_errors=True)
     code, text = _os_error(e, logged)
+    if code is None and _nearly_full(path.parent):  # a background writer's errno does not reach us
+        code = errno.ENOSPC
     latest = path.parent / LATEST_FILE
     keeps = f"; {latest} still names {latest.read_text().strip()}" if latest.is_file() else ""
     if code == errno.ENOSPC:
@@ -239,6 +256,14 @@ def _save_error(e: BaseException, path: Path, tmp: Path, logged: list[str]) -> C
                                f"{keeps}. Free space (or set checkpoint.save elsewhere) and rerun to resume.")
     why = f"{text} ({errno.errorcode.get(code, code)})" if code is not None else str(e).splitlines()[0]
     return CheckpointError(f"writing checkpoint {path} failed: {why}{keeps}.")
+
+
+def _nearly_full(directory: Path) -> bool:
+    try:
+        usage = shutil.disk_usage(directory)
+    except OSError:
+        return False
+    return usage.free < max(64 * 2**20, usage.total // 1000)
 
 
 def _os_error(e: BaseException, logged: list[str]) -> tuple[int | None, str]:

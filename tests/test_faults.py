@@ -364,6 +364,37 @@ def test_disk_full_names_enospc_and_keeps_latest(reference, cache, tmp_path, mon
     assert losses(run) == losses(reference)
 
 
+def test_disk_full_in_a_background_write_is_named(tmp_path, monkeypatch):
+    """GPU saves are asynchronous: the writer's OSError reaches the trainer only as megatron's
+    "Worker failure ... <class 'OSError'>"; a full disk is still named, with the checkpoint."""
+    import collections
+    import shutil as sh
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from megaindex import checkpoint
+
+    save_dir = tmp_path / "checkpoints"
+    (save_dir / ".step_00000005.tmp").mkdir(parents=True)
+    (save_dir / "latest").write_text("step_00000004\n")
+
+    class FailedWrite:  # megatron's AsyncCallsQueue after its background writer failed
+        megaindex_writing = save_dir / "step_00000005"
+
+        def maybe_finalize_async_calls(self, blocking=False):
+            raise CheckpointException("finalize", {0: (RuntimeError(
+                "Worker failure: An error is caught while starting worker 0, error: <class 'OSError'>"), None)})
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(sh, "disk_usage", lambda _: usage(10**12, 10**12 - 10**6, 10**6))
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.finalize_async(FailedWrite(), blocking=True)
+    assert str(e.value) == (f"writing checkpoint {save_dir / 'step_00000005'} failed: no space left on device (ENOSPC) "
+                            f"under {save_dir}; {save_dir / 'latest'} still names step_00000004. Free space (or set "
+                            f"checkpoint.save elsewhere) and rerun to resume.")
+    assert not (save_dir / ".step_00000005.tmp").exists()
+
+
 def test_torn_metrics_line_is_trimmed_with_a_warning(reference, cache, tmp_path):
     run = keep_steps(copy_run(reference, tmp_path / "torn"), 2)
     with (run / "metrics.jsonl").open("a") as f:

@@ -312,7 +312,7 @@ class Trainer:
         )
         self.nan_guard.saved(path)
         if blocking and self.async_queue is not None:
-            self.async_queue.maybe_finalize_async_calls(blocking=True)
+            checkpoint.finalize_async(self.async_queue, blocking=True)
         self.last_saved_step = self.progress.step
         self._log(f"checkpoint: {path}{'' if blocking or self.async_queue is None else ' (writing in the background)'}")
         return path
@@ -320,7 +320,7 @@ class Trainer:
     def _stop_on_nan(self) -> None:
         """Nothing is saved; `latest` goes back to the last good checkpoint (nan_guard.py)."""
         if self.async_queue is not None:
-            self.async_queue.maybe_finalize_async_calls(blocking=True)
+            checkpoint.finalize_async(self.async_queue, blocking=True)
         if self.rank == 0:
             self.nan_guard.point_latest_at_good()
         dist.barrier()
@@ -343,7 +343,7 @@ class Trainer:
         self.last_saved_step = None
         while self.progress.step < t.train_iters:
             if self.async_queue is not None:  # complete a background checkpoint write if it is done
-                self.async_queue.maybe_finalize_async_calls(blocking=False)
+                checkpoint.finalize_async(self.async_queue, blocking=False)
             self._enter_phase()
             if self.progress.step >= self.data_end_step:  # same on every rank: same dataset length
                 data_exhausted = True
