@@ -5,7 +5,7 @@ A megaindex checkpoint is a directory:
                              ({"model0", "model1", ...} with virtual pipeline stages, as Megatron-LM),
                              plus whatever the trainer adds (training/checkpointing.py)
     <dir>/megaindex.json     what wrote it: kind (model|train), step, architecture fields, git revision,
-                             and `files`: every other file with its size (written last: its presence
+                             and `files`: each data file with its size (written last: its presence
                              marks a complete checkpoint)
     <dir>/config.yaml        the resolved config of the run that wrote it
 
@@ -93,10 +93,12 @@ def architecture(cfg: Config) -> dict[str, Any]:
 
 def write_meta(path: str | Path, cfg: Config, *, kind: str, step: int = 0, extra_meta: dict[str, Any] | None = None) -> None:
     """Write config.yaml, then megaindex.json (last: its presence marks a complete checkpoint) with
-    the manifest of every other file and its size, which `verify` checks before a load."""
+    the manifest of the checkpoint's data files and their sizes, which `verify` checks before a
+    load (config.yaml, text a user may read and edit, is checked by parsing it instead)."""
     path = Path(path)
     (path / CONFIG_FILE).write_text(cfg.to_yaml())
-    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file() and p.name != META_FILE}
+    files = {p.name: p.stat().st_size for p in sorted(path.iterdir())
+             if p.is_file() and p.name not in (META_FILE, CONFIG_FILE)}
     meta = {"kind": kind, "step": step, "architecture": architecture(cfg), "git_revision": git_revision(),
             **(extra_meta or {}), "files": files}
     (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
