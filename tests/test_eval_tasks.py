@@ -210,3 +210,21 @@ def test_tiny_recipes_never_train_on_haystack_documents(tok):
                 assert window not in text, (d["source"], window)
         with pytest.raises(EvalError, match="training data"):
             resolve_haystack(str(trained[0]), cfg)
+
+
+def test_full_corpus_heldout_rule_is_a_stable_two_percent():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_corpus", REPO / "tools" / "prepare_corpus.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    names = [f"linux-doc-6.1:book{i}" for i in range(5000)]
+    held = [n for n in names if mod.held_out(n)]
+    assert 0.015 < len(held) / len(names) < 0.025  # a fixed ~2%, by name alone
+    assert held == [n for n in reversed(names) if mod.held_out(n)][::-1]  # order-independent
+    # The fixture's held-out documents are ones its --small selection never takes.
+    fixture_sources = {json.loads(line)["source"] for line in (CORPUS / "pretrain.jsonl").read_text().splitlines()}
+    heldout_sources = {json.loads(line)["source"] for line in HELDOUT.read_text().splitlines()}
+    assert heldout_sources == {f"python3.11-doc:{n}" for n in mod.HELDOUT_SMALL["en"]} | {
+        f"linux-doc-6.1:zh_CN/{n}" for n in mod.HELDOUT_SMALL["zh"]}
+    assert not heldout_sources & fixture_sources
