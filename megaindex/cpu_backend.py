@@ -179,19 +179,19 @@ def _install_rng() -> None:
     mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
 
 
-def manual_seed(seed: int) -> None:
-    """CPU twin of megatron's `model_parallel_cuda_manual_seed` (same named states and offsets)."""
-    from megatron.core import parallel_state as ps
+def manual_seed(seed: int, *, tp_rank: int, expert_rank_offset: int) -> None:
+    """CPU twin of megatron's `model_parallel_cuda_manual_seed` (same named states and offsets;
+    distributed.seed_everything passes this rank's TP rank and 100 x EP rank + expert-TP rank)."""
     from megatron.core.tensor_parallel import random as mrandom
 
     tracker = mrandom.get_cuda_rng_tracker()
     tracker.reset()
     torch.manual_seed(seed)
     tracker.add(mrandom._DATA_PARALLEL_RNG_TRACKER_NAME, seed)
-    tracker.add(mrandom._MODEL_PARALLEL_RNG_TRACKER_NAME, seed + 2718 + ps.get_tensor_model_parallel_rank())
+    tracker.add(mrandom._MODEL_PARALLEL_RNG_TRACKER_NAME, seed + 2718 + tp_rank)
     tracker.add(
         mrandom._EXPERT_PARALLEL_RNG_TRACKER_NAME,
-        seed + 1024 + 100 * ps.get_expert_model_parallel_rank() + ps.get_expert_tensor_parallel_rank(),
+        seed + 1024 + expert_rank_offset,
     )
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,7 +22,10 @@ from megaindex.config import Config
 
 
 @dataclass(frozen=True)
-class Layout:
+class ParallelLayout:
+    """This rank's place in the TP x PP x CP x DP grid, read once from megatron's parallel_state
+    after the groups exist and passed to the code that needs it (data, loss, checkpointing)."""
+
     rank: int
     world_size: int
     tp: int
@@ -29,6 +33,47 @@ class Layout:
     cp: int
     dp: int
     vpp: int | None
+    tp_rank: int = 0
+    pp_rank: int = 0
+    cp_rank: int = 0
+    dp_rank: int = 0
+    tp_src_rank: int = 0  # global rank of TP rank 0 of this rank's TP group
+    tp_group: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+    def holds_first_layer(self, vp_stage: int | None) -> bool:
+        """Whether the model chunk of virtual stage `vp_stage` on this rank holds the embedding."""
+        return self.is_first_stage and (not self.vpp or vp_stage == 0)
+
+    def holds_last_layer(self, vp_stage: int | None) -> bool:
+        """Whether the model chunk of virtual stage `vp_stage` on this rank holds the output layer."""
+        return self.is_last_stage and (not self.vpp or vp_stage == self.vpp - 1)
+
+
+def current_layout() -> ParallelLayout:
+    """The layout of the groups megatron's parallel_state holds now (init_distributed returns it)."""
+    return ParallelLayout(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        tp=ps.get_tensor_model_parallel_world_size(),
+        pp=ps.get_pipeline_model_parallel_world_size(),
+        cp=ps.get_context_parallel_world_size(),
+        dp=ps.get_data_parallel_world_size(),
+        vpp=ps.get_virtual_pipeline_model_parallel_world_size(),
+        tp_rank=ps.get_tensor_model_parallel_rank(),
+        pp_rank=ps.get_pipeline_model_parallel_rank(),
+        cp_rank=ps.get_context_parallel_rank(),
+        dp_rank=ps.get_data_parallel_rank(),
+        tp_src_rank=ps.get_tensor_model_parallel_src_rank(),
+        tp_group=ps.get_tensor_model_parallel_group(),
+    )
 
 
 def _env_int(name: str, default: int) -> int:
@@ -47,7 +92,7 @@ def use_expandable_segments() -> None:
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
 
-def init_distributed(cfg: Config, *, timeout_minutes: int = 30) -> Layout:
+def init_distributed(cfg: Config, *, timeout_minutes: int = 30) -> ParallelLayout:
     """Initialise torch.distributed (if needed) and megatron's parallel groups for `cfg`."""
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
@@ -82,15 +127,7 @@ def init_distributed(cfg: Config, *, timeout_minutes: int = 30) -> Layout:
         hierarchical_context_parallel_sizes=p.hierarchical_context_parallel_sizes,
     )
     seed_everything(cfg.train.seed)
-    return Layout(
-        rank=dist.get_rank(),
-        world_size=world,
-        tp=p.tensor_model_parallel_size,
-        pp=p.pipeline_model_parallel_size,
-        cp=p.context_parallel_size,
-        dp=ps.get_data_parallel_world_size(),
-        vpp=p.virtual_pipeline_model_parallel_size,
-    )
+    return current_layout()
 
 
 def seed_everything(seed: int) -> None:
@@ -98,7 +135,8 @@ def seed_everything(seed: int) -> None:
     seed = seed + 100 * ps.get_pipeline_model_parallel_rank()
     torch.manual_seed(seed)
     if cpu_backend.is_active():
-        cpu_backend.manual_seed(seed)
+        expert = 100 * ps.get_expert_model_parallel_rank() + ps.get_expert_tensor_parallel_rank()
+        cpu_backend.manual_seed(seed, tp_rank=ps.get_tensor_model_parallel_rank(), expert_rank_offset=expert)
     else:
         from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 

@@ -88,20 +88,24 @@ def slice_batch_for_cp_rank(batch: dict[str, torch.Tensor], cp_size: int, cp_ran
     return out
 
 
-def broadcast_batch_to_tp(batch: dict[str, torch.Tensor] | None, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+def broadcast_batch_to_tp(batch: dict[str, torch.Tensor] | None, device: torch.device | str | None = None,
+                          layout=None) -> dict[str, torch.Tensor]:
     """Send TP rank 0's batch to every rank of its TP group (others pass None and get it back).
 
     Shapes differ from batch to batch (cu_seqlens grows with the number of pieces), so the keys,
-    shapes and dtypes go first as a small object broadcast, then each tensor.
+    shapes and dtypes go first as a small object broadcast, then each tensor. `layout`
+    (distributed.ParallelLayout) defaults to the current groups'.
     """
     import torch.distributed as dist
-    from megatron.core import parallel_state as ps
 
-    if ps.get_tensor_model_parallel_world_size() == 1:
+    from megaindex.distributed import current_layout
+
+    layout = layout or current_layout()
+    if layout.tp == 1:
         return batch
-    group, src = ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_src_rank()
+    group, src = layout.tp_group, layout.tp_src_rank
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    first = ps.get_tensor_model_parallel_rank() == 0
+    first = layout.tp_rank == 0
     if first and batch is None:
         raise ValueError("TP rank 0 must pass the batch it loaded")
     meta = [[(k, tuple(v.shape), v.dtype) for k, v in batch.items()] if first else None]

@@ -33,12 +33,6 @@ def pad_multiple(cfg: Config) -> int:
     return m
 
 
-def seq_length_at_step(cfg: Config, step: int) -> int:
-    """The report's opt-in context-length warmup: [[until_step, seq_length], ...], then data.seq_length."""
-    for until, length in cfg.data.context_length_warmup:
-        if step < until:
-            return length
-    return cfg.data.seq_length
 
 
 def _barrier() -> None:

@@ -13,7 +13,6 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state as ps
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_submodules
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -22,6 +21,7 @@ from megatron.core.transformer.transformer_block import TransformerBlock, Transf
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from megaindex.config import Config, ConfigError
+from megaindex.distributed import ParallelLayout, current_layout
 from megaindex.model.output_layer import configure_output_layer
 from megaindex.model.reference_attention import ReferenceAttention
 
@@ -149,14 +149,16 @@ def build_model(
     vp_stage: int | None = None,
     use_te: bool | None = None,
     tf_config: TransformerConfig | None = None,
+    layout: ParallelLayout | None = None,
 ) -> GPTModel:
-    """One GPTModel chunk for this rank (parallel_state must be initialised)."""
+    """One GPTModel chunk for this rank (the parallel groups must exist; `layout` defaults to theirs)."""
     use_te = use_transformer_engine(cfg) if use_te is None else use_te
     tf_config = tf_config or to_transformer_config(cfg, use_te=use_te)
+    layout = layout or current_layout()
     if pre_process is None:
-        pre_process = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+        pre_process = layout.holds_first_layer(vp_stage)
     if post_process is None:
-        post_process = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+        post_process = layout.holds_last_layer(vp_stage)
     model = GPTModel(
         config=tf_config,
         transformer_layer_spec=block_spec(tf_config, use_te, vp_stage),
@@ -175,24 +177,24 @@ def build_model(
         if cfg.model.norm_head and not cfg.model.untie_embeddings_and_output_weights:
             raise ValueError("model.norm_head needs untied embeddings (the head is normalised, the embedding is not).")
         configure_output_layer(model.output_layer, norm_head=cfg.model.norm_head, vocab_size=cfg.model.vocab_size)
-    _zero_padded_vocab_rows(model, cfg.model.vocab_size)
+    _zero_padded_vocab_rows(model, cfg.model.vocab_size, layout.tp_rank)
     return model
 
 
-def build_model_chunks(cfg: Config, *, use_te: bool | None = None) -> list[GPTModel]:
+def build_model_chunks(cfg: Config, *, use_te: bool | None = None, layout: ParallelLayout | None = None) -> list[GPTModel]:
     """All model chunks of this rank: one, or one per virtual pipeline stage."""
     use_te = use_transformer_engine(cfg) if use_te is None else use_te
     tf_config = to_transformer_config(cfg, use_te=use_te)
+    layout = layout or current_layout()
     vpp = cfg.parallel.virtual_pipeline_model_parallel_size
     if not vpp:
-        return [build_model(cfg, use_te=use_te, tf_config=tf_config)]
-    return [build_model(cfg, vp_stage=i, use_te=use_te, tf_config=tf_config) for i in range(vpp)]
+        return [build_model(cfg, use_te=use_te, tf_config=tf_config, layout=layout)]
+    return [build_model(cfg, vp_stage=i, use_te=use_te, tf_config=tf_config, layout=layout) for i in range(vpp)]
 
 
 @torch.no_grad()
-def _zero_padded_vocab_rows(model: GPTModel, vocab_size: int) -> None:
+def _zero_padded_vocab_rows(model: GPTModel, vocab_size: int, tp_rank: int) -> None:
     """Padded vocabulary rows start (and, see output_layer, stay) at zero."""
-    tp_rank = ps.get_tensor_model_parallel_rank()
     weights = []
     if model.pre_process:
         weights.append(model.embedding.word_embeddings.weight)

@@ -27,6 +27,7 @@ import torch
 from megaindex import checkpoint, safe_pickle
 from megaindex.checkpoint import CheckpointError
 from megaindex.config import Config
+from megaindex.distributed import ParallelLayout
 
 
 def make_async_queue(cfg: Config):
@@ -68,9 +69,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def train_state_dict(chunks, optimizer, scheduler, cfg: Config, *, is_loading: bool, progress: dict[str, Any]) -> dict[str, Any]:
+def train_state_dict(chunks, optimizer, scheduler, cfg: Config, *, layout: ParallelLayout, is_loading: bool,
+                     progress: dict[str, Any]) -> dict[str, Any]:
     """Everything a resume needs, as one sharded state dict (model, optimizer, schedule, data, RNG)."""
-    from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     metadata = _sharding_metadata(cfg)
@@ -82,23 +83,23 @@ def train_state_dict(chunks, optimizer, scheduler, cfg: Config, *, is_loading: b
     state["rng_state"] = ShardedObject(
         "rng_state",
         _rng_state(),
-        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(), ps.get_context_parallel_world_size()),
-        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(), ps.get_context_parallel_rank()),
-        replica_id=ps.get_data_parallel_rank(),
+        (layout.pp, layout.tp, layout.cp),  # one RNG state per model-parallel rank, replicated over DP
+        (layout.pp_rank, layout.tp_rank, layout.cp_rank),
+        replica_id=layout.dp_rank,
     )
     return state
 
 
 def save_train_checkpoint(save_dir: str | Path, chunks, optimizer, scheduler, cfg: Config, progress: dict[str, Any],
-                          async_queue=None, protect: set[str] = frozenset()) -> Path:
+                          *, layout: ParallelLayout, async_queue=None, protect: set[str] = frozenset()) -> Path:
     """step_XXXXXXXX under save_dir, then `latest` -> it, then prune to keep_last, keeping the step
     directories in `protect` (checkpoint.save_step)."""
-    state = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=False, progress=progress)
+    state = train_state_dict(chunks, optimizer, scheduler, cfg, layout=layout, is_loading=False, progress=progress)
     return checkpoint.save_step(save_dir, int(progress["step"]), state, cfg, extra_meta={"progress": dict(progress)},
                                 async_queue=async_queue, protect=protect)
 
 
-def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: Config) -> dict[str, Any]:
+def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: Config, *, layout: ParallelLayout) -> dict[str, Any]:
     """Restore model, optimizer, schedule and RNG; returns the saved progress (step, samples, ...)."""
     from megatron.core import dist_checkpointing
     from torch.distributed.checkpoint.api import CheckpointException
@@ -110,7 +111,7 @@ def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: C
         raise CheckpointError(f"{path} holds model weights only; start from it with checkpoint.pretrained={path}.")
     _guard_step_key_on_load()
     prime_state_for_load(optimizer)
-    template = train_state_dict(chunks, optimizer, scheduler, cfg, is_loading=True, progress=meta["progress"])
+    template = train_state_dict(chunks, optimizer, scheduler, cfg, layout=layout, is_loading=True, progress=meta["progress"])
     try:
         state = dist_checkpointing.load(template, str(path))
     except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException

@@ -20,12 +20,17 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from megatron.core import parallel_state as ps
 from megatron.core.packed_seq_params import PackedSeqParams
 
 from megaindex.data.batch import slice_batch_for_cp_rank, static_thd_shapes
+from megaindex.distributed import ParallelLayout
 
-LOSS_KEY = "lm loss"
+LOSS_KEY = "lm loss"  # [loss sum, count] of the micro-batch
+# Document statistics of the whole micro-batch (before CP slicing), non-zero on CP rank 0 only,
+# like the count: the sum of squared (padded) document lengths, for the attention FLOPs, and the
+# tokens that are not padding, for the packing efficiency.
+DOC_SQ_KEY = "doc sq sum"
+REAL_TOKENS_KEY = "real tokens"
 
 
 def masked_loss_sum(per_token: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -34,14 +39,16 @@ def masked_loss_sum(per_token: torch.Tensor, weight: torch.Tensor) -> torch.Tens
     return torch.where(weight != 0, per_token, torch.zeros_like(per_token)).mul(weight).sum()
 
 
-def loss_func(weight: torch.Tensor, count: torch.Tensor, output_tensor: torch.Tensor):
+def loss_func(weight: torch.Tensor, count: torch.Tensor, stats: dict[str, torch.Tensor], output_tensor: torch.Tensor):
+    """(loss sum, count, logs): megatron's schedules hand `logs` back, one dict per micro-batch,
+    on the last pipeline stage (with virtual stages: for the chunk holding the loss only)."""
     loss_sum = masked_loss_sum(output_tensor, weight)
-    return loss_sum, count, {LOSS_KEY: torch.stack([loss_sum.detach(), count.detach().float()])}
+    return loss_sum, count, {LOSS_KEY: torch.stack([loss_sum.detach(), count.detach().float()]), **stats}
 
 
-def batch_count(batch: dict, longalign: bool) -> torch.Tensor:
+def batch_count(batch: dict, longalign: bool, cp_rank: int) -> torch.Tensor:
     """The normaliser contribution of this rank's (unsliced) micro-batch (see module doc)."""
-    if ps.get_context_parallel_rank() != 0:
+    if cp_rank != 0:
         return torch.zeros((), dtype=torch.int)
     n = batch["num_sequences"] if longalign else batch["loss_mask"].count_nonzero()
     return n.to(torch.int).reshape(())
@@ -76,32 +83,34 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, stats_chunk=None,
+def document_stats(batch: dict, cp_rank: int) -> dict[str, torch.Tensor]:
+    """DOC_SQ_KEY and REAL_TOKENS_KEY of this rank's (unsliced) micro-batch, on the host."""
+    if cp_rank != 0:
+        return {DOC_SQ_KEY: torch.zeros((), dtype=torch.int64), REAL_TOKENS_KEY: torch.zeros((), dtype=torch.int64)}
+    lengths = (batch["cu_seqlens_padded"][1:] - batch["cu_seqlens_padded"][:-1]).to(torch.int64)
+    return {DOC_SQ_KEY: (lengths * lengths).sum(), REAL_TOKENS_KEY: batch["cu_seqlens"][-1].to(torch.int64)}
+
+
+def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, layout: ParallelLayout,
                       static_max_seqlen: int | None = None):
     """forward_step(data_iterator, model) for megatron's get_forward_backward_func().
 
-    With virtual pipeline stages every model chunk runs forward_step on the same micro-batches;
-    document statistics are counted only for `stats_chunk` (the chunk holding the loss), once per
-    micro-batch. `static_max_seqlen` (Transformer Engine path only): pad the THD metadata to
-    run-constant shapes with this max_seqlen (data/batch.py `static_thd_shapes`). Everything but the model runs on the host
-    without waiting for the GPU."""
-    cp_size = ps.get_context_parallel_world_size()
-
+    Statistics of the micro-batch travel in the loss logs (LOSS_KEY, DOC_SQ_KEY, REAL_TOKENS_KEY), which megatron
+    returns once per micro-batch, also with virtual pipeline stages (every chunk runs this step).
+    `static_max_seqlen` (Transformer Engine path only): pad the THD metadata to run-constant shapes
+    with this max_seqlen (data/batch.py `static_thd_shapes`). Everything but the model runs on the
+    host without waiting for the GPU (the statistics stay on the host)."""
     def forward_step(data_iterator, model):
         batch = next(data_iterator)
-        count = batch_count(batch, longalign)
-        if stats_chunk is None or model is stats_chunk:
-            lengths = (batch["cu_seqlens_padded"][1:] - batch["cu_seqlens_padded"][:-1]).to(torch.int64)
-            forward_step.stats["doc_sq_sum"] = forward_step.stats.get("doc_sq_sum", 0) + int((lengths * lengths).sum())
-            forward_step.stats["real_tokens"] = forward_step.stats.get("real_tokens", 0) + int(batch["cu_seqlens"][-1])
-        batch = slice_batch_for_cp_rank(batch, cp_size, ps.get_context_parallel_rank())
+        count = batch_count(batch, longalign, layout.cp_rank)
+        stats = document_stats(batch, layout.cp_rank)
+        batch = slice_batch_for_cp_rank(batch, layout.cp, layout.cp_rank)
         psp = packed_seq_params(batch, device, static_max_seqlen) if packed else None
         batch = to_device({k: batch[k] for k in ("tokens", "position_ids", "labels", "loss_mask")}, device)
         output = model(
             batch["tokens"], None if packed else batch["position_ids"], None,
             labels=batch["labels"], packed_seq_params=psp,
         )
-        return output, partial(loss_func, batch["loss_mask"], count.to(device))
+        return output, partial(loss_func, batch["loss_mask"], count.to(device), stats)
 
-    forward_step.stats = {}  # per-step statistics the trainer reads (sum of squared document lengths, real tokens)
     return forward_step

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state as ps
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
@@ -23,14 +22,14 @@ from megatron.core.transformer.module import Float16Module
 from megaindex import checkpoint
 from megaindex.config import Config, ConfigError
 from megaindex.data.builder import build_datasets
-from megaindex.data.sampler import build_dataloader
+from megaindex.data.schedule import DataSchedule, data_iterators
 from megaindex.data.tokenizer import IndexTokenizer
 from megaindex.distributed import init_distributed
 from megaindex.model.build import build_model_chunks, params_dtype, use_transformer_engine
 from megaindex.plan import step_flops
 from megaindex.training import checkpointing
-from megaindex.training.loss import LOSS_KEY, make_forward_step
 from megaindex.training import resume
+from megaindex.training.loss import DOC_SQ_KEY, LOSS_KEY, REAL_TOKENS_KEY, make_forward_step
 from megaindex.training.metrics import MetricsLogger, plot_loss_curve
 from megaindex.training.nan_guard import NanGuard, NonFiniteStop  # noqa: F401 (NonFiniteStop: cli)
 from megaindex.training.optimizer import build_optimizer, build_scheduler
@@ -91,7 +90,7 @@ class Trainer:
             )
 
         self.dtype = params_dtype(cfg)
-        self.chunks = build_model_chunks(cfg)
+        self.chunks = build_model_chunks(cfg, layout=self.layout)
         tf_config = self.chunks[0].config
         tf_config.calculate_per_token_loss = True  # loss contract: (sum, count); see training/loss.py
         p = cfg.parallel
@@ -130,14 +129,13 @@ class Trainer:
         if self.rank == 0:  # after the resume checks: a refused launch leaves the run's config alone
             save_launch_config(self.run_dir, cfg)  # config.<time>.yaml per launch (kept) + config.yaml (newest)
 
-        self._phase_datasets: dict[int, object] = {}  # warmup phase start step -> its dataset
         self.forward_step = make_forward_step(
-            packed=True, longalign=cfg.data.loss_weighting == "longalign", device=self.device,
-            stats_chunk=self.model[-1],
+            packed=True, longalign=cfg.data.loss_weighting == "longalign", device=self.device, layout=self.layout,
             static_max_seqlen=cfg.data.seq_length if cfg.data.static_thd_shapes and use_transformer_engine(cfg) else None)
         self.forward_backward = get_forward_backward_func()
         self.num_microbatches = cfg.num_microbatches(self.layout.world_size)
-        self.phase = None  # (seq_length, first step) of the data the iterators read
+        self.schedule = DataSchedule(self.cfg, self.tokenizer, self.train_ds, self.layout, num_chunks=len(self.model),
+                                     wrap=lambda it: TimedIterator(it, self.timers))
         self._enter_phase()
         self.metrics = MetricsLogger(
             self.run_dir, enabled=self.rank == 0, tensorboard=cfg.log.tensorboard,
@@ -158,7 +156,8 @@ class Trainer:
         dist.barrier()  # train.overwrite: rank 0 has cleared the run before anyone reads it
         if path is not None:
             resume.check_resume(path, self.cfg, self._log)
-            saved = checkpointing.load_train_checkpoint(path, self.chunks, self.optimizer, self.scheduler, self.cfg)
+            saved = checkpointing.load_train_checkpoint(path, self.chunks, self.optimizer, self.scheduler, self.cfg,
+                                                        layout=self.layout)
             self.progress = Progress(**saved)
             self._log(f"resumed from {path} at step {self.progress.step}")
         elif ck.pretrained:
@@ -172,58 +171,6 @@ class Trainer:
         self.nan_guard = NanGuard(t.nan_policy, t.max_consecutive_skips, self.save_dir,
                                   path if path is not None and path.parent == self.save_dir else None)
 
-    def _data_iterators(self, dataset, consumed: int, micro_batch_size: int | None = None, timers=None):
-        """One iterator per model chunk (interleaved PP advances each chunk's stream separately);
-        the time spent waiting in next() is charged to `timers` (the step's data wait by default)."""
-        d = self.cfg.data
-        iters = [
-            TimedIterator(iter(build_dataloader(
-                dataset, micro_batch_size=micro_batch_size or d.micro_batch_size, consumed_samples=consumed,
-                data_parallel_rank=ps.get_data_parallel_rank(), data_parallel_size=ps.get_data_parallel_world_size(),
-                num_workers=d.num_workers,
-            )), timers or self.timers)
-            for _ in self.model
-        ]
-        return iters if len(iters) > 1 else iters[0]
-
-    # ---- context-length warmup (data.context_length_warmup; the report found it unhelpful) -----
-    def _phase_at(self, step: int) -> tuple[int, int, int | None]:
-        """(seq_length, first step, end step or None) of the phase holding 0-based step `step`."""
-        start = 0
-        for until, length in self.cfg.data.context_length_warmup:
-            if step < until:
-                return length, start, until
-            start = until
-        return self.cfg.data.seq_length, start, None
-
-    def _enter_phase(self) -> None:
-        """Point the train iterators at the data of the phase the next step belongs to.
-
-        A warmup phase packs rows of its shorter length; global_batch_tokens stay the same and each
-        micro-batch holds seq_length/length times more rows, so a micro-batch is still one packed
-        row of micro_batch_size * seq_length tokens (same pipeline shapes, same number of
-        micro-batches). Each phase reads its own dataset from its start, so the position in it is
-        (steps since the phase began) x its global batch: resumable from the step count alone.
-        """
-        phase = self._phase_at(self.progress.step)
-        if phase == self.phase:
-            return
-        length, start, until = phase
-        d = self.cfg.data
-        scale = d.seq_length // length
-        if until is not None and start not in self._phase_datasets:
-            import dataclasses
-
-            pcfg = dataclasses.replace(self.cfg, data=dataclasses.replace(d, seq_length=length))
-            self._phase_datasets[start], _ = build_datasets(
-                pcfg, self.tokenizer, num_samples=((until - start) * d.global_batch_size * scale, 0))
-        dataset = self.train_ds if until is None else self._phase_datasets[start]
-        consumed = (self.progress.step - start) * d.global_batch_size * scale
-        self.data_end_step = start + len(dataset) // (d.global_batch_size * scale)  # the data runs out there
-        self.train_iters = self._data_iterators(dataset, consumed, d.micro_batch_size * scale)
-        if d.context_length_warmup:
-            self._log(f"step {self.progress.step + 1}: training on {length}-token sequences")
-        self.phase = phase
 
     def _log(self, msg: str) -> None:
         if self.rank == 0:
@@ -252,13 +199,12 @@ class Trainer:
         before CP slicing), for the attention FLOPs.
         """
         total = torch.zeros(4, dtype=torch.float64, device=self.device)
-        doc_sq = self.forward_step.stats.pop("doc_sq_sum", 0)
-        real = self.forward_step.stats.pop("real_tokens", 0)
-        if ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0:
+        if self.layout.is_last_stage and self.layout.tp_rank == 0:
             for rec in losses:
                 total[:2] += rec[LOSS_KEY].to(total)
-            if ps.get_context_parallel_rank() == 0:
-                total[2], total[3] = doc_sq, real
+            # on the host; zero on CP ranks > 0 (they hold slices of the same documents)
+            total[2] = sum(int(rec[DOC_SQ_KEY]) for rec in losses)
+            total[3] = sum(int(rec[REAL_TOKENS_KEY]) for rec in losses)
         dist.all_reduce(total)
         loss = (total[0] / total[1]).item() if total[1] > 0 else float("nan")
         return loss, int(total[2].item()), int(total[3].item())
@@ -297,7 +243,7 @@ class Trainer:
             return None
         for m in self.model:
             m.eval()
-        it = self._data_iterators(self.valid_ds, 0, timers=PhaseTimers())  # the same batches every time: comparable losses
+        it = data_iterators(self.cfg, self.valid_ds, self.layout, len(self.model), 0)  # the same batches every time: comparable losses
         with torch.no_grad():
             losses = self._run(it, self.cfg.train.eval_iters * self.num_microbatches, forward_only=True)
         for m in self.model:
@@ -308,7 +254,7 @@ class Trainer:
         """Checkpoint now; with async saves (GPU) `blocking=False` returns while the write goes on."""
         path = checkpointing.save_train_checkpoint(
             self.save_dir, self.chunks, self.optimizer, self.scheduler, self.cfg, self.progress.as_dict(),
-            async_queue=self.async_queue, protect=self.nan_guard.protected(),
+            layout=self.layout, async_queue=self.async_queue, protect=self.nan_guard.protected(),
         )
         self.nan_guard.saved(path)
         if blocking and self.async_queue is not None:
@@ -368,7 +314,7 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "grad_norm": out["grad_norm"],
                 "skipped_steps": self.progress.skipped_steps,
-                "seq_length": self.phase[0],
+                "seq_length": self.schedule.phase.seq_length,
                 "step_time_s": dt,
                 "tokens_per_s": gbs_tokens / dt,
                 "packing_efficiency": out["real_tokens"] / gbs_tokens,  # real tokens / padded row tokens
