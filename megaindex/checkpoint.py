@@ -41,10 +41,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.distributed as dist
 
 from megaindex import safe_pickle
+from megaindex import atomic
+from megaindex.atomic import fsync_dir
 from megaindex.config import Config
+from megaindex.rank import barrier, is_rank0
 
 META_FILE = "megaindex.json"
 CONFIG_FILE = "config.yaml"
@@ -55,15 +57,6 @@ ARCH_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_gr
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete, or does not match the model."""
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def git_revision() -> str | None:
@@ -176,29 +169,29 @@ def save_checkpoint(
     tmp = path.with_name(f".{path.name}.tmp")
     if async_queue is not None:
         finalize_async(async_queue, blocking=True)
-    if _rank() == 0:
+    if is_rank0():
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-    _barrier()
+    barrier()
 
     def complete() -> None:
-        if _rank() == 0:
+        if is_rank0():
             write_meta(tmp, cfg, kind=kind, step=step, extra_meta=extra_meta)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             if on_complete is not None:
                 on_complete()
-        _barrier()
+        barrier()
 
     if async_queue is None:
         with _WriterErrors() as logged:
             try:
                 dist_checkpointing.save(state, str(tmp))
-                _barrier()
+                barrier()
                 complete()
             except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
                 raise _save_error(e, path, tmp, logged.messages) from None
@@ -289,14 +282,6 @@ def _os_error(e: BaseException, logged: list[str]) -> tuple[int | None, str]:
     return None, ""
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_model(chunks: list[torch.nn.Module], path: str | Path, cfg: Config, **meta: Any) -> Path:
     """Write model weights only (what the HF converter produces and stage 2 starts from)."""
     return save_checkpoint(path, model_sharded_state_dict(chunks), cfg, kind="model", extra_meta=meta)
@@ -310,9 +295,9 @@ def save_step(save_dir: str | Path, step: int, state: dict[str, Any], cfg: Confi
     checkpoint.keep_last, never pruning the step directories named in `protect` (in the background
     with `async_queue`: `latest` moves only once the write is complete)."""
     save_dir = Path(save_dir)
-    if _rank() == 0:
+    if is_rank0():
         save_dir.mkdir(parents=True, exist_ok=True)
-    _barrier()
+    barrier()
     name = STEP_DIR.format(step)
     keep = {name, *protect}
 
@@ -378,12 +363,7 @@ def latest_checkpoint(save_dir: str | Path) -> Path | None:
 
 def write_latest(save_dir: Path, name: str) -> None:
     """Point `save_dir/latest` at the step directory `name` (atomically; rank 0)."""
-    tmp = save_dir / f".{LATEST_FILE}.tmp"
-    tmp.write_text(name + "\n")
-    with tmp.open() as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, save_dir / LATEST_FILE)  # atomic: readers see the old or the new name, never half
-    _fsync_dir(save_dir)
+    atomic.write_text(save_dir / LATEST_FILE, name + "\n")  # readers see the old or the new name, never half
 
 
 def _prune(save_dir: Path, keep_last: int, keep: set[str], keep_every: int = 0) -> None:

@@ -11,7 +11,10 @@ import dataclasses
 import json
 import sys
 
-from megaindex.config import Config, ConfigError, load_config
+from megaindex import exit_codes, library_warnings
+from megaindex.config import Config, load_config
+from megaindex.config_load import parse_args_with_overrides
+from megaindex.rank import is_rank0
 
 DEFAULT_GPUS_PER_NODE = 8
 
@@ -120,18 +123,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(planner.format_plan(cfg, args.config, args.gpus, nodes, args.gpu_memory, doc_length, ranked,
                                   refused, args.top))
-    return 0 if any(c.fits for c in ranked) else 1
+    return exit_codes.OK if any(c.fits for c in ranked) else exit_codes.FAILED
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (under torchrun for several processes); prints where logs, plot and checkpoints are."""
-    import os
-
     cfg = load_config(args.config, args.overrides)
     from megaindex.training.run_lock import RunDirLock
 
     # Before the heavy imports: a second trainer on this run directory fails at once.
-    lock = RunDirLock(cfg.train.run_dir).acquire() if int(os.environ.get("RANK", "0")) == 0 else None
+    lock = RunDirLock(cfg.train.run_dir).acquire() if is_rank0() else None
     try:
         return _train_locked(cfg)
     finally:
@@ -140,24 +141,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_locked(cfg: Config) -> int:
-    import os
-
     from megaindex.distributed import destroy_distributed
-    from megaindex.training.preemption import EXIT_PREEMPTED
-    from megaindex.training.trainer import EXIT_NAN_STOP, NonFiniteStop, train
+    from megaindex.training.trainer import NonFiniteStop, train
 
     try:
         result = train(cfg)
     except NonFiniteStop as e:
         print(f"megaindex: {e}", file=sys.stderr)
-        return EXIT_NAN_STOP
+        return exit_codes.NAN_STOP
     finally:
         destroy_distributed()
 
     if result.get("preempted"):
         # Stopped early with a checkpoint (training/preemption.py); the same command resumes.
-        return EXIT_PREEMPTED
-    if int(os.environ.get("RANK", "0")) == 0:
+        return exit_codes.PREEMPTED
+    if is_rank0():
         print(
             f"done: step {result['step']}, skipped {result['skipped_steps']}, final validation loss "
             f"{result['final_val_loss'] if result['final_val_loss'] is None else round(result['final_val_loss'], 4)}\n"
@@ -187,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv  # anywhere on the line: `megaindex train R --debug` works too
     argv = [a for a in argv if a != "--debug"]
+    library_warnings.install()  # before the libraries are imported: the console starts with megaindex's lines
     # Subcommands owned by other packages parse their own arguments.
     delegated = {"data": "megaindex.data.cli", "convert": "megaindex.convert.cli", "eval": "megaindex.eval.cli"}
     if argv and argv[0] in delegated:
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("convert", help="HF converters: `megaindex convert from-hf|to-hf ...`")
     sub.add_parser("eval", help="long-context evaluation: `megaindex eval CKPT --tasks needle,passkey,ppl --out DIR`")
 
-    args = parser.parse_args(argv)
+    args = parse_args_with_overrides(parser, argv)
     try:
         return args.func(args)
     except Exception as e:
@@ -244,13 +243,13 @@ def user_error_code(e: BaseException) -> int | None:
     Only classes whose modules are already imported are checked: nothing heavy is imported here.
     """
     known = {
-        "megaindex.config": (("ConfigError", 2),),
-        "megaindex.checkpoint": (("CheckpointError", 1),),
-        "megaindex.safe_pickle": (("UnsafePickleError", 1),),
-        "megaindex.training.run_lock": (("RunDirBusy", 1),),
-        "megaindex.convert.hf_config": (("ConversionError", 1),),
-        "megaindex.data.tokenizer": (("TokenizerError", 2),),
-        "megaindex.data.chat": (("ChatFormatError", 1),),
+        "megaindex.config": (("ConfigError", exit_codes.BAD_USAGE),),
+        "megaindex.checkpoint": (("CheckpointError", exit_codes.FAILED),),
+        "megaindex.safe_pickle": (("UnsafePickleError", exit_codes.FAILED),),
+        "megaindex.training.run_lock": (("RunDirBusy", exit_codes.FAILED),),
+        "megaindex.convert.hf_config": (("ConversionError", exit_codes.FAILED),),
+        "megaindex.data.tokenizer": (("TokenizerError", exit_codes.BAD_USAGE),),
+        "megaindex.data.chat": (("ChatFormatError", exit_codes.FAILED),),
     }
     for module, classes in known.items():
         mod = sys.modules.get(module)

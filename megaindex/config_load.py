@@ -189,3 +189,17 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
                 raise ConfigError(f"override '{text}': '{parts[0]}' is not a section.")
             section[parts[1]] = value
     return from_dict(raw, source)
+
+
+def parse_args_with_overrides(parser, argv: list[str]):
+    """`parser.parse_args(argv)` for commands whose positional `overrides` list may also stand
+    after options (`info RECIPE --json optim.lr=1e-5`): argparse stops filling a positional list
+    at the first option, so `section.field=value` words left over are added to it."""
+    args, rest = parser.parse_known_args(argv)
+    extra = [w for w in rest if "=" in w and not w.startswith("-")]
+    unknown = [w for w in rest if w not in extra]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args

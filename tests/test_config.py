@@ -277,3 +277,18 @@ def test_parity_config_is_a_copy():
     one = single_process_config(loaded, impl="local", precision="fp32")
     assert loaded.to_dict() == before_dict and before == loaded
     assert one.model_parallel_size == 1 and one.model.transformer_impl == "local" and one.train.recompute_granularity is None
+
+
+def test_overrides_may_follow_options_in_every_command():
+    import argparse
+
+    from megaindex.config_load import parse_args_with_overrides
+
+    p = argparse.ArgumentParser()
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--json", action="store_true")
+    args = parse_args_with_overrides(p, ["r.yaml", "optim.lr=1e-5", "--json", "data.seq_length=128"])
+    assert args.overrides == ["optim.lr=1e-5", "data.seq_length=128"] and args.json
+    with pytest.raises(SystemExit):
+        parse_args_with_overrides(p, ["r.yaml", "--jsno"])

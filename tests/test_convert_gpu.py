@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_convert_fixtures import make_index, read_hf_state
 
-from megaindex.convert import layout as L
+from megaindex.convert import weight_map as L
 from megaindex.convert.from_hf import convert_from_hf
 from megaindex.convert.hf_config import arch_of
 from megaindex.convert.parity import build_hf, build_megaindex, hf_logits, megaindex_logits, random_tokens

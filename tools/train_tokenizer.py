@@ -22,6 +22,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from megaindex.atomic import atomic_file  # noqa: E402
 from megaindex.data.tokenizer import IndexTokenizer  # noqa: E402
 
 
@@ -72,9 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             minloglevel=2,
         )
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = args.output.with_name(args.output.name + ".tmp")
-        shutil.copyfile(Path(tmp) / "sp.model", tmp_out)
-        os.replace(tmp_out, args.output)
+        with atomic_file(args.output) as tmp_out:
+            shutil.copyfile(Path(tmp) / "sp.model", tmp_out)
     tok = IndexTokenizer(args.output)  # checks the special-id layout
     print(f"wrote {args.output} ({tok.vocab_size} pieces) in {time.time() - t0:.1f}s")
     return 0

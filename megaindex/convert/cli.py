@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megaindex import exit_codes
 from megaindex.convert.hf_config import ConversionError
 
 FROM_HF_EPILOG = """\
@@ -106,17 +107,17 @@ def main(argv: list[str]) -> int:
     """`megaindex convert from-hf ...` / `megaindex convert to-hf ...` (argv without `convert`)."""
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: megaindex convert {{{'|'.join(COMMANDS)}}} ... (-h for help)", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_USAGE
     try:
         return COMMANDS[argv[0]](argv[1:])
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return exit_codes.FAILED
     except Exception as e:
         from megaindex.checkpoint import CheckpointError  # megatron import: only when needed
         from megaindex.safe_pickle import UnsafePickleError
 
         if isinstance(e, (CheckpointError, UnsafePickleError)):
             print(f"error: {e}", file=sys.stderr)
-            return 1
+            return exit_codes.FAILED
         raise

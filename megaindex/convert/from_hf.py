@@ -23,12 +23,12 @@ import torch
 
 from megaindex.checkpoint import write_meta
 from megaindex.config import Config, ConfigError, ModelConfig
-from megaindex.convert import layout as L
+from megaindex.convert import weight_map as L
 from megaindex.convert.dist_io import LazyTensor, object_key, write_dist_checkpoint
 from megaindex.convert.hf_config import ConversionError, arch_of, model_fields_from_hf, read_hf_config
 from megaindex.convert.hf_io import HFWeights
 from megaindex.convert.outdir import atomic_out_dir, check_out_dir
-from megaindex.convert.progress import Progress
+from megaindex.convert.progress import ProgressLog
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TOKENIZER_DIR = "tokenizer"
@@ -158,7 +158,7 @@ def convert_from_hf(
     )
 
     tensors = _lazy_tensors(weights, arch, padded, tied, torch_dtype)
-    progress = Progress(sum(len(t.offsets) for t in tensors.values()), "chunks", log)
+    progress = ProgressLog(sum(len(t.offsets) for t in tensors.values()), "chunks", log)
     start = time.time()
     with atomic_out_dir(out, force, inputs=[hf_dir]) as tmp:
         write_dist_checkpoint(tmp, tensors, extra_state_objects(arch.num_layers), on_chunk=progress.step)

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from megaindex.config import ModelConfig
-from megaindex.convert.layout import Arch
+from megaindex.convert.weight_map import Arch
+from megaindex.data.tokenizer import BOS, EOS
 
 LLAMA_ARCHITECTURES = {"LlamaForCausalLM"}
 INDEX_ARCHITECTURES = {"IndexForCausalLM"}
 KNOWN_MODEL_TYPES = {"llama", "index"}
 
-# Index's special tokens (SPEC §1): <unk>=0, <s>=1, </s>=2; pad = eos.
-INDEX_BOS_ID, INDEX_EOS_ID = 1, 2
+# Index's special tokens, as the tokenizer defines them (<unk>=0, <s>=1, </s>=2); pad = eos.
+INDEX_BOS_ID, INDEX_EOS_ID = BOS, EOS
 
 
 class ConversionError(RuntimeError):
@@ -169,19 +170,8 @@ def generation_config_dict() -> dict[str, Any]:
 
 
 def llama_config_for_parity(raw: dict[str, Any]):
-    """A transformers LlamaConfig equivalent to an HF Llama/Index config (Norm-Head is applied by the caller)."""
+    """A transformers LlamaConfig equivalent to an HF Llama/Index config (Norm-Head is applied by the
+    caller): read into megaindex's fields and written back by the one mapping, hf_config_dict."""
     from transformers import LlamaConfig
 
-    f = model_fields_from_hf(raw)
-    return LlamaConfig(
-        hidden_size=f["hidden_size"],
-        intermediate_size=f["ffn_hidden_size"],
-        num_hidden_layers=f["num_layers"],
-        num_attention_heads=f["num_attention_heads"],
-        num_key_value_heads=f["num_query_groups"],
-        vocab_size=f["vocab_size"],
-        rms_norm_eps=f["norm_epsilon"],
-        rope_theta=float(f["rotary_base"]),
-        max_position_embeddings=f["max_position_embeddings"],
-        tie_word_embeddings=False,
-    )
+    return LlamaConfig(**hf_config_dict(ModelConfig(**model_fields_from_hf(raw)), "llama", "float32"))

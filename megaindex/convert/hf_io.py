@@ -110,10 +110,6 @@ class HFWeights:
             )
         return t
 
-    def dtype(self) -> torch.dtype:
-        """The dtype of the embedding (the checkpoint's storage precision)."""
-        return self.get("model.embed_tokens.weight").dtype
-
     def close(self) -> None:
         self._open.clear()
 

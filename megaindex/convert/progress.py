@@ -12,7 +12,7 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-class Progress:
+class ProgressLog:
     """Counts steps and logs about every `every_s` seconds (and at the end)."""
 
     def __init__(self, total: int, what: str, log: Callable[[str], None], every_s: float = 5.0):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from megaindex import atomic
+
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -106,13 +108,11 @@ class SafetensorsShard:
             return
         self._f.close()
         blob += b" " * (-len(blob) % 8)  # the format aligns the data start to 8 bytes
-        tmp = self.path.with_name(self.path.name + ".rewrite")
-        with open(self.path, "rb") as old, open(tmp, "wb") as new:
+        with atomic.atomic_file(self.path) as tmp, open(self.path, "rb") as old, open(tmp, "wb") as new:
             new.write(struct.pack("<Q", len(blob)) + blob)
             old.seek(8 + self.HEADER_RESERVE)
             shutil.copyfileobj(old, new, _COPY_CHUNK)
-            self._finish(new)
-        os.replace(tmp, self.path)
+            new.close()
 
     @staticmethod
     def _finish(f) -> None:

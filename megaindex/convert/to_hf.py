@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import torch
 
 from megaindex.config import ConfigError, load_config
-from megaindex.convert import layout as L
+from megaindex.convert import weight_map as L
 from megaindex.convert.chat_template import add_chat_template, write_tokenizer_config
 from megaindex.convert.dist_io import DistCheckpointReader
 from megaindex.convert.from_hf import DTYPES, TOKENIZER_DIR, TOKENIZER_FILES
@@ -40,7 +40,7 @@ from megaindex.convert.hf_config import (
 )
 from megaindex.convert.hf_io import ShardedSafetensorsWriter
 from megaindex.convert.outdir import atomic_out_dir, check_out_dir
-from megaindex.convert.progress import Progress
+from megaindex.convert.progress import ProgressLog
 
 FORMATS = ("llama", "index")
 
@@ -147,7 +147,7 @@ def convert_to_hf(
         f"{arch.vocab_size}, norm_head {m.norm_head}{' (baked into lm_head)' if bake else ''}, {out_dtype}"
     )
 
-    progress = Progress(arch.num_layers + 2, "layers+embeddings", log)
+    progress = ProgressLog(arch.num_layers + 2, "layers+embeddings", log)
     start = time.time()
     with atomic_out_dir(out, force, inputs=[ckpt, template_dir]) as tmp:
         writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)

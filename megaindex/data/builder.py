@@ -18,10 +18,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from megaindex.config import Config, ConfigError, split_ratios
 from megaindex.data.blend import BlendedSamples, normalise, parse_blend, share_sizes
+from megaindex.rank import barrier, is_rank0
 
 
 def pad_multiple(cfg: Config) -> int:
@@ -33,11 +33,6 @@ def pad_multiple(cfg: Config) -> int:
     return m
 
 
-
-
-def _barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def resolve_prefix(path: str, cfg: Config, tokenizer) -> str:
@@ -54,11 +49,10 @@ def resolve_prefix(path: str, cfg: Config, tokenizer) -> str:
     key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{os.path.abspath(tokenizer.model_path)}|{cfg.data.kind}"
     cache = Path(cfg.data.cache_dir or Path(path).parent / ".megaindex_cache")
     prefix = str(cache / f"{Path(path).name.split('.')[0]}-{hashlib.md5(key.encode()).hexdigest()[:12]}")
-    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-    if rank0 and not os.path.isfile(prefix + ".idx"):
+    if is_rank0() and not os.path.isfile(prefix + ".idx"):
         # in this process (no fork inside a trainer), SentencePiece threads
         preprocess([path], prefix, tokenizer.model_path, kind=cfg.data.kind, workers=1, progress=False)
-    _barrier()
+    barrier()
     return prefix
 
 
@@ -101,9 +95,8 @@ def build_datasets(cfg: Config, tokenizer, *, num_samples: tuple[int | None, int
 
 def _rank0_first(build):
     """Rank 0 builds (and caches the indices) first, the others then load them: megatron's protocol."""
-    dist = torch.distributed.is_initialized()
-    out = build() if not dist or torch.distributed.get_rank() == 0 else None
-    _barrier()
+    out = build() if is_rank0() else None
+    barrier()
     return out if out is not None else build()
 
 

@@ -15,6 +15,8 @@ import sys
 
 import torch
 
+from megaindex import exit_codes
+
 
 def _load(args):
     from megaindex.config import ConfigError, load_config
@@ -44,7 +46,7 @@ def inspect(args) -> int:
     train, _ = build_datasets(cfg, tok, num_samples=(args.index + 1, 0))
     if not 0 <= args.index < len(train):
         print(f"error: --index {args.index} is outside the dataset (0..{len(train) - 1})", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_USAGE
     s = train[args.index]
     cu, cup = s["cu_seqlens"].tolist(), s["cu_seqlens_padded"].tolist()
     pieces = []
@@ -92,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("inspect", help="print one packed sample", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", help="recipe YAML, IndexedDataset prefix, or JSONL file")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, as for info/train (e.g. data.loss_weighting=longalign)")
     p.add_argument("--index", type=int, default=0, help="sample index (after shuffling)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--tokenizer", help="tokenizer.model (for a prefix / JSONL target)")
@@ -99,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-length", type=int, default=4096)
     p.add_argument("--cp", type=int, default=1, help="context-parallel size (pieces padded to 2*CP)")
     p.add_argument("--preview", type=int, default=240, help="characters of decoded text per piece")
-    p.add_argument("--set", dest="override", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted config override, repeatable (e.g. --set data.loss_weighting=longalign)")
-    args = ap.parse_args(argv)
+    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="the same as a positional override (kept for older command lines), repeatable")
+    from megaindex.config_load import parse_args_with_overrides
+
+    args = parse_args_with_overrides(ap, argv)
+    args.override = [*args.overrides, *args.set_overrides]
     from megaindex.config import ConfigError
     from megaindex.data.tokenizer import TokenizerError
 
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return inspect(args)
     except (ConfigError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_USAGE
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def _run_jobs(jobs: list[dict], workers: int, tokenizer_model: str, total_bytes:
     threads = 2 if workers == 1 else 1
     for j in jobs:
         j["threads"] = threads
-    prog = pp._Progress(total_bytes, progress)
+    prog = pp._ThroughputLog(total_bytes, progress)
     ctx = multiprocessing.get_context("fork")
     counter = ctx.Value("q", 0)
     if workers == 1:  # in this process: no fork, same code

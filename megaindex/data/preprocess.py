@@ -219,7 +219,9 @@ def _chunks(path: Path, start: int, end: int | None, kind: str, json_key: str, c
         yield (lineno, lines, kind, json_key)
 
 
-class _Progress:
+class _ThroughputLog:
+    """Prints MB read, tokens, tokens/s and ETA every `every` seconds (stderr)."""
+
     def __init__(self, total_bytes: int, enabled: bool, every: float = 2.0):
         self.total, self.enabled, self.every = total_bytes, enabled, every
         self.t0 = self.last = time.time()
@@ -375,7 +377,7 @@ def preprocess(
     writable_dir(prefix)
     clean_stale_temporaries(prefix, log=(lambda m: print(m, file=sys.stderr)) if progress else (lambda m: None))
     if workers <= 1 and partitions is None and partition is None and output == "merged":
-        prog = _Progress(sum(p.stat().st_size for p in paths), progress)
+        prog = _ThroughputLog(sum(p.stat().st_size for p in paths), progress)
         done = [0, 0]
 
         def on_chunk(nbytes, ntokens):

@@ -34,7 +34,9 @@ from megatron.core.datasets import helpers
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, _build_shuffle_index
 from megatron.core.safe_globals import safe_numpy_load
 
-from megaindex.data.packing import Piece, pack_pieces, round_up
+from megaindex import atomic
+from megaindex.rank import is_rank0
+from megaindex.data.packing import Piece, pack_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -116,18 +118,15 @@ class PackedGPTDataset(GPTDataset):
         dist = torch.distributed.is_initialized()
         if all(map(os.path.isfile, paths + [f"{base}-description.txt"])):
             return tuple(safe_numpy_load(p, allow_pickle=True, mmap_mode="r") for p in paths)
-        if dist and torch.distributed.get_rank() != 0:
+        if dist and not is_rank0():
             raise RuntimeError(f"indices {base}-* missing on a non-zero rank: rank 0 builds them first (the builder syncs)")
         t0 = time.time()
         arrays = self._build_indices()
         os.makedirs(cache, exist_ok=True)
-        for p, a in zip(paths, arrays):
-            tmp = f"{p}.tmp{os.getpid()}.npy"  # write + rename: a concurrent reader never sees half an index
-            np.save(tmp, a, allow_pickle=True)
-            os.replace(tmp, p)
-        with open(f"{base}-description.txt.tmp{os.getpid()}", "w") as f:
-            f.write(self.unique_description)
-        os.replace(f"{base}-description.txt.tmp{os.getpid()}", f"{base}-description.txt")
+        for p, a in zip(paths, arrays):  # a concurrent reader never sees half an index
+            with atomic.atomic_file(p, durable=False) as tmp:
+                np.save(tmp, a, allow_pickle=True)
+        atomic.write_text(f"{base}-description.txt", self.unique_description, durable=False)
         logger.info("built %s %s indices: %d samples in %.2fs", type(self).__name__, self.index_split.name,
                     arrays[1].shape[0] - 1, time.time() - t0)
         return arrays
@@ -237,7 +236,3 @@ class MegatronTokenizerView:
         self.vocab_size = tokenizer.vocab_size
         self.unique_identifiers = {"class": type(tokenizer).__name__, "model": os.path.abspath(tokenizer.model_path)}
 
-
-def padded_document_tokens(lengths: np.ndarray, pad_multiple: int) -> int:
-    """Row space one epoch of documents takes (used by tests and the inspect tool)."""
-    return int(sum(round_up(int(n), pad_multiple) for n in lengths))

@@ -1,7 +1,7 @@
 """Training-free RoPE variants applied at evaluation time: naive, linear (PI), dynamic NTK, YaRN.
 
 Owns the variant spec (`parse_rope("dynamic:8")`), the inverse frequencies and attention factor of
-each variant (transformers' formulas, ../shared/notes/EVAL.md; d = head dim, L = training length):
+each variant (transformers' formulas, modeling_rope_utils.py; d = head dim, L = training length):
 
 * naive     inv_freq_i = base^(-2i/d), whatever the length (plain extrapolation past L);
 * linear    inv_freq / factor (position interpolation);

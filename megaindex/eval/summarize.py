@@ -1,6 +1,6 @@
 """`megaindex summarize FILE --model CKPT_OR_HF_DIR`: Index's long-text demo.
 
-Owns what bilibili/Index-1.9B's demo/cli_long_text_demo.py does (../shared/notes/EVAL.md): the
+Owns what bilibili/Index-1.9B's demo/cli_long_text_demo.py does: the
 prompt `<unk>` + system + `reserved_0` + enc("请用中文总结以下内容：" + "\\n"*6 + document + "\\n"*6 +
 "请用中文总结以上内容：") + `reserved_1` (Index's chat format, no BOS), greedy decoding with
 repetition penalty 1.1 and 500 new tokens, printed as the tokens come; `--watch` summarises again

@@ -3,16 +3,9 @@
 A training checkpoint is a step directory of the format in megaindex/checkpoint.py holding one
 sharded state dict: the model chunks, the (distributed) optimizer, the LR schedule, the data
 position (`progress`: step, consumed samples, skipped steps) and every rank's RNG states.
-This module also owns the asynchronous write queue and the guards that megatron-core's optimizer
-state needs to load with torch AdamW (CPU, no TE/apex):
-
-- loading a fully-reshardable DistributedOptimizer state fails with KeyError 'step'
-  (`_guard_step_key_on_load`);
-- megatron builds its load template from `state_dict()`, which reads a per-parameter `step` that a
-  fresh optimizer lacks (`prime_state_for_load`);
-- after loading, megatron assigns ONE step tensor to every parameter; torch AdamW increments each
-  parameter's step in place, so the shared tensor advances once per parameter per update and bias
-  correction drifts after a resume (`fix_shared_step` gives every parameter its own copy).
+This module also owns the asynchronous write queue. Loading the optimizer state with torch AdamW
+(CPU, no TE/apex) needs three guards around megatron-core; they live with every other upstream
+workaround in megaindex/upstream.py.
 """
 
 from __future__ import annotations
@@ -28,6 +21,7 @@ from megaindex import checkpoint, safe_pickle
 from megaindex.checkpoint import CheckpointError
 from megaindex.config import Config
 from megaindex.distributed import ParallelLayout
+from megaindex.upstream import fix_shared_step, guard_step_key_on_load, prime_state_for_load
 
 
 def make_async_queue(cfg: Config):
@@ -109,7 +103,8 @@ def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: C
     meta = checkpoint.verify(path)
     if meta.get("kind") != "train":
         raise CheckpointError(f"{path} holds model weights only; start from it with checkpoint.pretrained={path}.")
-    _guard_step_key_on_load()
+    checkpoint.check_dist_metadata(path)
+    guard_step_key_on_load()
     prime_state_for_load(optimizer)
     template = train_state_dict(chunks, optimizer, scheduler, cfg, layout=layout, is_loading=True, progress=meta["progress"])
     try:
@@ -162,78 +157,3 @@ def _saved_param_groups(state: Any):
             yield state["param_groups"]
         for v in state.values():
             yield from _saved_param_groups(v)
-
-
-# ---- guards for megatron-core's optimizer state with torch AdamW (see module doc) ------------
-
-def _guard_step_key_on_load() -> None:
-    """megatron-core bug (torch AdamW path): loading a fully-reshardable DistributedOptimizer state
-    copies every tensor of the parameter's optimizer state from the checkpoint, including torch
-    AdamW's per-parameter `step`, which the checkpoint keeps per param group -> KeyError 'step'.
-    The step is restored from the param group by megatron itself; skip it here."""
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    orig = DistributedOptimizer._set_main_param_and_optimizer_states
-    if getattr(orig, "_megaindex_guard", False):
-        return
-
-    def guarded(self, model_param, tensors):
-        group_index, group_order = self.model_param_group_index_map[model_param]
-        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
-        state = self.optimizer.state[main_param]
-        step = state.pop("step", None) if "step" not in tensors else None
-        try:
-            orig(self, model_param, tensors)
-        finally:
-            if step is not None:
-                state["step"] = step
-
-    guarded._megaindex_guard = True
-    DistributedOptimizer._set_main_param_and_optimizer_states = guarded
-
-
-def _inner_optimizers(optimizer) -> list:
-    chained = getattr(optimizer, "chained_optimizers", None)
-    return list(chained) if chained is not None else [optimizer]
-
-
-def fix_shared_step(optimizer) -> int:
-    """Give every parameter its own `step` tensor (see module doc); returns how many were shared."""
-    fixed = 0
-    for opt in _inner_optimizers(optimizer):
-        inner = getattr(opt, "optimizer", None)
-        if inner is None:
-            continue
-        seen: set[int] = set()
-        for state in inner.state.values():
-            step = state.get("step")
-            if isinstance(step, torch.Tensor):
-                if id(step) in seen:
-                    state["step"] = step.detach().clone()
-                    fixed += 1
-                seen.add(id(state["step"]))
-    return fixed
-
-
-def prime_state_for_load(optimizer) -> None:
-    """Create (zero) Adam states with a per-parameter `step` before a checkpoint load.
-
-    megatron's DistributedOptimizer builds its load template from `state_dict()`, which with torch
-    AdamW (no TE/apex) reads every parameter's `step` — absent on a fresh optimizer (megatron's own
-    init_state_fn creates only exp_avg/exp_avg_sq), so the load would fail. The values are
-    overwritten by the load; `fix_shared_step` runs after it.
-    """
-    for opt in _inner_optimizers(optimizer):
-        inner = getattr(opt, "optimizer", None)
-        init = getattr(opt, "init_state_fn", None)
-        # Only torch's Adam keeps a per-parameter `step`; TE's FusedAdam keeps it per group and
-        # refuses unknown state names.
-        if inner is None or not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
-            continue
-        if init is not None:
-            init(inner, getattr(opt, "config", None))
-        for group in inner.param_groups:
-            for p in group["params"]:
-                state = inner.state[p]
-                if "exp_avg" in state and "step" not in state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from megaindex import atomic
+
 
 def _truncate_jsonl(path: Path, keep_through_step: int) -> None:
     """Keep the records up to the resumed step. A line that does not parse (the torn last line of a
@@ -30,9 +32,7 @@ def _truncate_jsonl(path: Path, keep_through_step: int) -> None:
             continue
         if step <= keep_through_step:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)  # a kill now leaves the old file or the new one, never a half
+    atomic.write_text(path, "".join(line + "\n" for line in kept))  # a kill leaves the old file or the new one
 
 
 class MetricsLogger:

@@ -37,7 +37,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-EXIT_PREEMPTED = 75
+from megaindex import atomic, exit_codes
+from megaindex.rank import is_rank0
+
+EXIT_PREEMPTED = exit_codes.PREEMPTED
 EXIT_FILE_ENV = "MEGAINDEX_EXIT_FILE"
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
@@ -85,9 +88,8 @@ class PreemptionWatcher:
         """After the stop checkpoint is complete: rank 0 writes the exit file (if one is asked for),
         then all ranks wait for it, so that no rank exits (and makes a launcher tear down the
         others) before the requeue decision is on disk."""
-        rank = dist.get_rank() if dist.is_initialized() else 0
         path = os.environ.get(EXIT_FILE_ENV)
-        if path and rank == 0:
+        if path and is_rank0():
             try:
                 write_exit_file(Path(path), f"{EXIT_PREEMPTED} {sig.name} step={step} checkpoint={checkpoint_path}")
             except OSError as e:  # the checkpoint is safe; only the automatic requeue is lost
@@ -98,8 +100,5 @@ class PreemptionWatcher:
 
 
 def write_exit_file(path: Path, line: str) -> None:
-    """Atomically (tmp + rename) write one line; a reader never sees half a record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(line + "\n")
-    os.replace(tmp, path)
+    """Atomically write one line; a reader never sees half a record."""
+    atomic.write_text(path, line + "\n")

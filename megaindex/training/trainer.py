@@ -19,7 +19,7 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
-from megaindex import checkpoint
+from megaindex import checkpoint, library_warnings
 from megaindex.config import Config, ConfigError
 from megaindex.data.builder import build_datasets
 from megaindex.data.schedule import DataSchedule, data_iterators
@@ -37,7 +37,6 @@ from megaindex.training.preemption import PreemptionWatcher
 from megaindex.training.run_length import resolve_after_data, resolve_before_data, steps_in_data
 from megaindex.training.tracking import PhaseTimers, ProfilerWindow, TimedIterator, build_tracker, save_launch_config
 
-EXIT_NAN_STOP = 3
 
 
 class DataExhausted(RuntimeError):
@@ -45,7 +44,9 @@ class DataExhausted(RuntimeError):
 
 
 @dataclass
-class Progress:
+class TrainingPosition:
+    """Where the run is: what a resume continues from (checkpointed as `progress`)."""
+
     step: int = 0
     consumed_samples: int = 0
     skipped_steps: int = 0
@@ -81,6 +82,9 @@ class Trainer:
         self.save_dir = Path(cfg.checkpoint.save or self.run_dir / "checkpoints")
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            library_warnings.keep_in(self.run_dir)
+        else:
+            library_warnings.discard()
 
         self.tokenizer = IndexTokenizer(cfg.data.tokenizer_model)
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
@@ -123,7 +127,7 @@ class Trainer:
 
         self.optimizer = build_optimizer(cfg, self.model, self.dtype)
         self.scheduler = build_scheduler(cfg, self.optimizer)
-        self.progress = Progress()
+        self.progress = TrainingPosition()
         self.async_queue = checkpointing.make_async_queue(cfg)
         self._resume_or_start()
         if self.rank == 0:  # after the resume checks: a refused launch leaves the run's config alone
@@ -158,7 +162,7 @@ class Trainer:
             resume.check_resume(path, self.cfg, self._log)
             saved = checkpointing.load_train_checkpoint(path, self.chunks, self.optimizer, self.scheduler, self.cfg,
                                                         layout=self.layout)
-            self.progress = Progress(**saved)
+            self.progress = TrainingPosition(**saved)
             self._log(f"resumed from {path} at step {self.progress.step}")
         elif ck.pretrained:
             resume.note_pretrained(Path(ck.pretrained), self.cfg, self._log)
@@ -283,6 +287,8 @@ class Trainer:
             f"training {cfg.name}: {world} ranks (TP {self.layout.tp} x PP {self.layout.pp} x CP {self.layout.cp} x "
             f"DP {self.layout.dp}), {self.num_microbatches} micro-batches/step, {t.train_iters} steps, run dir {self.run_dir}"
         )
+        if (self.run_dir / library_warnings.LOG_FILE).is_file():
+            self._log(f"known library warnings (Apex/TE missing, deprecations): {self.run_dir / library_warnings.LOG_FILE}")
         last_val = None
         preempted = None
         data_exhausted = False

@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-Layout = Literal["te", "local"]
+ModuleLayout = Literal["te", "local"]  # which module implementation a state dict is for
 
 # Global (non-layer) weights: HF name -> dist key.
 EMBEDDING = "embedding.word_embeddings.weight"
@@ -165,7 +165,7 @@ def unpad_vocab(weight: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 
 # ---- module state dicts (per TP rank) ------------------------------------------------------------
-def module_name(dist_key: str, layer: int | None, layout: Layout) -> str:
+def module_name(dist_key: str, layer: int | None, layout: ModuleLayout) -> str:
     """Module state-dict name of a dist key in a layout (`layer` = index inside the model chunk)."""
     if layer is None:
         return dist_key
@@ -201,7 +201,7 @@ def hf_to_module_state_dict(
     hf: dict[str, torch.Tensor],
     arch: Arch,
     *,
-    layout: Layout,
+    layout: ModuleLayout,
     padded_vocab_size: int,
     tp_size: int = 1,
     tp_rank: int = 0,
@@ -223,7 +223,7 @@ def hf_to_module_state_dict(
 
 
 def module_state_dicts_to_hf(
-    per_rank: list[dict[str, torch.Tensor]], arch: Arch, *, layout: Layout, layers: range | None = None
+    per_rank: list[dict[str, torch.Tensor]], arch: Arch, *, layout: ModuleLayout, layers: range | None = None
 ) -> dict[str, torch.Tensor]:
     """Inverse of hf_to_module_state_dict for one chunk given every TP rank's state dict."""
     layers = range(arch.num_layers) if layers is None else layers
