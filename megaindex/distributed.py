@@ -39,6 +39,7 @@ class ParallelLayout:
     dp_rank: int = 0
     tp_src_rank: int = 0  # global rank of TP rank 0 of this rank's TP group
     tp_group: Any = field(default=None, compare=False, repr=False)
+    cp_group: Any = field(default=None, compare=False, repr=False)
 
     @property
     def is_first_stage(self) -> bool:
@@ -73,6 +74,7 @@ def current_layout() -> ParallelLayout:
         dp_rank=ps.get_data_parallel_rank(),
         tp_src_rank=ps.get_tensor_model_parallel_src_rank(),
         tp_group=ps.get_tensor_model_parallel_group(),
+        cp_group=ps.get_context_parallel_group(),
     )
 
 
