@@ -2,9 +2,9 @@
 
 Owns: the dataclass sections (model, parallel, data, optim, train, checkpoint, log, eval), each of which
 checks its own fields (`check()`: every number's range, declared beside its doc, and the rules
-inside the section), the one cross-section check of whether a layout can run
-(`Config.validate(world_size)`, which explains why not in words), and dumping the resolved config
-back to YAML. Reading YAML recipes and dotted overrides is config_load.py's (`load_config`,
+inside the section), `Config.validate(world_size)`, which runs them and then the one cross-section
+check of whether the layout can run (its rules are config_layout.py's) and explains why not in
+words, and dumping the resolved config back to YAML. Reading YAML recipes and dotted overrides is config_load.py's (`load_config`,
 `from_dict` and `parse_override` stay importable from here).
 
 Field names follow Megatron's (`tensor_model_parallel_size`, `seq_length`, ...) so that grep works
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import yaml
+
+from megaindex.config_layout import data_layout_errors, model_layout_errors
 
 
 class ConfigError(ValueError):
@@ -353,7 +355,7 @@ class Config:
         over the TP/PP/VPP/CP layout (what a converter needs; no data or world size involved)."""
         errors = self.model.check() + self.parallel.check()
         if not errors:
-            errors = _model_layout_errors(self.model, self.parallel)
+            errors = model_layout_errors(self.model, self.parallel)
         if errors:
             raise ConfigError("config cannot run:\n  - " + "\n  - ".join(errors))
 
@@ -367,7 +369,7 @@ class Config:
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
             errors.append(f"world size {world_size!r}; it must be at least 1 GPU (--world-size, or TP x PP x CP x DP).")
         if not errors:
-            errors = _model_layout_errors(self.model, self.parallel) + _data_layout_errors(self, world_size)
+            errors = model_layout_errors(self.model, self.parallel) + data_layout_errors(self, world_size)
         if errors:
             raise ConfigError("config cannot run:\n  - " + "\n  - ".join(errors))
         m, p = self.model, self.parallel
@@ -387,89 +389,6 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
-
-
-# ---- the cross-section check: model and data against the parallel layout ------------------------
-
-def _model_layout_errors(m: ModelConfig, p: ParallelConfig) -> list[str]:
-    tp, pp, vpp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.virtual_pipeline_model_parallel_size
-    errors = []
-    if m.num_attention_heads % tp:
-        errors.append(
-            f"model.num_attention_heads {m.num_attention_heads} is not divisible by "
-            f"parallel.tensor_model_parallel_size {tp}: each TP rank must hold whole heads."
-        )
-    if m.kv_heads % tp:
-        errors.append(f"model.num_query_groups {m.kv_heads} is not divisible by parallel.tensor_model_parallel_size {tp}.")
-    stages = pp * (vpp or 1)
-    if m.num_layers % stages:
-        what = f"PP x VPP = {pp} x {vpp}" if vpp else f"PP = {pp}"
-        errors.append(
-            f"model.num_layers {m.num_layers} is not divisible by {what} = {stages}: "
-            f"every pipeline stage needs the same number of layers."
-        )
-    if m.ffn_hidden_size % tp:
-        errors.append(f"model.ffn_hidden_size {m.ffn_hidden_size} is not divisible by TP {tp}.")
-    a2a = p.a2a_size
-    if a2a > 1:
-        for what, heads in (("num_attention_heads", m.num_attention_heads), ("num_query_groups", m.kv_heads)):
-            if heads % tp == 0 and (heads // tp) % a2a:
-                errors.append(
-                    f"parallel.cp_comm_type {p.cp_comm_type}: model.{what} {heads} / TP {tp} is not divisible by the "
-                    f"all-to-all group size {a2a} (a2a splits each rank's heads over it); use cp_comm_type p2p."
-                )
-    return errors
-
-
-def _data_layout_errors(cfg: Config, world_size: int) -> list[str]:
-    m, p, d = cfg.model, cfg.parallel, cfg.data
-    tp, pp, cp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size
-    errors = []
-    mp = tp * pp * cp
-    if world_size % mp:
-        errors.append(
-            f"world size {world_size} is not divisible by TP x PP x CP = {tp} x {pp} x {cp} = {mp}: "
-            f"TP x PP x CP x DP must equal the number of GPUs; use a multiple of {mp} GPUs or change the layout."
-        )
-    dp = max(world_size // mp, 1)
-    if cp > 1 and d.seq_length % (2 * cp):
-        errors.append(
-            f"data.seq_length {d.seq_length} is not divisible by 2 x context_parallel_size = {2 * cp}: "
-            f"CP cuts every sequence into 2 x CP chunks for load balance."
-        )
-    if p.sequence_parallel and tp > 1 and (d.seq_length // cp) % tp:
-        errors.append(
-            f"data.seq_length {d.seq_length} / CP {cp} is not divisible by TP {tp}: sequence parallel "
-            f"splits each CP rank's tokens over the TP ranks."
-        )
-    if d.seq_length > m.max_position_embeddings:
-        errors.append(f"data.seq_length {d.seq_length} exceeds model.max_position_embeddings {m.max_position_embeddings}.")
-    gbs = d.global_batch_size
-    if gbs % (d.micro_batch_size * dp):
-        errors.append(
-            f"global batch of {gbs} sequences (data.global_batch_tokens {d.global_batch_tokens} / seq_length "
-            f"{d.seq_length}) is not divisible by micro_batch_size x DP = {d.micro_batch_size} x {dp} = "
-            f"{d.micro_batch_size * dp}; change global_batch_tokens, micro_batch_size or the GPU count."
-        )
-    if p.virtual_pipeline_model_parallel_size and not errors:
-        nmb = gbs // (d.micro_batch_size * dp)
-        if nmb % pp:
-            errors.append(f"interleaved pipeline needs the number of micro-batches ({nmb}) to be a multiple of PP {pp}.")
-    prev_until = 0
-    for entry in d.context_length_warmup:
-        if not (isinstance(entry, list) and len(entry) == 2):
-            errors.append(f"data.context_length_warmup entry {entry!r} must be [until_step, seq_length].")
-            continue
-        until, length = entry
-        if until <= prev_until:
-            errors.append(f"data.context_length_warmup: until_step {until} must be larger than the previous ({prev_until}).")
-        if length <= 0 or d.seq_length % length or length % (2 * cp):
-            errors.append(
-                f"data.context_length_warmup: seq_length {length} must divide data.seq_length {d.seq_length} "
-                f"(micro-batches keep their token count) and be a multiple of 2 x CP = {2 * cp}."
-            )
-        prev_until = until
-    return errors
 
 
 def field_docs(cls: type) -> dict[str, str]:
