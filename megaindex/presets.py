@@ -23,6 +23,20 @@ _INDEX_1_9B: dict[str, Any] = dict(
     max_position_embeddings=4096,
 )
 
+_TINY: dict[str, Any] = dict(
+    num_layers=4,
+    hidden_size=128,
+    num_attention_heads=4,
+    num_query_groups=4,
+    ffn_hidden_size=352,
+    vocab_size=8000,
+    norm_epsilon=1e-6,
+    norm_head=True,
+    untie_embeddings_and_output_weights=True,
+    rotary_base=320000,
+    max_position_embeddings=2048,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The 4K base model that stage 1 starts from.
     "index-1.9b": _INDEX_1_9B,
@@ -43,19 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_position_embeddings=4096,
     ),
     # Index-shaped toy model for CPU tests and the tiny recipe (vocab of the shipped test tokenizer).
-    "tiny": dict(
-        num_layers=4,
-        hidden_size=128,
-        num_attention_heads=4,
-        num_query_groups=4,
-        ffn_hidden_size=352,
-        vocab_size=8000,
-        norm_epsilon=1e-6,
-        norm_head=True,
-        untie_embeddings_and_output_weights=True,
-        rotary_base=320000,
-        max_position_embeddings=2048,
-    ),
+    "tiny": _TINY,
     # "mini-index": the miniature replication's model (examples/mini_replication/): Index-shaped
     # (head dim 128, MHA, SwiGLU at Index's 2.875x width, Norm-Head, untied), ~34.7M parameters with
     # an 8000-piece tokenizer. Stage 0 at 2K with base 10000; stage 1 raises base and length.
@@ -73,19 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_position_embeddings=2048,
     ),
     # Llama-shaped toy model with grouped-query attention and a plain head (converter tests).
-    "tiny-llama": dict(
-        num_layers=4,
-        hidden_size=128,
-        num_attention_heads=4,
-        num_query_groups=2,
-        ffn_hidden_size=352,
-        vocab_size=8000,
-        norm_epsilon=1e-5,
-        norm_head=False,
-        untie_embeddings_and_output_weights=True,
-        rotary_base=10000,
-        max_position_embeddings=2048,
-    ),
+    "tiny-llama": {**_TINY, "num_query_groups": 2, "norm_epsilon": 1e-5, "norm_head": False, "rotary_base": 10000},
 }
 
 

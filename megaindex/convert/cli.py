@@ -30,15 +30,19 @@ training length --train-length (default: the checkpoint's data.seq_length) into 
 NTK reads that length from max_position_embeddings, which is then set to it."""
 
 
+def _parser(command: str, description: str, epilog: str, source: tuple[str, str], out_help: str) -> argparse.ArgumentParser:
+    """A converter's parser with its two positionals: the source (name, help) and OUT."""
+    p = argparse.ArgumentParser(prog=f"megaindex convert {command}", description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(source[0], help=source[1])
+    p.add_argument("out", help=out_help)
+    return p
+
+
 def _from_hf_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="megaindex convert from-hf",
-        description="Convert an HF Index-1.9B or Llama-architecture checkpoint into a megaindex checkpoint.",
-        epilog=FROM_HF_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("hf_dir", help="HF checkpoint directory (config.json + safetensors or pytorch_model*.bin)")
-    p.add_argument("out", help="output megaindex checkpoint directory")
+    p = _parser("from-hf", "Convert an HF Index-1.9B or Llama-architecture checkpoint into a megaindex checkpoint.",
+                FROM_HF_EPILOG, ("hf_dir", "HF checkpoint directory (config.json + safetensors or pytorch_model*.bin)"),
+                "output megaindex checkpoint directory")
     p.add_argument("--tp", type=int, default=1, help="target tensor-parallel size (validation, vocab padding)")
     p.add_argument("--pp", type=int, default=1, help="target pipeline-parallel size (validation)")
     p.add_argument("--vpp", type=int, default=None, help="target virtual pipeline stages per PP rank (validation)")
@@ -50,14 +54,9 @@ def _from_hf_parser() -> argparse.ArgumentParser:
 
 
 def _to_hf_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="megaindex convert to-hf",
-        description="Export a megaindex checkpoint (any layout, model or training checkpoint) to HF.",
-        epilog=TO_HF_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("ckpt", help="megaindex checkpoint directory (megaindex.json + config.yaml + dist checkpoint)")
-    p.add_argument("out", help="output HF directory")
+    p = _parser("to-hf", "Export a megaindex checkpoint (any layout, model or training checkpoint) to HF.",
+                TO_HF_EPILOG, ("ckpt", "megaindex checkpoint directory (megaindex.json + config.yaml + dist checkpoint)"),
+                "output HF directory")
     p.add_argument("--format", dest="fmt", default="llama", choices=["llama", "index"])
     p.add_argument("--template-dir", default=None, help="HF dir to copy tokenizer (and, for index, modeling) files from")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="stored dtype (auto = as in the checkpoint)")
