@@ -103,7 +103,6 @@ def load_train_checkpoint(path: str | Path, chunks, optimizer, scheduler, cfg: C
     meta = checkpoint.verify(path)
     if meta.get("kind") != "train":
         raise CheckpointError(f"{path} holds model weights only; start from it with checkpoint.pretrained={path}.")
-    checkpoint.check_dist_metadata(path)
     guard_step_key_on_load()
     prime_state_for_load(optimizer)
     template = train_state_dict(chunks, optimizer, scheduler, cfg, layout=layout, is_loading=True, progress=meta["progress"])
