@@ -175,6 +175,14 @@ class Trainer:
         self.nan_guard = NanGuard(t.nan_policy, t.max_consecutive_skips, self.save_dir,
                                   path if path is not None and path.parent == self.save_dir else None)
 
+    def _enter_phase(self) -> None:
+        """Point the train iterators at the data of the phase the next step belongs to (data/schedule.py)."""
+        iters = self.schedule.iterators_at(self.progress.step)
+        if iters is not None:
+            self.train_iters = iters
+            self.data_end_step = self.schedule.data_end_step  # the data runs out there
+            if self.cfg.data.context_length_warmup:
+                self._log(f"step {self.progress.step + 1}: training on {self.schedule.phase.seq_length}-token sequences")
 
     def _log(self, msg: str) -> None:
         if self.rank == 0:
