@@ -161,6 +161,8 @@ def test_length_above_what_the_model_holds(tok, hay):
     check_lengths(spec, samples, train_length=256)
     spec.variants, spec.truncate = [parse_rope("naive")], "middle"
     check_lengths(spec, samples, train_length=256)
+    spec.truncate, spec.extrapolate = None, True  # naive alone past the training length, asked for explicitly
+    check_lengths(spec, samples, train_length=256)
 
 
 def test_ppl_samples_and_buckets(hay):

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rope", default="naive", help="RoPE variants: naive, linear:F, dynamic:F, yarn:F (comma list)")
     p.add_argument("--train-length", type=int, default=None, help="the length the model was trained at (default: from the checkpoint)")
     p.add_argument("--truncate", choices=["middle"], default=None, help="cut over-long prompts in the middle (Index's OpenCompass rule)")
+    p.add_argument("--extrapolate", action="store_true",
+                   help="run every variant at every length, past its design limit (e.g. naive alone beyond the training length)")
     p.add_argument("--prompt", choices=["base", "chat"], default="base", help="completion prompt or Index chat format")
     p.add_argument("--engine", choices=["megatron", "hf"], default="megatron", help="megatron forward or transformers")
     p.add_argument("--haystack", default=None, help="held-out JSONL or a recipe (its heldout.jsonl); default: beside the checkpoint's data")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> dict:
 
     spec = EvalSpec(tasks=parse_tasks(args.tasks), lengths=parse_lengths(args.lengths), depths=parse_depths(args.depths),
                     repeats=args.repeats, variants=parse_variants(args.rope), prompt=args.prompt, truncate=args.truncate,
-                    langs=args.langs.split(",") if args.langs else None, generate=args.generate,
+                    langs=args.langs.split(",") if args.langs else None, generate=args.generate, extrapolate=args.extrapolate,
                     batch_size=max(1, args.batch_size))
     t0 = time.time()
     resolved = resolve_path(args.path)  # a missing/invalid checkpoint fails before anything is loaded

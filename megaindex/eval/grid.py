@@ -31,6 +31,7 @@ class EvalSpec:
     langs: list[str] | None = None                 # needle/ppl haystack languages; None = all held out
     generate: bool = False                         # greedy generation for predictions (else forced argmax)
     batch_size: int = 8                            # samples per engine call
+    extrapolate: bool = False                      # run every variant at every length, past its design limit
 
     def __post_init__(self) -> None:
         if self.prompt not in PROMPTS:

@@ -63,8 +63,9 @@ def new_tokens(spec: EvalSpec, s: Sample) -> int:
 def check_lengths(spec: EvalSpec, samples: list[Sample], train_length: int) -> None:
     """Every length must fit at least one requested variant's own limit (naive: the training length;
     others: factor x training length), or be cut by --truncate middle. A variant that cannot hold a
-    length another variant holds runs it anyway: that is the extrapolation baseline."""
-    if spec.truncate:
+    length another variant holds runs it anyway: that is the extrapolation baseline. With
+    --extrapolate every length runs as asked (naive alone past the training length, say)."""
+    if spec.truncate or spec.extrapolate:
         return
     limit = max(v.max_length(train_length) for v in spec.variants)
     too_long = [s for s in samples if len(s.prompt_ids) + new_tokens(spec, s) > limit]
@@ -75,7 +76,7 @@ def check_lengths(spec: EvalSpec, samples: list[Sample], train_length: int) -> N
             f"length {s.length} ({s.task}: {len(s.prompt_ids) + new_tokens(spec, s)} tokens with the answer) is above "
             f"what the model holds: trained at {train_length} tokens, at most {limit} with --rope {names}; add a "
             f"variant that extends it (e.g. --rope naive,dynamic:{max(2, math.ceil((len(s.prompt_ids) + new_tokens(spec, s)) / train_length))}), "
-            f"pass --truncate middle, or drop the length."
+            f"pass --truncate middle, --extrapolate to measure plain extrapolation, or drop the length."
         )
 
 
