@@ -61,19 +61,18 @@ class MegatronEngine(LengthLimit):
     def __init__(self, model, cfg, tokenizer: IndexTokenizer, *, train_length: int, rope: RopeVariant,
                  max_length: int | None = None, checkpoint: Path | None = None, pack_tokens: int | None = None):
         """`model`: a GPTModel chunk holding the whole model (PP=1) on this rank; any CP."""
-        from megatron.core import parallel_state as ps
+        from megaindex.distributed import current_layout
 
+        layout = current_layout()
         if not (model.pre_process and model.post_process):
             raise EvalError("the megatron engine needs the whole model on each rank (PP = 1): this chunk is one pipeline stage.")
-        if ps.get_tensor_model_parallel_world_size() > 1:  # logits would be vocabulary shards
+        if layout.tp > 1:  # logits would be vocabulary shards
             raise EvalError("the megatron engine scores with TP = 1 (CP splits long sequences instead); "
-                            f"this model is split over TP = {ps.get_tensor_model_parallel_world_size()} ranks.")
+                            f"this model is split over TP = {layout.tp} ranks.")
         self.model, self.cfg, self.tokenizer, self.train_length = model.eval(), cfg, tokenizer, train_length
         self.checkpoint = checkpoint
         self._max_length_override = max_length
-        self.cp_group = ps.get_context_parallel_group()
-        self.cp = ps.get_context_parallel_world_size()
-        self.cp_rank = ps.get_context_parallel_rank()
+        self.cp_group, self.cp, self.cp_rank = layout.cp_group, layout.cp, layout.cp_rank
         self.device = next(model.parameters()).device
         self.vocab_size = cfg.model.vocab_size
         self.pack_tokens = pack_tokens
