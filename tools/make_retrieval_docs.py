@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from megaindex import exit_codes  # noqa: E402
 from megaindex.data.retrieval_docs import (  # noqa: E402
     FillerText, RetrievalDocConfig, RetrievalDocGenerator, write_documents,
 )
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         gen = RetrievalDocGenerator(IndexTokenizer(args.tokenizer), FillerText(args.filler), cfg)
     except (ValueError, TokenizerError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return exit_codes.FAILED
     t0 = time.time()
     docs, tokens = write_documents(
         args.output, gen, tokens=args.tokens, count=args.count,

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from megaindex import exit_codes
 from megaindex.eval import EvalError
 from megaindex.eval.grid import EvalSpec, parse_depths, parse_lengths, parse_tasks, parse_variants
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         r = run(args)
     except (EvalError, ConfigError) as e:
         print(f"megaindex eval: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_USAGE
     if r["summary"] is None:  # not rank 0
         return 0
     _print_summary(r["summary"])

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
+from megaindex import exit_codes
 from megaindex.data.tokenizer import ASSISTANT, UNK, USER
 from megaindex.eval import EvalError
 
@@ -117,10 +118,10 @@ def main(argv: list[str]) -> int:
     a = _parser().parse_args(argv)
     if not a.file.is_file():
         print(f"megaindex summarize: {a.file} does not exist (or is not a file).", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_USAGE
     if a.max_new_tokens < 1:
         print("megaindex summarize: --max-new-tokens must be at least 1.", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_USAGE
     try:
         from megaindex.eval.engine import load_engine
 
@@ -132,10 +133,10 @@ def main(argv: list[str]) -> int:
             summarize(engine, a.file.read_text(encoding="utf-8"), **kw)
     except EvalError as e:
         print(f"megaindex summarize: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_USAGE
     except UnicodeDecodeError as e:
         print(f"megaindex summarize: {a.file} is not UTF-8 text ({e.reason} at byte {e.start}).", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_USAGE
     except KeyboardInterrupt:
         return 0
     return 0
