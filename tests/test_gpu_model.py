@@ -77,6 +77,7 @@ def test_static_thd_shapes_same_loss_and_grads_one_backend_selection(models, mon
 
     from megaindex.data.batch import collate
     from megaindex.data.packing import Piece, pack_pieces
+    from megaindex import distributed
     from megaindex.training.loss import make_forward_step
 
     cfg, _, te = models
@@ -94,7 +95,7 @@ def test_static_thd_shapes_same_loss_and_grads_one_backend_selection(models, mon
 
     def run(batch, static):
         step = make_forward_step(packed=True, longalign=False, device=torch.device("cuda"),
-                                 static_max_seqlen=S if static else None)
+                                 layout=distributed.current_layout(), static_max_seqlen=S if static else None)
         te.zero_grad()
         out, loss_fn = step(iter([batch]), te)
         loss_fn(out)[0].backward()
