@@ -80,7 +80,7 @@ def build_engine(args):
     from megaindex.data.tokenizer import IndexTokenizer
     from megaindex.eval.engine import load_engine
     from megaindex.eval.megatron_engine import MegatronEngine, eval_config
-    from megaindex.eval.rope import parse_rope
+    from megaindex.model.rope_variants import parse_rope
 
     if args.checkpoint:
         engine = load_engine(args.checkpoint, rope=args.rope, max_length=max(args.lengths))

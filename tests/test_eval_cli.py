@@ -175,7 +175,7 @@ def test_middle_truncation_through_the_engine(tiny):
     from megaindex.eval.grid import EvalSpec
     from megaindex.eval.haystack import Haystack
     from megaindex.eval.megatron_engine import MegatronEngine
-    from megaindex.eval.rope import parse_rope
+    from megaindex.model.rope_variants import parse_rope
     from megaindex.eval.run import build_samples, check_lengths, run_grid
 
     cfg, model, tok = tiny

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from megaindex.eval import EvalError
-from megaindex.eval.rope import RopeVariant, hf_rope_parameters, inv_freq, parse_rope
+from megaindex.eval.grid import parse_variants
+from megaindex.model.rope_variants import RopeVariant, RopeVariantError, hf_rope_parameters, inv_freq, parse_rope
 
 TRAIN_LENGTH = 64
 VARIANTS = ["naive", "linear:4", "dynamic:4", "yarn:4"]
@@ -70,8 +71,10 @@ def test_variant_specs():
     assert parse_rope("linear:16").max_length(2048) == 32768 and parse_rope("naive").max_length(2048) == 2048
     for bad, msg in (("ntk:8", "not one of"), ("dynamic", "needs a factor"), ("yarn:x", "not a number"),
                      ("linear:1", "factor > 1"), ("naive:2", "no factor")):
-        with pytest.raises(EvalError, match=msg):
+        with pytest.raises(RopeVariantError, match=msg):
             parse_rope(bad)
+    with pytest.raises(EvalError, match="--rope: .*not one of"):  # the eval command's one-line error
+        parse_variants("naive,ntk:8")
 
 
 def test_exported_rope_scaling_logits_equal_transformers(ckpt, tmp_path, single_process_megatron):
@@ -82,7 +85,7 @@ def test_exported_rope_scaling_logits_equal_transformers(ckpt, tmp_path, single_
 
     from megaindex.convert.cli import main
     from megaindex.convert.parity import build_megaindex, megaindex_logits, random_tokens
-    from megaindex.eval.rope import apply_rope_variant
+    from megaindex.model.rope_variants import apply_rope_variant
 
     model, cfg = build_megaindex(ckpt)
     tokens = random_tokens(cfg.model.vocab_size, 1, 150, seed=3)

@@ -22,7 +22,7 @@ def test_te_engine_matches_transformers_for_every_variant(tmp_path):
     from megaindex.distributed import init_single_process
     from megaindex.eval.engine import load_engine
     from megaindex.eval.hf_engine import HFEngine
-    from megaindex.eval.rope import parse_rope
+    from megaindex.model.rope_variants import parse_rope
     from megaindex.model.build import build_model_chunks
 
     init_single_process()

@@ -151,7 +151,7 @@ def test_bad_grid_input_is_one_clear_error():
 
 
 def test_length_above_what_the_model_holds(tok, hay):
-    from megaindex.eval.rope import parse_rope
+    from megaindex.model.rope_variants import parse_rope
 
     spec = EvalSpec(tasks=["needle", "passkey"], lengths=[256, 600], depths=[50], variants=[parse_rope("naive")])
     samples = build_samples(spec, tok, hay)

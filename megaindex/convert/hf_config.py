@@ -116,7 +116,7 @@ def hf_config_dict(m: ModelConfig, fmt: str, torch_dtype: str, template: dict[st
     llama: stock `LlamaForCausalLM` (no remote code); the normalised head is baked into lm_head.
     index: `IndexForCausalLM` with `norm_head: true` and the template's auto_map (remote code).
     Fields from a template config are kept unless megaindex owns them (shapes, rope, eps, vocab).
-    rope_scaling: a training-free RoPE variant's parameters (megaindex.eval.rope.hf_rope_parameters),
+    rope_scaling: a training-free RoPE variant's parameters (megaindex.model.rope_variants.hf_rope_parameters),
     written as `rope_parameters` (transformers >= 5) and `rope_scaling` (older versions and Index's
     remote code read it, with "type");
     max_position_embeddings overrides the model's (HF's dynamic NTK reads the training length there).

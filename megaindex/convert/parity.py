@@ -114,7 +114,7 @@ def check_parity(
     """
     model, cfg = build_megaindex(ckpt)
     if rope:  # an export with --rope-scaling: the megaindex side runs the same variant
-        from megaindex.eval.rope import apply_rope_variant, parse_rope
+        from megaindex.model.rope_variants import apply_rope_variant, parse_rope
 
         apply_rope_variant(model, parse_rope(rope), train_length=train_length or cfg.data.seq_length)
     tokens = random_tokens(cfg.model.vocab_size, num_sequences, min(seq_len, cfg.model.max_position_embeddings))

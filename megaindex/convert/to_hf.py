@@ -86,12 +86,11 @@ def _rope_config(spec: str | None, base: int, train_length: int) -> tuple[dict |
     length L from max_position_embeddings; linear and YaRN are meant for factor x L tokens."""
     if not spec:
         return None, None
-    from megaindex.eval import EvalError
-    from megaindex.eval.rope import hf_rope_parameters, parse_rope
+    from megaindex.model.rope_variants import RopeVariantError, hf_rope_parameters, parse_rope
 
     try:
         variant = parse_rope(spec)
-    except EvalError as e:
+    except RopeVariantError as e:
         raise ConversionError(f"--rope-scaling: {e}") from None
     if variant.kind == "naive":
         return None, None

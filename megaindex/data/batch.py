@@ -17,6 +17,7 @@ Owns what happens between a dataset sample and the model's input on one GPU:
 from __future__ import annotations
 
 import torch
+from megatron.core.packed_seq_params import PackedSeqParams
 
 from megaindex.cp_layout import thd_partition_indices
 
@@ -116,3 +117,28 @@ def broadcast_batch_to_tp(batch: dict[str, torch.Tensor] | None, device: torch.d
         dist.broadcast(t, src=src, group=group)
         out[k] = t
     return out
+
+
+def packed_seq_params(batch: dict, device: torch.device | None = None, static_max_seqlen: int | None = None) -> PackedSeqParams:
+    """TE's THD parameters from a (CPU) batch. The checks run on the host, then cu_seqlens move to
+    `device` (on the GPU, torch.equal and int() would each wait for the GPU to drain its queue).
+
+    `static_max_seqlen`: run-constant shapes (`static_thd_shapes` above), and cu_seqlens_padded
+    always a tensor of its own: TE infers `pad_between_seqs` from whether the two are the same object,
+    and a flip between rows (one filled by a single document piece, the next with tail padding) would
+    make it select its backend again."""
+    static = static_max_seqlen is not None
+    if static:
+        batch = static_thd_shapes(batch, static_max_seqlen)
+    cu, cu_pad = batch["cu_seqlens"], batch["cu_seqlens_padded"]
+    share = not static and torch.equal(cu, cu_pad)
+    max_len = int(batch["max_seqlen"])
+    if device is not None:
+        cu = cu.to(device, non_blocking=True)
+        cu_pad = cu if share else cu_pad.to(device, non_blocking=True)
+    if share:
+        cu_pad = cu  # same object: TE keeps flash attention eligible (padded != real forces cuDNN)
+    return PackedSeqParams(
+        qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu_pad,
+        cu_seqlens_kv_padded=cu_pad, max_seqlen_q=max_len, max_seqlen_kv=max_len,
+    )

@@ -24,7 +24,7 @@ import torch
 
 from megaindex.data.tokenizer import EOS, IndexTokenizer, TokenizerError
 from megaindex.eval import EvalError
-from megaindex.eval.rope import RopeVariant, parse_rope
+from megaindex.model.rope_variants import RopeVariant, RopeVariantError, parse_rope
 
 ENGINES = ("megatron", "hf")
 
@@ -154,7 +154,10 @@ def load_engine(path: str | Path, *, engine: str = "megatron", rope: RopeVariant
     """
     if engine not in ENGINES:
         raise EvalError(f"engine {engine!r} is not one of {', '.join(ENGINES)}.")
-    variant = None if rope is None else parse_rope(rope)
+    try:
+        variant = None if rope is None else parse_rope(rope)
+    except RopeVariantError as e:
+        raise EvalError(str(e)) from None
     kind, resolved = resolve_path(path)
     if engine == "megatron":
         if kind == "hf":

@@ -4,7 +4,7 @@ Owns `EvalSpec` (tasks x RoPE variants x lengths x depths x repeats, prompt styl
 parsing its command-line forms, each with a one-line EvalError for bad input:
   --tasks needle,passkey,ppl     --lengths 1k,2k,32k (k = 1024 model tokens) or 9000,13000
   --depths 0:100:11 (start:stop:count, evenly spaced, ends included) or 0,10,21,31
-  --rope naive,dynamic:8,yarn:16,linear:16 (megaindex.eval.rope)
+  --rope naive,dynamic:8,yarn:16,linear:16 (megaindex.model.rope_variants)
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class EvalSpec:
         if self.repeats < 1:
             raise EvalError(f"--repeats {self.repeats}: must be at least 1.")
         if not self.variants:
-            from megaindex.eval.rope import parse_rope
+            from megaindex.model.rope_variants import parse_rope
 
             self.variants = [parse_rope("naive")]
 
@@ -100,9 +100,12 @@ def parse_depths(text: str) -> list[float]:
 
 
 def parse_variants(text: str) -> list:
-    from megaindex.eval.rope import parse_rope
+    from megaindex.model.rope_variants import RopeVariantError, parse_rope
 
-    variants = [parse_rope(s) for s in _split(text, "--rope")]
+    try:
+        variants = [parse_rope(s) for s in _split(text, "--rope")]
+    except RopeVariantError as e:
+        raise EvalError(f"--rope: {e}") from None
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise EvalError(f"--rope {text!r} names a variant twice.")

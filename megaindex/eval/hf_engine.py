@@ -5,7 +5,7 @@ Owns running a stock `LlamaForCausalLM` (SDPA attention) for evaluation: loaded 
 or exported in memory from a megaindex checkpoint with the converter's own code
 (megaindex.convert.to_hf: open_for_export + hf_tensors, the Norm-Head baked into lm_head as in a
 `--format llama` export) — one model implementation, no second one. RoPE variants go through
-transformers' own `rope_parameters` (megaindex.eval.rope.hf_rope_parameters) and a fresh rotary
+transformers' own `rope_parameters` (megaindex.model.rope_variants.hf_rope_parameters) and a fresh rotary
 module; HF's dynamic NTK keeps the longest length it has seen, so scoring calls start from a
 fresh module (s = this sequence's length, like the megatron engine) and generation grows it as
 transformers does.
@@ -21,7 +21,7 @@ import torch
 from megaindex.data.tokenizer import EOS, IndexTokenizer
 from megaindex.eval import EvalError
 from megaindex.eval.engine import Forced, LengthLimit, forced_from_argmax, open_tokenizer
-from megaindex.eval.rope import RopeVariant, hf_rope_parameters, variant_from_hf_config
+from megaindex.model.rope_variants import RopeVariant, hf_rope_parameters, variant_from_hf_config
 
 LOGIT_BLOCK = 2048
 

@@ -29,7 +29,7 @@ import torch
 from megaindex.data.tokenizer import EOS, IndexTokenizer
 from megaindex.eval import EvalError
 from megaindex.eval.engine import Forced, LengthLimit, forced_from_argmax, open_tokenizer
-from megaindex.eval.rope import RopeVariant, apply_rope_variant
+from megaindex.model.rope_variants import RopeVariant, apply_rope_variant
 
 LOGIT_BLOCK = 2048  # positions per output-layer block (2048 x 65K fp32 logits = 0.5 GB)
 
@@ -160,7 +160,7 @@ class MegatronEngine(LengthLimit):
         """For each sequence: (argmax, log p(next token)) at its `wanted` positions (next = seq[pos+1])."""
         from megaindex.cp_layout import thd_partition_indices
         from megaindex.data.packing import round_up
-        from megaindex.training.loss import packed_seq_params
+        from megaindex.data.batch import packed_seq_params
 
         pad = 2 * self.cp if self.cp > 1 else 1
         padded = [round_up(len(s), pad) for s in seqs]

@@ -20,7 +20,7 @@ import torch
 from megaindex.eval import EvalError
 from megaindex.eval.grid import EvalSpec
 from megaindex.eval.haystack import Haystack, resolve_haystack
-from megaindex.eval.rope import parse_rope
+from megaindex.model.rope_variants import parse_rope
 from megaindex.eval.run import build_samples, run_grid
 from megaindex.eval.summary import summarize
 

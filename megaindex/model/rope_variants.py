@@ -25,7 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from megaindex.eval import EvalError
+
+class RopeVariantError(ValueError):
+    """A RoPE variant spec that cannot be used; the message says which and what to write instead."""
+
 
 KINDS = ("naive", "linear", "dynamic", "yarn")
 YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0
@@ -40,11 +43,11 @@ class RopeVariant:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise EvalError(f"RoPE variant {self.kind!r} is not one of {', '.join(KINDS)} (e.g. dynamic:8).")
+            raise RopeVariantError(f"RoPE variant {self.kind!r} is not one of {', '.join(KINDS)} (e.g. dynamic:8).")
         if self.kind == "naive" and self.factor != 1.0:
-            raise EvalError(f"RoPE variant naive takes no factor (got {self.factor:g}).")
+            raise RopeVariantError(f"RoPE variant naive takes no factor (got {self.factor:g}).")
         if self.kind != "naive" and not self.factor > 1.0:
-            raise EvalError(f"RoPE variant {self.kind} needs a factor > 1 (e.g. {self.kind}:8), got {self.factor:g}.")
+            raise RopeVariantError(f"RoPE variant {self.kind} needs a factor > 1 (e.g. {self.kind}:8), got {self.factor:g}.")
 
     @property
     def name(self) -> str:
@@ -65,12 +68,12 @@ def parse_rope(spec: str | RopeVariant | None) -> RopeVariant:
     kind, _, factor = spec.strip().partition(":")
     if not factor:
         if kind != "naive":
-            raise EvalError(f"RoPE variant {spec!r} needs a factor, e.g. {kind}:8 (only naive takes none).")
+            raise RopeVariantError(f"RoPE variant {spec!r} needs a factor, e.g. {kind}:8 (only naive takes none).")
         return RopeVariant()
     try:
         value = float(factor)
     except ValueError:
-        raise EvalError(f"RoPE variant {spec!r}: factor {factor!r} is not a number (e.g. dynamic:8).") from None
+        raise RopeVariantError(f"RoPE variant {spec!r}: factor {factor!r} is not a number (e.g. dynamic:8).") from None
     return RopeVariant(kind, value)
 
 
@@ -126,7 +129,7 @@ def variant_from_hf_config(raw: dict) -> tuple[RopeVariant, int]:
     if kind == "default":
         return RopeVariant(), length
     if kind not in KINDS:
-        raise EvalError(f"config.json: rope_type {kind!r} is not one of default, {', '.join(KINDS[1:])}.")
+        raise RopeVariantError(f"config.json: rope_type {kind!r} is not one of default, {', '.join(KINDS[1:])}.")
     return RopeVariant(kind, float(params["factor"])), int(params.get("original_max_position_embeddings", length))
 
 
