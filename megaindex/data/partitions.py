@@ -225,11 +225,7 @@ def _merge(parts: list[str], prefix: str, tokenizer_model: str) -> None:
     try:
         for p in parts:
             builder.add_index(p)
-        builder.finalize(tmp + ".idx")
-        os.replace(tmp + ".bin", prefix + ".bin")
-        os.replace(tmp + ".idx", prefix + ".idx")
+        pp.publish_dataset(builder, tmp, prefix)
     except BaseException:
-        builder.data_file.close()
-        for ext in (".bin", ".idx"):
-            Path(tmp + ext).unlink(missing_ok=True)
+        pp.discard_dataset(builder, tmp)
         raise

@@ -241,6 +241,21 @@ class _ThroughputLog:
         )
 
 
+def publish_dataset(builder, tmp: str, prefix: str) -> None:
+    """Finish `builder` (written under the temporary name `tmp`) and rename it to PREFIX.bin/.idx:
+    .bin first, .idx last: a reader needs the .idx, so a prefix is only visible once complete."""
+    builder.finalize(tmp + ".idx")
+    os.replace(tmp + ".bin", prefix + ".bin")
+    os.replace(tmp + ".idx", prefix + ".idx")
+
+
+def discard_dataset(builder, tmp: str) -> None:
+    """Close and remove a half-written dataset (after any error, interrupts included)."""
+    builder.data_file.close()
+    for ext in (".bin", ".idx"):
+        Path(tmp + ext).unlink(missing_ok=True)
+
+
 def temp_name(prefix: str) -> str:
     """The temporary name a process writes `prefix` under (host and pid: see clean_stale_temporaries)."""
     return f"{prefix}.tmp-{socket.gethostname()}-{os.getpid()}"
@@ -328,15 +343,9 @@ def encode_partition(units, prefix: str, tokenizer_model: str, *, kind: str, jso
                 stats.bytes_read += nbytes
                 if on_chunk is not None:
                     on_chunk(nbytes, len(tokens))
-        builder.finalize(tmp + ".idx")
-        # .bin first, .idx last: a reader needs the .idx, so a prefix is only visible once complete.
-        os.replace(tmp + ".bin", prefix + ".bin")
-        os.replace(tmp + ".idx", prefix + ".idx")
+        publish_dataset(builder, tmp, prefix)
     except BaseException:
-        builder.data_file.close()
-        for ext in (".bin", ".idx"):
-            if os.path.exists(tmp + ext):
-                os.remove(tmp + ext)
+        discard_dataset(builder, tmp)
         raise
     stats.seconds = time.time() - t0
     return stats

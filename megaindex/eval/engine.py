@@ -84,6 +84,14 @@ class LengthLimit:
             raise EvalError(f"{what}: token id {bad} is outside the model's vocabulary [0, {self.vocab_size}); "
                             f"was the text encoded with another tokenizer?")
 
+    def nll_positions(self, ids: list[int]) -> list[int]:
+        """Check a sequence for `nll` and return the positions whose next token it scores."""
+        if len(ids) < 2:
+            raise EvalError(f"nll needs at least 2 tokens, got {len(ids)}.")
+        self.check_length(len(ids), "the sequence")
+        self.check_ids(list(ids), "nll")
+        return list(range(len(ids) - 1))
+
     def check_length(self, n: int, what: str) -> None:
         if n > self.max_length:
             hint = ("use a RoPE variant (e.g. dynamic:8), middle truncation, or pass max_length to allow naive "

@@ -148,11 +148,7 @@ class HFEngine(LengthLimit):
         return out
 
     def nll(self, ids: list[int]) -> torch.Tensor:
-        if len(ids) < 2:
-            raise EvalError(f"nll needs at least 2 tokens, got {len(ids)}.")
-        self.check_length(len(ids), "the sequence")
-        self.check_ids(list(ids), "nll")
-        _, lp = self._score(list(ids), list(range(len(ids) - 1)))
+        _, lp = self._score(list(ids), self.nll_positions(ids))
         return (-lp).float()
 
     # ---- generation --------------------------------------------------------------------------

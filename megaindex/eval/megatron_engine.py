@@ -133,11 +133,7 @@ class MegatronEngine(LengthLimit):
 
     def nll(self, ids: list[int]) -> torch.Tensor:
         """fp32 [len(ids)-1]: -log p(ids[t+1] | ids[:t+1]) from one forward."""
-        if len(ids) < 2:
-            raise EvalError(f"nll needs at least 2 tokens, got {len(ids)}.")
-        self.check_length(len(ids), "the sequence")
-        self.check_ids(list(ids), "nll")
-        (_, lp), = self._score([list(ids)], [list(range(len(ids) - 1))])
+        (_, lp), = self._score([list(ids)], [self.nll_positions(ids)])
         return (-lp).float()
 
     def _groups(self, lengths: list[int]) -> list[list[int]]:
