@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from megaindex import exit_codes, library_warnings
@@ -129,6 +130,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (under torchrun for several processes); prints where logs, plot and checkpoints are."""
     cfg = load_config(args.config, args.overrides)
+    # Check the config for this launch's world size before the ~10 s megatron import (distributed
+    # setup checks it again once the groups exist).
+    cfg.validate(int(os.environ.get("WORLD_SIZE", "1")))
     from megaindex.training.run_lock import RunDirLock
 
     # Before the heavy imports: a second trainer on this run directory fails at once.

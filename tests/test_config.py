@@ -292,3 +292,21 @@ def test_overrides_may_follow_options_in_every_command():
     assert args.overrides == ["optim.lr=1e-5", "data.seq_length=128"] and args.json
     with pytest.raises(SystemExit):
         parse_args_with_overrides(p, ["r.yaml", "--jsno"])
+
+
+def test_train_refuses_a_bad_config_before_importing_megatron(tmp_path):
+    """`megaindex train` checks the config before the ~10 s megatron import: with a `megatron`
+    package that fails on import first on the path, a bad value still gives the one-line error."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "megatron"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('megatron imported before the config was checked')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO)])}
+    r = subprocess.run([sys.executable, "-m", "megaindex", "train", str(REPO / "examples" / "tiny_long_pt.yaml"),
+                        "optim.lr=-1", f"train.run_dir={tmp_path / 'run'}"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "optim.lr is -1.0; it must be greater than 0." in r.stderr and "Traceback" not in r.stderr
