@@ -35,24 +35,6 @@ MODEL_34M = ["model.num_layers=8", "model.hidden_size=512", "model.num_attention
              "model.ffn_hidden_size=1472", "model.vocab_size=8000"]
 
 
-class TimedIterator:
-    """Counts the seconds spent waiting in next() (the data loader's share of the host time)."""
-
-    def __init__(self, it):
-        self.it, self.wait_s, self.calls = it, 0.0, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        t = time.perf_counter()
-        try:
-            return next(self.it)
-        finally:
-            self.wait_s += time.perf_counter() - t
-            self.calls += 1
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", required=True)
@@ -89,24 +71,22 @@ def main() -> int:
     cfg = load_config(args.recipe, overrides)
     trainer = Trainer(cfg)
     params = sum(p.numel() for c in trainer.chunks for p in c.parameters())
-    timed = TimedIterator(trainer.train_iters)
-    trainer.train_iters = timed
+    n_mb = trainer.num_microbatches
     rows = []
     for step in range(args.steps):
         sync()
-        timed.wait_s, timed.calls = 0.0, 0
+        trainer.timers.pop()  # the trainer's own phase timers: data wait is charged by its loader wrapper
         t0 = time.perf_counter()
         out = trainer.train_step()
         sync()
         dt = time.perf_counter() - t0
-        rows.append({"step": step + 1, "step_time_s": dt, "data_wait_s": timed.wait_s, "microbatches": timed.calls,
-                     "loss": out["loss"]})
-        print(f"[{args.name}] step {step + 1}: {dt:.3f} s, {timed.calls} micro-batches, "
-              f"{dt / timed.calls * 1e3:.2f} ms each (data wait {timed.wait_s / timed.calls * 1e3:.2f} ms), loss {out['loss']:.4f}",
+        wait_s = trainer.timers.t.get("data_wait_s", 0.0)
+        rows.append({"step": step + 1, "step_time_s": dt, "data_wait_s": wait_s, "microbatches": n_mb, "loss": out["loss"]})
+        print(f"[{args.name}] step {step + 1}: {dt:.3f} s, {n_mb} micro-batches, "
+              f"{dt / n_mb * 1e3:.2f} ms each (data wait {wait_s / n_mb * 1e3:.2f} ms), loss {out['loss']:.4f}",
               flush=True)
     measured = rows[args.warmup:]
     step_s = statistics.median(r["step_time_s"] for r in measured)
-    n_mb = measured[0]["microbatches"]
     tokens = args.rows * args.seq_length
     result = {
         "name": args.name, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "params": params, "seq_length": args.seq_length,
