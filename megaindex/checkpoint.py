@@ -372,7 +372,7 @@ def _prune(save_dir: Path, keep_last: int, keep: set[str], keep_every: int = 0) 
         return
     steps = [p for p in step_dirs(save_dir) if (p / META_FILE).is_file()]
     if keep_every > 0:
-        steps = [p for p in steps if not p.name[5:].isdigit() or int(p.name[5:]) % keep_every]
+        steps = [p for p in steps if int(p.name[5:]) % keep_every]  # step_dirs: step_<digits> only
     for old in steps[:-keep_last]:
         if old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
