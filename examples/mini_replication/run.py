@@ -68,19 +68,20 @@ SMOKE = Scale(
     stage0=["model.preset=tiny", "model.max_position_embeddings=256", "data.seq_length=256", "data.micro_batch_size=4",
             "data.global_batch_tokens=2048", "data.whole_documents=256", "data.num_workers=0", "train.train_iters=6",
             "train.eval_interval=6", "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=6",
-            "log.log_interval=1", "data.split=90,10,0", "eval.interval=6", "eval.lengths=[256]", "eval.repeats=1"],
+            "log.log_interval=1", "data.split=90,10,0", "eval.interval=6", "eval.lengths=[256]", "eval.repeats=1", "eval.tasks=[passkey]"],
     stage1=["model.preset=tiny", "model.max_position_embeddings=1024", "data.seq_length=1024", "data.global_batch_tokens=2048",
             "data.whole_documents=256", "data.num_workers=0", "train.train_iters=3", "train.eval_interval=3",
             "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=3", "log.log_interval=1",
-            "data.split=90,10,0", "eval.interval=3", "eval.lengths=[1024]"],
+            "data.split=90,10,0", "eval.interval=3", "eval.lengths=[1024]", "eval.tasks=[passkey]"],
     ablations={"ctx_warmup": ["data.context_length_warmup=[[1,256],[2,512]]"]},
     lengths="256,512,1024", depths="0:100:3", repeats=1, base_ropes=("naive,dynamic:4", "dynamic:2,yarn:4"),
 )
 
 
 class Ctx:
-    def __init__(self, work: Path, scale: Scale, force: bool):
+    def __init__(self, work: Path, scale: Scale, force: bool, extra: list[str] | None = None):
         self.work, self.scale, self.force = work, scale, force
+        self.extra = list(extra or [])  # --set: overrides for every training step of this command
         self.smoke = scale is SMOKE
 
     def p(self, *parts: str) -> Path:
@@ -251,11 +252,12 @@ def step_unstage(ctx: Ctx, sources: list[Path] | None = None) -> list[Path]:
 # ---- steps on the GPU node: training -----------------------------------------------------------------
 def _train(ctx: Ctx, recipe: str, overrides: list[str], run_name: str) -> list[Path]:
     from megaindex.cli import main as megaindex
+    from megaindex.config import load_config
 
     from megaindex import checkpoint
 
     path, overrides = ctx.recipe(recipe, overrides)
-    overrides = [*overrides, f"train.run_dir={ctx.p(run_name)}", f"data.cache_dir={ctx.p('cache')}"]
+    overrides = [*overrides, *ctx.extra, f"train.run_dir={ctx.p(run_name)}", f"data.cache_dir={ctx.p('cache')}"]
     if checkpoint.resume_point(ctx.p(run_name, "checkpoints"))[0] is None:
         # nothing to resume (first attempt, or one killed before its first checkpoint): start clean
         # rather than be refused over the metrics an unfinished attempt left
@@ -266,6 +268,12 @@ def _train(ctx: Ctx, recipe: str, overrides: list[str], run_name: str) -> list[P
     rc = megaindex(["train", str(path), *overrides])
     if rc != 0:
         raise SystemExit(f"megaindex train {recipe} exited with {rc}; rerun the step to resume from its last checkpoint")
+    last, _ = checkpoint.resume_point(ctx.p(run_name, "checkpoints"))
+    want = load_config(path, overrides).train.train_iters
+    got = int(last.name[5:]) if last is not None else 0
+    if want is not None and got < want:  # stopped on purpose (train.exit_at_step, a time limit): not done, resumable
+        raise SystemExit(f"{run_name} stopped at step {got} of {want} (checkpoint {last}); "
+                         f"rerun the step to resume it")
     return [ctx.p(run_name, "checkpoints", "latest"), ctx.p(run_name, "metrics.jsonl")]
 
 
@@ -366,11 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="toy scale on CPU (the CI fixture corpus, no downloads)")
     ap.add_argument("--work", type=Path, default=None, help="work directory (default runs/mini_replication or runs/mini_smoke)")
     ap.add_argument("--force", action="store_true", help="redo steps already done")
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override for every training step of this command, e.g. train.exit_at_step=1024 "
+                         "to split a long stage over two device calls (the step is then not done until rerun)")
     ap.add_argument("--publish", action="store_true", help="report: also write benchmarks/replication_summary.json and PNGs")
     args = ap.parse_args(argv)
     scale = SMOKE if args.smoke else FULL
     work = (args.work or REPO / "runs" / ("mini_smoke" if args.smoke else "mini_replication")).resolve()
-    ctx = Ctx(work, scale, args.force)
+    ctx = Ctx(work, scale, args.force, args.extra)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     names = list(STEPS) if args.steps == ["all"] else args.steps
     if names == ["status"]:
