@@ -56,10 +56,16 @@ def test_probe_scores_land_in_metrics_and_tensorboard(stage1):
                 "probe_needle_192", "probe_needle_256"} <= set(r)
         assert 0 <= r["probe_needle"] <= 100 and r["probe_passkey"] in (0, 25, 50, 75, 100)  # 4 keys per step
         assert r["probe_needle"] == pytest.approx((r["probe_needle_192"] + r["probe_needle_256"]) / 2, abs=1e-3)
+        for task in ("passkey", "needle"):  # the forced token accuracy (%) beside each score
+            per_length = [r[f"probe_{task}_tokacc_{L}"] for L in (192, 256)]
+            assert all(0 <= x <= 100 for x in per_length)
+            assert r[f"probe_{task}_tokacc"] == pytest.approx(sum(per_length) / 2, abs=1e-3)
+        assert r["probe_passkey_tokacc"] >= r["probe_passkey"]  # an exact key has every token right
     (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
     acc = EventAccumulator(str(events))
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/probe_needle")] == [1, 2]
+    assert [e.step for e in acc.Scalars("train/probe_passkey_tokacc")] == [1, 2]
 
 
 def test_eval_writes_results_summary_and_plots(stage1, tmp_path):
@@ -85,6 +91,7 @@ def test_eval_writes_results_summary_and_plots(stage1, tmp_path):
         assert x["length"] in (256, 512) and x["input_length"] < x["length"] and not x["truncated"]
         assert x["actual_depth"] <= x["depth"] and x["logprob"] < 0 and 0 <= x["score"] <= 100
         assert x["score"] == 100 * x["exact"] if x["task"] == "passkey" else x["score"] <= 20 or x["score"] == 100
+        assert 0 <= x["token_accuracy"] <= 1 and (x["token_accuracy"] == 1) == x["exact"]  # forced: 1 iff exact
     assert {x["lang"] for x in rows if x["task"] == "needle"} == {"en", "zh"}
     ppl = [x for x in rows if x["task"] == "ppl"]
     assert all(x["ppl"] > 1 and sum(b[3] for b in x["buckets"]) == x["length"] - 1 for x in ppl)
@@ -102,9 +109,13 @@ def test_eval_writes_results_summary_and_plots(stage1, tmp_path):
         assert n["overall"] == pytest.approx(sum(n["by_length"].values()) / 2, abs=1e-3)
         assert set(summary["passkey"][v]["accuracy_by_length"]) == {"256", "512"}
         assert set(summary["ppl"][v]["by_length"]) == {"256", "512"} and summary["ppl"][v]["nll_by_position"]
+        for task in ("needle", "passkey"):
+            for L, acc in summary[task][v]["token_accuracy_by_length"].items():
+                mine = [x["token_accuracy"] for x in scored if (x["task"], x["variant"], str(x["length"])) == (task, v, L)]
+                assert acc == pytest.approx(sum(mine) / len(mine), abs=1e-4)
     for png in ("needle_heatmap_naive.png", "needle_heatmap_dynamic2.png", "score_vs_length.png", "ppl.png"):
         assert (out / png).stat().st_size > 10_000, png
-    assert "wrote" in r.stdout and "needle  naive" in r.stdout
+    assert "wrote" in r.stdout and "needle  naive" in r.stdout and "token accuracy 256:" in r.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -163,8 +174,8 @@ def test_probe_restores_the_model(tiny):
         scores = Probe(cfg, tok).run(model)
     finally:
         os.chdir(cwd)
-    assert set(scores) == {"probe_passkey", "probe_passkey_192", "probe_passkey_250", "probe_needle",
-                           "probe_needle_192", "probe_needle_250"}
+    assert set(scores) == {f"probe_{t}{x}" for t in ("passkey", "needle")
+                           for x in ("", "_192", "_250", "_tokacc", "_tokacc_192", "_tokacc_250")}
     assert model.training and model.rotary_pos_emb is rotary
     assert torch.equal(model(ids, pos, attention_mask=None).detach(), before)
 

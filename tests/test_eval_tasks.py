@@ -1,7 +1,7 @@
 """Evaluation tasks on the real tokenizer and held-out corpus (no model): needle insertion (depth,
 sentence snapping, exact token lengths), NeedleBench scoring, the passkey prompt, middle truncation,
-grid parsing errors, the summary's overall score, and that the tiny recipes never train on a
-haystack document."""
+grid parsing errors, token accuracy, the summary's overall score and token accuracy, and that the
+tiny recipes never train on a haystack document."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from megaindex.eval.needle_words import draw_needle
 from megaindex.eval.passkey import GARBAGE, INFO, QUESTION, TASK, PasskeyPrompts
 from megaindex.eval.perplexity import bucket_edges, bucket_nll, ppl_sample
 from megaindex.eval.run import build_samples, check_lengths
-from megaindex.eval.scoring import levenshtein, needlebench_score
+from megaindex.eval.scoring import levenshtein, needlebench_score, token_accuracy
 from megaindex.eval.summary import summarize
 from megaindex.eval.truncate import middle_truncate
 
@@ -189,6 +189,33 @@ def test_summary_overall_is_mean_over_lengths_of_depth_means():
     assert s["grid"]["512"] == {"0": 75.0, "100": 100.0}
     assert s["by_length"] == {"512": 87.5, "1024": 10.0}
     assert s["overall"] == pytest.approx((87.5 + 10.0) / 2)
+
+
+def test_token_accuracy_is_the_share_of_answer_tokens_right(tok):
+    assert token_accuracy([5, 0, 7, 0], [5, 6, 7, 8]) == 0.5
+    assert token_accuracy([1, 2, 3], [1, 2, 3]) == 1.0 and token_accuracy([], [1, 2]) == 0.0
+    # The replication's failure: a passkey whose first answer token is wrong and the rest copied.
+    gold = PasskeyPrompts(tok).sample(length=512, depth=50, repeat=0).answer_ids
+    n = len(gold)
+    assert n >= 2
+    wrong_first = [gold[0] + 1] + gold[1:]
+    assert token_accuracy(wrong_first, gold) == pytest.approx((n - 1) / n) and wrong_first != gold
+    with pytest.raises(ValueError):
+        token_accuracy([1], [])
+
+
+def test_summary_token_accuracy_by_length():
+    rows = [{"task": t, "variant": "naive", "lang": "en", "length": L, "depth": d, "score": 0.0, "exact": a == 1.0,
+             "token_accuracy": a}
+            for t in ("needle", "passkey")
+            for L, d, a in ((512, 0, 0.8), (512, 100, 0.4), (1024, 0, 0.0), (1024, 100, 1.0))]
+    s = summarize(rows)
+    for task in ("needle", "passkey"):
+        assert s[task]["naive"]["token_accuracy_by_length"] == {"512": 0.6, "1024": 0.5}
+        assert s[task]["naive"]["token_accuracy"] == pytest.approx(0.55)
+    assert s["passkey"]["naive"]["accuracy_by_length"] == {"512": 0.0, "1024": 0.5}
+    old = [{k: v for k, v in r.items() if k != "token_accuracy"} for r in rows]  # results.jsonl from before it
+    assert "token_accuracy" not in summarize(old)["passkey"]["naive"]
 
 
 def test_tiny_recipes_never_train_on_haystack_documents(tok):

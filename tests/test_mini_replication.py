@@ -77,6 +77,23 @@ def test_thresholds_met_missed_and_not_measured():
     assert got["longpt_mean"] == got["ntk_gap"] == "not measured" and got["gate_needle"] == "met"
 
 
+def test_report_shows_token_accuracy(tmp_path):
+    """The forced token accuracy of `megaindex eval`'s summary.json reaches the summary and the tables."""
+    (tmp_path / "base_naive").mkdir()
+    summary = {"meta": {"train_length": 2048},
+               "needle": {"naive": {"by_length": {"1024": 6.5, "2048": 5.0}, "grid": {},
+                                    "token_accuracy_by_length": {"1024": 0.25, "2048": 0.125}}},
+               "passkey": {"naive": {"accuracy_by_length": {"1024": 0.0, "2048": 0.0},
+                                     "token_accuracy_by_length": {"1024": 0.6, "2048": 0.4}}}}
+    (tmp_path / "base_naive" / "summary.json").write_text(json.dumps(summary))
+    variants = report.load_variants(tmp_path)
+    assert variants["base+naive"]["passkey_token_accuracy_by_length"] == {1024: 0.6, 2048: 0.4}
+    md = report.markdown(variants, [])
+    assert "## Passkey token accuracy (%" in md and "| base+naive | 60.0 | 40.0 |" in md
+    assert "## Needle token accuracy (%" in md and "| base+naive | 25.0 | 12.5 |" in md
+    assert "token accuracy" not in report.markdown({"x": _variant({1024: 5.0}, {1024: 0.0})}, [])
+
+
 @pytest.mark.slow
 def test_smoke_runs_every_step(tmp_path):
     """`run.py all --smoke`: every step runs and leaves its outputs; the report has every variant."""
@@ -102,6 +119,7 @@ def test_smoke_runs_every_step(tmp_path):
     for v in summary["variants"].values():
         assert set(v["needle_mean_by_length"]) == {"256", "512", "1024"}
         assert set(v["passkey_accuracy_by_length"]) == {"256", "512", "1024"}
+        assert set(v["passkey_token_accuracy_by_length"]) == {"256", "512", "1024"}
     assert {t["status"] for t in summary["thresholds"]} <= {"met", "missed", "not measured"}
     assert len(summary["thresholds"]) == 8
     for png in ("heatmaps.png", "score_vs_length.png"):

@@ -3,7 +3,9 @@
 Reads the `summary.json` files `megaindex eval` wrote under EVAL_DIR (base_*/ for the stage-0 model
 with every RoPE variant, longpt/ for stage 1, ablation_*/ for the ablations) and writes into OUT:
   replication_summary.json  per model variant: mean needle score per length, passkey accuracy per
-                            length, perplexity per length; the thresholds, each met or missed
+                            length, perplexity per length, the forced token accuracy per length of
+                            both tasks (share of answer tokens right under teacher forcing: partial
+                            retrieval that exact match hides); the thresholds, each met or missed
   results.md                the same as tables, plus the thresholds
   heatmaps.png              needle heatmaps side by side: base + naive, base + Dynamic NTK, Long-PT
   score_vs_length.png       needle score vs length, one line per variant
@@ -45,6 +47,8 @@ def load_variants(eval_dir: Path) -> dict[str, dict]:
                 "needle_mean_by_length": _num(n.get("by_length", {})),
                 "passkey_accuracy_by_length": _num(p.get("accuracy_by_length", {})),
                 "ppl_by_length": _num(q.get("by_length", {})),
+                "needle_token_accuracy_by_length": _num(n.get("token_accuracy_by_length", {})),
+                "passkey_token_accuracy_by_length": _num(p.get("token_accuracy_by_length", {})),
                 "needle_grid": {int(L): {float(d): float(x) for d, x in ds.items()} for L, ds in n.get("grid", {}).items()},
                 "train_length": s.get("meta", {}).get("train_length"),
             }
@@ -115,18 +119,22 @@ def markdown(variants: dict[str, dict], thresholds: list[dict]) -> str:
     lengths = _lengths(variants)
     fmt = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
     head = "| variant | " + " | ".join(f"{L}" for L in lengths) + " |\n|---|" + "---|" * len(lengths) + "\n"
-    needle = "".join(f"| {k} | " + " | ".join(fmt(v["needle_mean_by_length"].get(L)) for L in lengths) + " |\n"
-                     for k, v in variants.items())
-    passkey = "".join(f"| {k} | " + " | ".join(fmt(None if L not in v["passkey_accuracy_by_length"] else
-                                                    100 * v["passkey_accuracy_by_length"][L]) for L in lengths) + " |\n"
-                      for k, v in variants.items())
-    ppl = "".join(f"| {k} | " + " | ".join(fmt(v["ppl_by_length"].get(L)) for L in lengths) + " |\n"
-                  for k, v in variants.items())
+
+    def rows(field: str, scale: float = 1.0) -> str:
+        return "".join(f"| {k} | " + " | ".join(fmt(None if L not in v.get(field, {}) else scale * v[field][L])
+                                                 for L in lengths) + " |\n" for k, v in variants.items())
+
+    def table(title: str, field: str, scale: float = 1.0) -> str:
+        return f"## {title}\n\n{head}{rows(field, scale)}\n"
+
     th = "| threshold | value | target | status |\n|---|---|---|---|\n" + "".join(
         f"| {t['threshold']} | {fmt(t['value'])} | {t['target']} | **{t['status']}** |\n" for t in thresholds)
-    return (f"## Needle score (0-100) by length (model tokens)\n\n{head}{needle}\n"
-            f"## Passkey accuracy (%) by length\n\n{head}{passkey}\n"
-            f"## Perplexity by length\n\n{head}{ppl}\n## Pre-registered thresholds\n\n{th}")
+    tokacc = "".join(table(f"{t.capitalize()} token accuracy (%, forced: answer tokens right under teacher forcing)",
+                           f"{t}_token_accuracy_by_length", 100)
+                     for t in ("passkey", "needle") if any(v.get(f"{t}_token_accuracy_by_length") for v in variants.values()))
+    return (table("Needle score (0-100) by length (model tokens)", "needle_mean_by_length")
+            + table("Passkey accuracy (%) by length", "passkey_accuracy_by_length", 100) + tokacc
+            + table("Perplexity by length", "ppl_by_length") + f"## Pre-registered thresholds\n\n{th}")
 
 
 def plots(variants: dict[str, dict], out: Path) -> list[Path]:
@@ -188,7 +196,8 @@ def write_report(eval_dir: Path, out: Path, *, publish_to: Path | None = None) -
         "schema": SCHEMA, "length_unit": "model tokens", "base_train_length": train_length,
         "lengths": _lengths(variants),
         "variants": {k: {f: ({str(L): round(x, 4) for L, x in v[f].items()} if isinstance(v[f], dict) else v[f])
-                         for f in ("model", "rope", "needle_mean_by_length", "passkey_accuracy_by_length", "ppl_by_length")}
+                         for f in ("model", "rope", "needle_mean_by_length", "passkey_accuracy_by_length", "ppl_by_length",
+                                   "needle_token_accuracy_by_length", "passkey_token_accuracy_by_length")}
                      for k, v in variants.items()},
         "thresholds": thresholds,
     }

@@ -115,6 +115,8 @@ def run(args: argparse.Namespace) -> dict:
             "tasks": spec.tasks, "lengths": spec.lengths, "depths": spec.depths, "repeats": spec.repeats,
             "variants": [v.name for v in spec.variants], "prompt": spec.prompt, "truncate": spec.truncate,
             "prediction": "greedy generation" if spec.generate else "forced argmax",
+            "token_accuracy": "share of gold answer tokens equal to the forced argmax (teacher forcing), "
+                              "with --generate too",
             "length_unit": "model tokens, prompt + gold answer",
             "haystack": [str(p) for p in hay_files] if hay_files else None, "seconds": round(time.time() - t0, 2)}
     summary = summarize(results, meta=meta)
@@ -124,11 +126,18 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _print_summary(summary: dict) -> None:
+    def tokacc(v: str, s: dict) -> None:  # the forced per-token copy rate, under its exact-match line
+        if "token_accuracy_by_length" in s:
+            print(f"        {v:<12} token accuracy " +
+                  " ".join(f"{L}:{x:.2f}" for L, x in s["token_accuracy_by_length"].items()))
+
     for v, s in summary.get("needle", {}).items():
         print(f"needle  {v:<12} overall {s['overall']:6.2f}  by length " +
               " ".join(f"{L}:{x:.1f}" for L, x in s["by_length"].items()))
+        tokacc(v, s)
     for v, s in summary.get("passkey", {}).items():
         print(f"passkey {v:<12} accuracy " + " ".join(f"{L}:{x:.2f}" for L, x in s["accuracy_by_length"].items()))
+        tokacc(v, s)
     for v, s in summary.get("ppl", {}).items():
         print(f"ppl     {v:<12} " + " ".join(f"{L}:{x:.2f}" for L, x in s["by_length"].items()))
 

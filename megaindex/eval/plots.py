@@ -5,7 +5,8 @@ Owns `write_plots(summary, out_dir) -> [paths]`:
   needle_heatmap_<variant>.png  rows = depth (%), columns = length (model tokens), cell = mean
       NeedleBench score, colour map #F0496E -> #EBB839 -> #0CD79F over 0-100, the per-length mean as
       a line on the same 0-100 scale (right axis), overall score in the title;
-  score_vs_length.png           needle score and passkey accuracy vs length, one line per variant;
+  score_vs_length.png           needle score and passkey accuracy vs length, one line per variant,
+      and dashed in the same colour the forced token accuracy (%) where the summary has it;
   ppl.png                       mean NLL per position bucket and perplexity vs length, one line per
       variant, a dashed line at the training length.
 """
@@ -84,7 +85,12 @@ def score_vs_length(summary: dict, out: Path, train_length: int | None) -> Path:
             series = s["by_length"] if task == "needle" else s["accuracy_by_length"]
             xs = sorted(series, key=int)
             scale = 1 if task == "needle" else 100
-            ax.plot([int(x) for x in xs], [series[x] * scale for x in xs], marker="o", label=variant)
+            line, = ax.plot([int(x) for x in xs], [series[x] * scale for x in xs], marker="o", label=variant)
+            tok = s.get("token_accuracy_by_length")
+            if tok:
+                ts = sorted(tok, key=int)
+                ax.plot([int(x) for x in ts], [100 * tok[x] for x in ts], ls="--", marker=".", color=line.get_color(),
+                        label=f"{variant} token accuracy (%)")
         if train_length:
             ax.axvline(train_length, color="gray", ls="--", lw=1, label=f"trained at {train_length}")
         ax.set_xscale("log", base=2)

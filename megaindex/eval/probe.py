@@ -7,7 +7,10 @@ forced scoring through the evaluation engine (megaindex.eval.megatron_engine) on
 chunk, then puts the model back exactly as it was: its rotary module, RoPE fusion flag, YaRN
 factors and train/eval mode. The returned scalars go into that step's metrics.jsonl line and
 TensorBoard (train/probe_*): probe_passkey / probe_needle (0-100, mean over lengths) and
-probe_passkey_<L> / probe_needle_<L> per length.
+probe_passkey_<L> / probe_needle_<L> per length; beside each, the forced token accuracy in %
+(probe_<task>_tokacc, probe_<task>_tokacc_<L>: the share of answer tokens the model gets right
+under teacher forcing), which shows partial retrieval (a key copied but for its first digit)
+growing before exact match moves.
 
 Every rank runs the probe (CP ranks split each sequence as in training; DP ranks score the same
 samples); it needs the whole model on each rank of a CP group, i.e. TP = PP = 1.
@@ -72,4 +75,8 @@ class Probe:
             per_length = s["accuracy_by_length"] if task == "passkey" else s["by_length"]
             for length, v in per_length.items():
                 out[f"probe_{task}_{length}"] = v * (100 if task == "passkey" else 1)
+            if "token_accuracy" in s:
+                out[f"probe_{task}_tokacc"] = 100 * s["token_accuracy"]
+                for length, v in s["token_accuracy_by_length"].items():
+                    out[f"probe_{task}_tokacc_{length}"] = 100 * v
         return out

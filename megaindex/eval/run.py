@@ -6,13 +6,16 @@ unless middle truncation is on), and `run_grid`, which sets each variant on the 
 samples in batches and yields one result dict per sample:
 
   needle/passkey: task, variant, lang, length (prompt + gold answer tokens), input_length (the
-    prompt the model read, after any truncation), depth, actual_depth, repeat, prediction, gold, score, exact, logprob, truncated
+    prompt the model read, after any truncation), depth, actual_depth, repeat, prediction, gold, score, exact,
+    token_accuracy, logprob, truncated
   ppl: task, variant, lang, length, repeat, nll_mean, ppl, buckets [[start, end, nll sum, count]],
     concatenated
 
 Predictions are the model's argmax at the answer positions of one forward over prompt + gold answer
 (forced scoring; equal to greedy decoding whenever the answer is right) or, with spec.generate, its
 greedy continuation. Scores: NeedleBench's for the needle, 100 x exact match for the passkey.
+token_accuracy (both tasks) is the share of gold answer tokens equal to the forced argmax at their
+position; it always comes from the forced forward, which runs with --generate too (its logprob).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from megaindex.eval.needle import needle_sample
 from megaindex.eval.passkey import PasskeyPrompts
 from megaindex.eval.perplexity import bucket_edges, bucket_nll, perplexity, ppl_sample
 from megaindex.eval.sample import Sample
-from megaindex.eval.scoring import needlebench_score
+from megaindex.eval.scoring import needlebench_score, token_accuracy
 from megaindex.eval.truncate import middle_truncate
 
 GENERATE_SLACK = 8  # extra new tokens over the gold answer's length when generating
@@ -105,7 +108,8 @@ def _scored(spec, engine, variant: str, batch: list[Sample]) -> list[dict]:
         out.append({"task": s.task, "variant": variant, "lang": s.lang, "length": s.length,
                     "input_length": len(prompt), "depth": s.depth, "actual_depth": round(s.actual_depth, 3),
                     "repeat": s.repeat, "prediction": prediction, "gold": s.gold, "score": round(score, 4),
-                    "exact": bool(exact), "logprob": round(f.logprob, 5), "truncated": cut})
+                    "exact": bool(exact), "token_accuracy": round(token_accuracy(f.argmax_ids, s.answer_ids), 4),
+                    "logprob": round(f.logprob, 5), "truncated": cut})
     return out
 
 

@@ -9,6 +9,9 @@ Owns `summarize(results, ...)`. Per RoPE variant:
            nll_by_position = [[start, end, mean NLL], ...] over the samples of the longest length
            (positions count from each document's start; shorter lengths read prefixes of the same
            documents, so adding them would only reweight the early buckets).
+  needle and passkey also: token_accuracy_by_length[length] = mean per-sample token accuracy (share
+           of gold answer tokens equal to the forced argmax, 0-1) and token_accuracy = its mean over
+           lengths; left out for rows without the field (results.jsonl written before it existed).
 Keys are strings in JSON (lengths in model tokens, depths in %).
 """
 
@@ -40,6 +43,17 @@ def _needlebench(rows: list[dict]) -> dict:
     return {"overall": round(_mean(by_length.values()), 4), "by_length": by_length, "grid": grid}
 
 
+def _token_accuracy(rows: list[dict]) -> dict:
+    if not rows or any("token_accuracy" not in r for r in rows):
+        return {}
+    per: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        per[r["length"]].append(r["token_accuracy"])
+    by_length = {L: _mean(v) for L, v in sorted(per.items())}
+    return {"token_accuracy": round(_mean(by_length.values()), 4),
+            "token_accuracy_by_length": {str(L): round(x, 4) for L, x in by_length.items()}}
+
+
 def summarize(results: list[dict], *, meta: dict | None = None) -> dict:
     by: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in results:
@@ -50,6 +64,7 @@ def summarize(results: list[dict], *, meta: dict | None = None) -> dict:
             s = _needlebench(rows)
             langs = sorted({r["lang"] for r in rows})
             s["by_lang"] = {lang: _needlebench([r for r in rows if r["lang"] == lang])["overall"] for lang in langs}
+            s.update(_token_accuracy(rows))
             s["samples"] = len(rows)
             out["needle"][variant] = s
         elif task == "passkey":
@@ -60,7 +75,7 @@ def summarize(results: list[dict], *, meta: dict | None = None) -> dict:
             out["passkey"][variant] = {
                 "overall": round(_mean(float(r["exact"]) for r in rows), 4),
                 "accuracy_by_length": {str(L): round(_mean(v), 4) for L, v in sorted(acc.items())},
-                "grid": grid, "samples": len(rows)}
+                "grid": grid, **_token_accuracy(rows), "samples": len(rows)}
         elif task == "ppl":
             per_len: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
             buckets: dict[tuple[int, int], list[float]] = defaultdict(lambda: [0.0, 0])
