@@ -14,8 +14,11 @@ on the last (tied embeddings: the last stage holds a copy of the embedding when 
 Model FLOPs per training step, counted the way papers do: per token 6 x (layer matrices + LM head
 over the real vocabulary) for forward and backward; attention per layer and document of n tokens
 6 * n^2 * h_attn (QK^T and AV, causal half, x3 for training), with documents from the batch's
-cu_seqlens so packing with per-document attention is not credited with attention it never computes.
-Recompute is not counted (model FLOPs, not hardware FLOPs).
+cu_seqlens so packing with per-document attention is not credited with attention it never computes
+(`step_flops`: Megatron-LM's causal convention, ours). NeMo's and torchtitan's published tables
+count the full s x s score matrix of every row instead, 12 * s * h_attn per token and layer
+(`step_flops_full_attention`): the same dense term, twice the attention of one causal document per
+row. Recompute is not counted in either (model FLOPs, not hardware FLOPs).
 
 Memory: the peak of torch's allocated memory on the most loaded pipeline stage, plus a runtime
 allowance. Bytes per GPU, bf16 mixed precision as on the GPU node (fp32 if precision says so):
@@ -111,6 +114,15 @@ def attention_flops(cfg: Config, doc_lengths_sq_sum: int) -> float:
 def step_flops(cfg: Config, tokens: int, doc_lengths_sq_sum: int) -> float:
     """Training FLOPs for `tokens` tokens whose documents have sum(n_i^2) = doc_lengths_sq_sum."""
     return 6.0 * dense_params(cfg) * tokens + attention_flops(cfg, doc_lengths_sq_sum)
+
+
+def step_flops_full_attention(cfg: Config, tokens: int, seq_length: int) -> float:
+    """Training FLOPs as NeMo's and torchtitan's tables count them: the dense term plus the full
+    (not causal) s x s attention of every row of `seq_length`, whatever the documents:
+    6 x dense + 12 x layers x h_attn x seq_length per token."""
+    m = cfg.model
+    attention = 12.0 * m.num_layers * m.num_attention_heads * m.head_dim * seq_length * tokens
+    return 6.0 * dense_params(cfg) * tokens + attention
 
 
 # ---- memory -------------------------------------------------------------------------------------

@@ -65,6 +65,24 @@ def test_model_flops_of_the_32k_recipe():
     assert plan.step_flops(cfg, 32768, 2 * 16384**2) - dense * 32768 == (one_doc - dense * 32768) / 2
 
 
+def test_both_flop_conventions_by_hand():
+    """Four 32K rows (131,072 tokens) of Index-1.9B, by hand. Dense per token: per layer QKV
+    2048 x 6144 = 12,582,912, output 2048^2 = 4,194,304, SwiGLU 3 x 2048 x 5888 = 36,175,872 ->
+    52,953,088 x 36 layers = 1,906,311,168, + head 2048 x 65029 = 133,179,392 -> 2,039,490,560 params,
+    x 6 = 12,236,943,360 FLOPs. Attention per token at s = 32768 (h_attn = 16 x 128 = 2048):
+    causal 6 x 36 x 2048 x 32768 = 14,495,514,624 (Megatron-LM's halving), full s^2 (NeMo's
+    12 * s * h per token and layer, torchtitan's 12 * l * h * q * t) 28,991,029,248."""
+    cfg = load_config(RECIPE)
+    tokens = 4 * 32768
+    causal = plan.step_flops(cfg, tokens, 4 * 32768**2)
+    full = plan.step_flops_full_attention(cfg, tokens, 32768)
+    assert causal == tokens * (12_236_943_360 + 14_495_514_624) == 3_503_876_732_878_848
+    assert full == tokens * (12_236_943_360 + 28_991_029_248) == 5_403_832_825_675_776
+    # Packing with per-document attention changes only the causal count; the full one reads the row.
+    assert plan.step_flops(cfg, tokens, 8 * 16384**2) < causal
+    assert plan.step_flops_full_attention(cfg, tokens, 16384) == tokens * (12_236_943_360 + 28_991_029_248 // 2)
+
+
 def plan_json(capsys, *args: str) -> tuple[int, dict]:
     """`megaindex plan ... --json` in this process (it is arithmetic on the config)."""
     from megaindex.cli import main
