@@ -1,14 +1,20 @@
-"""HF transformers baseline at 32K on one GPU: the reference point for benchmarks/train_throughput.py.
+"""HF transformers baseline: the same training work as benchmarks/train_throughput.py, in stock transformers.
 
-    python benchmarks/hf_baseline.py --steps 4 --warmup 1 --out results.jsonl [--compare results.jsonl]
+    python benchmarks/hf_baseline.py --steps 8 --warmup 2 --sequences-per-step 4 --out results.jsonl
 
-LlamaForCausalLM in the Index-1.9B shape (36 x 2048, 16 heads, SwiGLU 5888, vocab 65029; Norm-Head
-does not change the cost), bf16 weights, SDPA attention, gradient checkpointing on every layer,
-torch AdamW (fused), batch 1 x 32768 tokens of one causal sequence per micro-batch (HF has no
-per-document packed attention with SDPA). Reports tokens/s, model TFLOP/s with the same FLOP count
-as megaindex (megaindex/plan.py: 6 x dense params + causal attention over the documents,
-here one 32K document per row) and peak memory; with --compare, prints the ratio against the
-megaindex records of the same device in that file.
+(benchmarks/compare_hf.py runs this and megaindex one after the other and prints the ratio.)
+LlamaForCausalLM in the recipe's shape (Index-1.9B-32K: 36 x 2048, 16 heads, SwiGLU 5888, vocab
+65029; built from the config.json megaindex's exporter writes, hf_config_dict; Norm-Head does not
+change the cost), bf16 weights on GPU (fp32 on CPU: train.precision auto), SDPA attention,
+gradient checkpointing on every layer, torch AdamW (fused on GPU), one row of seq_length tokens per
+micro-batch, attended as one causal sequence (HF has no per-document packed attention with SDPA:
+the config runs data.packing=concat, which megaindex computes the same way).
+
+The rows are megaindex's own: the same Config (benchmarks/same_work.py) builds the same
+PackedGPTDataset, and step k reads rows k x sequences .. (k+1) x sequences - 1, as the trainer does
+on one GPU; the loss targets are the trainer's (labels, with loss_mask 0 as ignore_index). Reports
+the median step time, tokens/s, TFLOP/s in both FLOP conventions (same_work.flop_rates) and peak
+memory; writes one JSON line to --out.
 """
 
 from __future__ import annotations
@@ -18,74 +24,99 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
+
+import same_work
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seq-length", type=int, default=32768)
-    ap.add_argument("--micro-batches", type=int, default=4, help="sequences per optimizer step (accumulated)")
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--compare", default=None, help="JSONL of benchmarks/train_throughput.py results")
+    ap.add_argument("--name", default="hf_transformers_sdpa_checkpointing")
+    ap.add_argument("--out", default=None, help="JSONL file the result line is appended to")
+    ap.add_argument("--run-dir", default="/tmp/megaindex-bench-hf", help="the data index cache goes under it")
+    same_work.add_work_args(ap, steps=8, warmup=2, sequences=4)
     args = ap.parse_args()
+    same_work.check_work_args(ap, args)
+    args.overrides = ["data.packing=concat", *args.overrides]
+    args.data = same_work.ensure_data(args.data)
 
     import torch
     import transformers
 
-    from megaindex.config import load_config
-    from megaindex.plan import step_flops
-
     from megaindex.convert.hf_config import hf_config_dict
+    from megaindex.data.builder import build_datasets
+    from megaindex.data.tokenizer import IndexTokenizer
+    from megaindex.plan import dense_params, step_flops
 
-    cfg = load_config(None, ["model.preset=index-1.9b-32k", f"data.seq_length={args.seq_length}"])
+    cfg, _ = same_work.work_config(args, Path(args.run_dir))
+    if cfg.data.packing != "concat":
+        ap.error("the HF baseline attends each row as one causal sequence: it runs data.packing=concat only")
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    dtype = torch.float32 if cfg.train.precision == "fp32" or (cfg.train.precision == "auto" and not gpu) else torch.bfloat16
+    seq, rows = cfg.data.seq_length, args.sequences_per_step
+
+    train_ds, _ = build_datasets(cfg, IndexTokenizer(cfg.data.tokenizer_model))
+    samples = [train_ds[i] for i in range(args.steps * rows)]  # read up front: the step time is the model's
+    batches = [(s["tokens"][None], torch.where(s["loss_mask"] > 0, s["labels"], -100)[None]) for s in samples]
+
     # the same config.json the exporter writes for this model (stock Llama layout)
-    hf_cfg = transformers.LlamaConfig(**hf_config_dict(cfg.model, "llama", "bfloat16"), attn_implementation="sdpa")
+    hf_cfg = transformers.LlamaConfig(**hf_config_dict(cfg.model, "llama", str(dtype).split(".")[1]),
+                                      attn_implementation="sdpa")
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = transformers.LlamaForCausalLM(hf_cfg).to(torch.bfloat16)
+    with device:
+        model = transformers.LlamaForCausalLM(hf_cfg).to(dtype)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.1, betas=(0.9, 0.95), fused=True)
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    tokens_per_step = args.micro_batches * args.seq_length
-    flops = step_flops(cfg, tokens_per_step, args.micro_batches * args.seq_length * args.seq_length)
-    times = []
+    o = cfg.optim
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=(o.adam_beta1, o.adam_beta2),
+                            eps=o.adam_eps, fused=gpu)
+    tokens_per_step = rows * seq
+    causal = step_flops(cfg, tokens_per_step, rows * seq * seq)  # every row one causal document
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    times, losses = [], []
     for step in range(args.steps):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
-        for _ in range(args.micro_batches):
-            ids = torch.randint(5, 8000, (1, args.seq_length), device="cuda", generator=gen)
-            loss = model(input_ids=ids, labels=ids).loss / args.micro_batches
+        total = 0.0
+        for ids, labels in batches[step * rows:(step + 1) * rows]:
+            ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            # shift_labels: the trainer's targets as they are (HF would otherwise shift `labels` itself)
+            loss = model(input_ids=ids, labels=labels, shift_labels=labels).loss / rows
             loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            total += loss.detach()
+        if o.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        losses.append(float(total))  # a host sync, as the trainer's loss logging
+        sync()
         dt = time.perf_counter() - t0
         times.append(dt)
-        print(f"step {step + 1}/{args.steps}: {dt:.2f} s, {tokens_per_step / dt:,.0f} tok/s, "
-              f"{flops / dt / 1e12:.1f} TFLOP/s, loss {loss.item() * args.micro_batches:.3f}", flush=True)
+        rate = same_work.flop_rates(cfg, tokens_per_step, seq, causal, dt, 1)
+        print(f"HF step {step + 1}/{args.steps}: {dt:.2f} s, {tokens_per_step / dt:,.0f} tok/s, "
+              f"{rate['tflops_per_gpu']:.1f} TFLOP/s causal, {rate['tflops_per_gpu_full_s2']:.1f} full s^2, "
+              f"loss {losses[-1]:.4f}", flush=True)
     dt = statistics.median(times[args.warmup:])
+    rates = same_work.flop_rates(cfg, tokens_per_step, seq, causal, dt, 1)
     result = {
-        "name": "hf_transformers_sdpa_checkpointing", "device": torch.cuda.get_device_name(), "gpus": 1,
-        "transformers": transformers.__version__, "seq_length": args.seq_length, "global_batch_tokens": tokens_per_step,
-        "steps_measured": len(times) - args.warmup, "step_time_s": dt, "tokens_per_s_per_gpu": tokens_per_step / dt,
-        "tflops_per_gpu": flops / dt / 1e12, "mfu": flops / dt / 1e12 / cfg.log.peak_tflops,
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(sys.argv),
+        "name": args.name, "engine": "hf", "device": torch.cuda.get_device_name() if gpu else "cpu", "gpus": 1,
+        "transformers": transformers.__version__, "torch": torch.__version__, "dtype": str(dtype).split(".")[1],
+        "attention": "sdpa", "recompute": "full (gradient checkpointing, every layer)", "packing": cfg.data.packing,
+        "seq_length": seq, "global_batch_tokens": tokens_per_step, "rows_per_step": rows,
+        "dense_params": dense_params(cfg), "model_tflop_per_step": causal / 1e12,
+        "steps_measured": len(times) - args.warmup, "step_time_s": dt, "step_times_s": times,
+        "tokens_per_s_per_gpu": tokens_per_step / dt, **rates,
+        "mfu": rates["tflops_per_gpu"] / cfg.log.peak_tflops if gpu else None,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if gpu else None,
+        "loss_first_last": [losses[0], losses[-1]],
+        "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
     }
     print("RESULT " + json.dumps(result), flush=True)
     if args.out:
         with open(args.out, "a") as f:
             f.write(json.dumps(result) + "\n")
-    if args.compare:
-        rows = [json.loads(line) for line in open(args.compare) if line.strip()]
-        for r in rows:
-            if r.get("device") == result["device"] and r["name"] != result["name"]:
-                print(f"megaindex {r['name']}: {r['tflops_per_gpu']:.1f} TFLOP/s/GPU = "
-                      f"{r['tflops_per_gpu'] / result['tflops_per_gpu']:.2f}x HF", flush=True)
     return 0
 
 

@@ -6,10 +6,13 @@
         parallel.context_parallel_size=1 train.recompute_granularity=full
 
 Runs `--steps` full training steps of Index-1.9B-32K (examples/index_1.9b_long_pt_32k.yaml plus the
-overrides) through megaindex.training.Trainer, skips the first `--warmup` steps, and reports the
-median tokens/s/GPU, model TFLOP/s/GPU (6 x dense params + causal attention over the actual
-documents, see megaindex/plan.py), MFU against 989 TFLOP/s, peak allocated memory, and
-megaindex.plan's memory estimate for the same layout (what `megaindex info` prints). Writes a JSON line to --out.
+overrides; the work is defined in benchmarks/same_work.py, which benchmarks/hf_baseline.py shares)
+through megaindex.training.Trainer, skips the first `--warmup` steps, and reports the median
+tokens/s/GPU, model TFLOP/s/GPU in both conventions (causal attention over the actual documents,
+the trainer's own count, and NeMo's / torchtitan's full s^2 per row; megaindex/plan.py), MFU
+against 989 TFLOP/s, peak allocated memory, and megaindex.plan's memory estimate for the same
+layout (what `megaindex info` prints). Writes a JSON line to --out. `--data` defaults to the repo's
+fixture corpus (same_work.py has the command that builds it). One process runs without torchrun.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import same_work
 
 
 def memory_by_rank() -> dict:
@@ -49,32 +52,20 @@ def memory_by_rank() -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", required=True)
-    ap.add_argument("--data", required=True, help="IndexedDataset prefix of tokenized long documents")
-    ap.add_argument("--tokenizer", default=str(REPO / "tests" / "fixtures" / "tokenizer.model"))
-    ap.add_argument("--recipe", default=str(REPO / "examples" / "index_1.9b_long_pt_32k.yaml"))
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--sequences-per-step", type=int, default=8, help="global batch in 32K sequences")
-    ap.add_argument("--out", default=None)
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--out", default=None, help="JSONL file the result line is appended to")
+    same_work.add_work_args(ap)
     args = ap.parse_args()
+    same_work.check_work_args(ap, args)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # several ranks would race to build it: build it first
+        args.data = same_work.ensure_data(args.data)
 
     from megaindex.config import load_config
     from megaindex.distributed import destroy_distributed
-    from megaindex.plan import memory_estimate, parameter_counts
+    from megaindex.plan import dense_params, memory_estimate, parameter_counts
     from megaindex.training.trainer import Trainer
 
     run_dir = Path(os.environ.get("BENCH_RUN_DIR", f"/tmp/megaindex-bench-{args.name}"))
-    overrides = [
-        f"data.data_path=[{args.data}]", f"data.tokenizer_model={args.tokenizer}", f"train.train_iters={args.steps}",
-        "train.eval_interval=0",
-        "checkpoint.save_interval=0", "checkpoint.pretrained=null", f"train.run_dir={run_dir}", "train.overwrite=true",
-        "log.tensorboard=false", "log.plot=false", "data.num_workers=2", f"data.cache_dir={run_dir}/cache",
-        *args.overrides,
-    ]
-    cfg = load_config(args.recipe, overrides)
-    cfg.data.global_batch_tokens = args.sequences_per_step * cfg.data.seq_length
-    overrides.append(f"data.global_batch_tokens={cfg.data.global_batch_tokens}")
+    cfg, overrides = same_work.work_config(args, run_dir)
     t0 = time.time()
     trainer = Trainer(cfg)
     setup_s = time.time() - t0
@@ -82,7 +73,8 @@ def main() -> int:
     world = trainer.layout.world_size
     mem = memory_by_rank()
     if trainer.rank == 0:
-        rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()][args.warmup:]
+        every = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = every[args.warmup:]
         med = lambda k: statistics.median(r[k] for r in rows)
         # The same estimate `megaindex info` prints (pure arithmetic: fine inside this TP/PP process).
         est_cfg = load_config(args.recipe, [*overrides, "train.precision=bf16"])
@@ -90,13 +82,20 @@ def main() -> int:
         import torch
 
         gpu = torch.cuda.is_available()
+        tokens = cfg.data.global_batch_tokens
+        # both conventions per step (the causal count is the trainer's, over the step's real documents)
+        rates = [same_work.flop_rates(cfg, tokens, r["seq_length"], r["model_tflop"] * 1e12, r["step_time_s"], world)
+                 for r in rows]
         result = {
-            "name": args.name, "device": torch.cuda.get_device_name() if gpu else "cpu", "gpus": world,
+            "name": args.name, "engine": "megaindex", "device": torch.cuda.get_device_name() if gpu else "cpu", "gpus": world,
             "layout": {"tp": trainer.layout.tp, "pp": trainer.layout.pp, "cp": trainer.layout.cp, "dp": trainer.layout.dp},
-            "recompute": cfg.train.recompute_granularity, "seq_length": cfg.data.seq_length,
-            "global_batch_tokens": cfg.data.global_batch_tokens, "steps_measured": len(rows),
-            "step_time_s": med("step_time_s"), "tokens_per_s_per_gpu": med("tokens_per_s") / world,
-            "tflops_per_gpu": med("tflops_per_gpu") if gpu else None, "mfu": med("mfu") if gpu else None,
+            "recompute": cfg.train.recompute_granularity, "packing": cfg.data.packing, "seq_length": cfg.data.seq_length,
+            "global_batch_tokens": tokens, "rows_per_step": args.sequences_per_step,
+            "dense_params": dense_params(cfg), "model_tflop_per_step": med("model_tflop"), "steps_measured": len(rows),
+            "step_time_s": med("step_time_s"), "step_times_s": [r["step_time_s"] for r in every],
+            "tokens_per_s_per_gpu": med("tokens_per_s") / world,
+            **{k: statistics.median(r[k] for r in rates) for k in rates[0]},
+            "mfu": med("mfu") if gpu else None,
             "peak_mem_gib": max(r["mem_gib"] for r in rows),
             **mem,
             "estimate": est,
