@@ -34,8 +34,8 @@ def add_work_args(ap: argparse.ArgumentParser, *, steps: int = 6, warmup: int = 
     """The arguments that define the work (the same names in every benchmark script)."""
     ap.add_argument("--recipe", default=str(RECIPE), help="megaindex recipe: model shape, seq_length, data and optimizer")
     ap.add_argument("--data", default=str(FIXTURE_PREFIX),
-                    help="IndexedDataset prefix (or .jsonl) of pretraining text; default: the fixture corpus, "
-                         "see fixture_data_command()")
+                    help="IndexedDataset prefix (or .jsonl) of pretraining text; default: the repo's fixture corpus, "
+                         "built on first use from tests/fixtures/corpus/pretrain.jsonl")
     ap.add_argument("--tokenizer", default=str(TOKENIZER))
     ap.add_argument("--steps", type=int, default=steps, help="optimizer steps run, warm-up included")
     ap.add_argument("--warmup", type=int, default=warmup, help="first steps left out of the medians")
