@@ -13,7 +13,7 @@ import pytest
 
 from megaindex.data.retrieval_docs import (
     HELD_OUT_PHRASES, FillerText, HeldOutPhraseError, RetrievalDocConfig, RetrievalDocGenerator, check_held_out,
-    write_documents,
+    describe_mix, write_documents,
 )
 from megaindex.data.tokenizer import IndexTokenizer
 
@@ -34,13 +34,13 @@ def docs(tok):
 
 
 def eval_phrases() -> list[str]:
-    """The evaluation's own prompts where the eval package is present: the passkey question and
-    the fixed words of every needle template (drawn needles minus their drawn words)."""
-    out = list(HELD_OUT_PHRASES)
-    try:
-        from megaindex.eval import needle_words
-    except ImportError:
-        return out
+    """The evaluation's own prompts: the passkey task, garbage sentences and question, the needle
+    prompts' fixed sentences, and the fixed words of every needle template (drawn needles)."""
+    from megaindex.eval import needle, needle_words, passkey
+
+    out = list(HELD_OUT_PHRASES) + [passkey.TASK, passkey.QUESTION, passkey.INFO.format(k=12345)]
+    out += [s.strip() + "." for s in passkey.GARBAGE.split(".") if s.strip()]
+    out += [needle.TEXT[lang][k] for lang in needle.TEXT for k in ("intro", "document")]
     rng = random.Random(0)
     for _ in range(200):
         for lang in needle_words.WORDS:
@@ -49,31 +49,92 @@ def eval_phrases() -> list[str]:
     return out
 
 
-def test_lengths_whole_and_within_max(docs, tok):
-    for d in docs:
-        n = len(tok.encode(d["text"])) + 1  # + EOD
-        assert n <= 512, (n, d["source"])
-    lengths = [len(tok.encode(d["text"])) for d in docs]
-    assert min(lengths) < 200 and max(lengths) > 350  # log-uniform targets: short and long documents
+def _statement_lines(d) -> tuple[str, list[str]]:
+    body, _, tail = d["text"].rpartition("\n\n")
+    return body, tail.strip("\n").split("\n")
 
 
 def test_answers_match_the_stated_facts(docs):
     single = multi = 0
     for d in docs:
-        body, _, tail = d["text"].rpartition("\n\n")
+        body, lines = _statement_lines(d)
         facts = d["facts"]
         single += len(facts) == 1
         multi += len(facts) > 1
         assert len({v for _, v in facts}) == len(facts)  # one value per fact in a document
         for subject, value in facts:
-            said = re.escape(subject[1:]) + r" is " + re.escape(value) + r"\."
-            assert re.search(said, body), (subject, value, d["text"])   # stated in the text
-            assert re.search(said, tail), (subject, value, tail)        # and answered at the end
-            assert subject[1:] in tail.split("\n")[0] or any(subject[1:] in line for line in tail.split("\n"))
-        asked = sum(line.count("?") + line.startswith("Recall") + line.startswith("From the text above")
-                    for line in tail.split("\n") if not line.startswith(("A:", "Answer:")))
-        assert asked == len(facts)  # dense: every fact is asked for
-    assert single > 10 and multi > 60
+            assert value[1:] in body and subject[1:] in body, (subject, value, d["text"])  # stated in the text
+            end = f"是{value}。" if d["lang"] == "zh" else f" is {value}."
+            answers = [x for x in lines if x.endswith(end)]
+            assert len(answers) == 1, (end, lines)  # dense: every fact asked for and answered once, last
+            assert subject[1:] in "\n".join(lines)
+    assert single > 10 and multi > 40  # short documents with long (phrase, Chinese) facts keep one
+
+
+def test_mix_of_languages_haystacks_and_values(docs):
+    share = lambda key, val: sum(d[key] == val for d in docs) / len(docs)  # noqa: E731
+    assert 0.1 < share("lang", "zh") < 0.32 and 0.18 < share("haystack", "repetitive") < 0.42
+    assert 0.22 < share("kind", "phrase") < 0.5 and 0.08 < share("kind", "word") < 0.32
+    zh_prose = [d for d in docs if d["lang"] == "zh" and d["haystack"] == "prose"]
+    assert zh_prose and all(re.search(r"[\u4e00-\u9fff]", d["text"]) for d in zh_prose)
+    for d in docs:
+        if d["kind"] == "phrase" and d["lang"] == "en":
+            assert all(2 <= len(v.split()) <= 8 for _, v in d["facts"]), d["facts"]
+        if d["haystack"] == "repetitive" and len(d["text"]) > 1500:
+            body, _ = _statement_lines(d)
+            sep = "是" if d["lang"] == "zh" else " is "
+            assert body.count(sep) > 3 * len(d["facts"]) + 5  # many "X is Y." distractors compete with the facts
+        if d["kind"] == "number":
+            assert all(v.isdigit() and 4 <= len(v) <= 7 for _, v in d["facts"])
+
+
+def test_repetitive_sentences_never_held_out():
+    """Every sentence a repetitive haystack can contain, enumerated: none is the passkey's garbage."""
+    from megaindex.data import retrieval_words as W
+
+    sentences = W._REP_SET + W._ZH_REP_SET + [f"The {n} is {a}." for n in W._REP_NOUN for a in W._REP_ADJ]
+    sentences += [f"{n}是{a}的。" for n in W._ZH_REP_NOUN for a in W._ZH_REP_ADJ]
+    for s in sentences:
+        check_held_out(s)
+    rng = random.Random(0)
+    for _ in range(300):
+        unit = W.repetitive_unit(rng.choice(["en", "zh"]), rng)
+        assert set(unit) <= set(sentences) and 3 <= len(unit) <= 6
+        check_held_out(" ".join(unit * 3))
+
+
+def test_vocabulary_disjoint_from_needles(docs):
+    from megaindex.data import retrieval_words as W
+    from megaindex.eval import needle_words
+
+    ours = [x.lower() for x in W.vocabulary()]
+    assert len(ours) > 300 and "hiding place" in ours and "藏东西的地方" in ours
+    for lang, table in needle_words.WORDS.items():
+        for strings in table.values():
+            for n in strings:
+                clash = [x for x in ours if n.lower() in x or (lang == "zh" and len(x) >= 2 and x in n)]
+                assert not clash, (n, clash)
+                if len(n.split()) > 1 or lang == "zh":
+                    assert not any(n.lower() in d["text"].lower() for d in docs), n
+
+
+def test_chinese_documents_with_and_without_chinese_filler(tok, tmp_path, caplog):
+    english = tmp_path / "en.jsonl"
+    english.write_text("".join(line + "\n" for line in CORPUS.read_text().splitlines()
+                               if not re.search(r"[\u4e00-\u9fff]", json.loads(line)["text"])))
+    full, en_only = FillerText([CORPUS]), FillerText([english])
+    assert full.docs["zh"] and not en_only.docs["zh"] and "(0 Chinese)" not in full.summary()
+    assert "0 Chinese" in en_only.summary()
+    cfg = RetrievalDocConfig(max_tokens=400, min_tokens=200, chinese_share=0.5, repetitive_share=0.0, seed=4)
+    with caplog.at_level("WARNING"):
+        gen = RetrievalDocGenerator(tok, en_only, cfg)
+    assert "0 Chinese" in caplog.text  # the fallback is logged with its count, not a crash
+    zh = [d for d in (gen.document(i) for i in range(20)) if d["lang"] == "zh"]
+    assert zh and all(d["haystack"] == "repetitive" for d in zh)
+    zh = [d for d in RetrievalDocGenerator(tok, full, cfg).documents(0, 20) if d["lang"] == "zh"]
+    assert any(d["haystack"] == "prose" for d in zh)
+    with pytest.raises(ValueError, match="chinese_share"):
+        RetrievalDocGenerator(tok, full, RetrievalDocConfig(chinese_share=1.5))
 
 
 def test_deterministic_per_index(tok):
@@ -87,6 +148,9 @@ def test_deterministic_per_index(tok):
 
 def test_held_out_phrasings_never_appear(docs, tmp_path, tok):
     phrases = [p.lower() for p in eval_phrases()]
+    for p in eval_phrases():  # the check itself catches every evaluation prompt
+        with pytest.raises(HeldOutPhraseError):
+            check_held_out(p)
     for d in docs:
         low = d["text"].lower()
         for p in phrases:
@@ -96,7 +160,8 @@ def test_held_out_phrasings_never_appear(docs, tmp_path, tok):
     sent = "The pass key is 71234. Remember it. The best thing to do in Lisbon is rowing on the harbour at dawn. "
     clean = "Rivers carry silt to the sea and the delta grows each year. "
     poisoned.write_text(json.dumps({"text": (sent + clean * 3) * 40}) + "\n")
-    gen = RetrievalDocGenerator(tok, FillerText([poisoned]), RetrievalDocConfig(max_tokens=300, min_tokens=200, max_facts=2, seed=1))
+    gen = RetrievalDocGenerator(tok, FillerText([poisoned]), RetrievalDocConfig(max_tokens=300, min_tokens=200, max_facts=2,
+                                                                     repetitive_share=0, chinese_share=0, seed=1))
     for i in range(20):
         text = gen.document(i)["text"]
         assert "Rivers carry silt" in text
@@ -107,8 +172,12 @@ def test_held_out_phrasings_never_appear(docs, tmp_path, tok):
 
 def test_write_documents_and_tool(tmp_path, tok):
     gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), RetrievalDocConfig(max_tokens=256, min_tokens=64, seed=2))
-    docs, tokens = write_documents(tmp_path / "a.jsonl", gen, tokens=3000)
+    mix: dict = {}
+    docs, tokens = write_documents(tmp_path / "a.jsonl", gen, tokens=3000, mix=mix)
     lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert mix["lang:en"] + mix.get("lang:zh", 0) == tokens == mix["haystack:prose"] + mix.get("haystack:repetitive", 0)
+    assert mix.get("lang:zh", 0) == sum(x["tokens"] for x in lines if x["lang"] == "zh")
+    assert "en " in describe_mix(mix) and "%" in describe_mix(mix)
     assert len(lines) == docs and sum(x["tokens"] for x in lines) == tokens >= 3000
     assert tokens - lines[-1]["tokens"] < 3000  # stops as soon as the target is reached
     # The command line writes the same documents.

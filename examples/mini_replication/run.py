@@ -158,14 +158,14 @@ def _docs_chunk(start: int, count: int) -> list[str]:
     return out
 
 
-def _write_parallel(out: Path, generator, tokens: int, write_documents) -> tuple[int, int]:
-    """write_documents(out, generator, tokens=...) on every core: documents are a function of their index
-    only, so chunks of them are made in forked workers and written in order — the same file, faster."""
+def _write_parallel(out: Path, generator, tokens: int, write_documents, mix: dict) -> tuple[int, int]:
+    """write_documents(out, generator, tokens=..., mix=mix) on every core: documents are a function of their
+    index only, so chunks of them are made in forked workers and written in order — the same file, faster."""
     import multiprocessing as mp
 
     workers = min(8, os.cpu_count() or 1)
     if workers < 2:
-        return write_documents(out, generator, tokens=tokens,
+        return write_documents(out, generator, tokens=tokens, mix=mix,
                                progress=lambda d, t: log(f"  {out.name}: {d} documents, {t / 1e6:.1f}M tokens"))
     global _GEN
     _GEN = generator
@@ -181,19 +181,25 @@ def _write_parallel(out: Path, generator, tokens: int, write_documents) -> tuple
                     if total >= tokens:
                         break
                     f.write(line + "\n")
+                    doc = json.loads(line)
                     docs += 1
-                    total += json.loads(line)["tokens"]
+                    total += doc["tokens"]
+                    for key in ("lang", "haystack", "kind"):  # as write_documents(mix=) counts them
+                        mix[f"{key}:{doc[key]}"] = mix.get(f"{key}:{doc[key]}", 0) + doc["tokens"]
             log(f"  {out.name}: {docs} documents, {total / 1e6:.1f}M tokens")
     tmp.replace(out)
     return docs, total
 
 
 def step_retrieval(ctx: Ctx) -> list[Path]:
-    from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator, write_documents
+    from megaindex.data.retrieval_docs import (
+        FillerText, RetrievalDocConfig, RetrievalDocGenerator, describe_mix, write_documents,
+    )
     from megaindex.data.tokenizer import IndexTokenizer
 
     tok = IndexTokenizer(ctx.p("tokenizer.model"))
     filler = FillerText([ctx.p("corpus/pretrain.jsonl")])  # training text only: never heldout.jsonl
+    log(filler.summary())
     outs = []
     for seed, (stage, overrides) in enumerate((("stage0", ctx.scale.stage0), ("stage1", ctx.scale.stage1))):
         tokens, share = _stage_tokens(ctx, stage, overrides)
@@ -202,7 +208,9 @@ def step_retrieval(ctx: Ctx) -> list[Path]:
                                  seed=seed)
         out = ctx.p("corpus", f"retrieval_s{seed}.jsonl")
         t0 = time.time()
-        docs, got = _write_parallel(out, RetrievalDocGenerator(tok, filler, cfg), want, write_documents)
+        mix: dict = {}
+        docs, got = _write_parallel(out, RetrievalDocGenerator(tok, filler, cfg), want, write_documents, mix)
+        log(f"{out.name} tokens by kind: {describe_mix(mix)}")
         log(f"{out.name}: {docs} documents, {got} tokens ({share:.0%} of {stage}'s {tokens} x {ctx.scale.margin}) "
             f"in {time.time() - t0:.0f}s")
         outs.append(out)

@@ -19,10 +19,21 @@ across packed rows so the question could not see its fact):
     copying "the most recent number" is wrong and matching the key is the only way to score;
   * whole: a document is at most `max_tokens` tokens including its EOD, checked with the real
     tokenizer; pack them with `data.whole_documents` so no row boundary cuts one;
-  * several phrasings for statements and for question/answer pairs, numbers and words as values;
-  * held out: the evaluation's phrasings (the passkey prompt, the needle templates of
-    megaindex.eval, RULER's "special magic number") never appear — not in the templates and not in
-    the filler, whose sentences containing one are dropped (`HELD_OUT_PHRASES`, `check_held_out`).
+  * several phrasings for statements (some state the value twice or value-first) and for
+    question/answer pairs, whose answers end "{subject} is" + " {value}." as the evaluation's do;
+    values are 4-7 digit numbers, single words, or 2-8 word phrases ("the top drawer of the oak
+    desk"), so copying a multi-token span is trained, not only a number;
+  * v2 (after stage 0 of the first GPU run copied "X is Y." garbage instead of the key): a share of
+    haystacks is a few generic "The road is long."-style sentences repeated (`repetitive_share`), so
+    many "is -> word" continuations compete with the one fact; a share of documents is Chinese
+    (`chinese_share`), on the corpus' Chinese documents (FillerText sorts filler by CJK share; with
+    none, Chinese documents use the repetitive Chinese filler and the generator logs the count);
+    word lists and templates live in megaindex.data.retrieval_words;
+  * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
+    templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
+    the templates, not in the repetitive sentences, and not in the filler, whose sentences
+    containing one are dropped (`HELD_OUT_PHRASES`, `check_held_out`); the word lists share no
+    string with the needles' (tests/test_retrieval_docs.py).
 
 Deterministic: document i depends only on (seed, i), the filler corpus and the tokenizer, so any
 slice of a stream can be regenerated.
@@ -31,18 +42,26 @@ slice of a stream can be regenerated.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from megaindex.data import retrieval_words as W
 from megaindex.data.tokenizer import IndexTokenizer
+
+log = logging.getLogger(__name__)
 
 # Text the evaluation uses; training must never show it (case-insensitive substrings).
 HELD_OUT_PHRASES = (
-    "pass key", "passkey", "pass-key",  # landmark / LongLoRA passkey prompt
-    "important info hidden inside", "the grass is green. the sky is blue",
-    "best thing to do in", "最值得做的事情",  # NeedleBench-style needles (megaindex.eval.needle_words)
+    "pass key", "passkey", "pass-key",  # landmark / LongLoRA passkey prompt and its garbage
+    "important info hidden inside", "the grass is green. the sky is blue", "the grass is green", "the sky is blue",
+    "the sun is yellow", "here we go", "there and back again",
+    # NeedleBench-style needles and their prompt (megaindex.eval.needle_words, megaindex.eval.needle)
+    "best thing to do in", "secret ingredient", "最值得做的事情", "秘密配料", "one sentence in it answers",
+    "其中有一句话回答了", "文末的问题", "the document given to you by the user", "用户给你的文档",
+    "answer with one sentence that starts with", "开头的一句话回答",
     "special magic",  # RULER
 )
 
@@ -58,59 +77,21 @@ def check_held_out(text: str, phrases: tuple[str, ...] = HELD_OUT_PHRASES) -> No
             raise HeldOutPhraseError(f"evaluation-only phrase {p!r} in a training document")
 
 
-FIRST = ["Marisol", "Tobias", "Ingeborg", "Kwame", "Anouk", "Ravi", "Elif", "Mateo", "Saoirse", "Dmitri", "Yuki",
-         "Leontine", "Oskar", "Priya", "Bastien", "Amara", "Henrik", "Lucia", "Emeka", "Noor", "Fenna", "Caspian",
-         "Zofia", "Idris", "Margit", "Teodor", "Ayasha", "Rosalind", "Vikram", "Ottilie"]
-LAST = ["Achebe", "Lindgren", "Moreau", "Castellanos", "Okonkwo", "Varga", "Nakamura", "Petrov", "Quinlan", "Sørensen",
-        "Albescu", "Fairweather", "Mbeki", "Delacroix", "Haddad", "Kowal", "Brennan", "Estrada", "Voss", "Thackeray"]
-GROUPS = ["the Harbor Office", "the north warehouse", "the river clinic", "the night shift", "the chess club",
-          "the seed bank", "the weather station", "the old observatory", "the print shop", "the choir",
-          "the ferry company", "the mountain hut", "the town archive", "the glass workshop", "the rowing team"]
-NUMBER_ATTRS = ["locker number", "archive code", "room number", "ticket number", "account number", "badge number",
-                "serial number", "order number", "door code", "tracking number", "permit number", "license number",
-                "file number", "safe combination", "membership number", "seat number"]
-WORD_ATTRS = {
-    "favourite colour": ["crimson", "teal", "amber", "violet", "ochre", "indigo", "scarlet", "olive", "turquoise",
-                         "magenta", "silver", "maroon"],
-    "favourite fruit": ["apricot", "mango", "quince", "lychee", "gooseberry", "papaya", "persimmon", "fig", "kiwi",
-                        "pomegranate", "tangerine", "guava"],
-    "lucky animal": ["otter", "heron", "lynx", "badger", "falcon", "tortoise", "gecko", "walrus", "ibis", "marmot",
-                     "jackal", "puffin"],
-    "chosen instrument": ["cello", "oboe", "banjo", "harp", "tuba", "marimba", "bassoon", "zither", "sitar",
-                          "accordion", "clarinet", "ukulele"],
-    "secret word": ["lantern", "meadow", "granite", "whistle", "harbour", "thimble", "compass", "saffron", "juniper",
-                    "quartz", "pebble", "orchard"],
-    "home planet in the story": ["Mercury", "Venus", "Mars", "Jupiter", "Saturn", "Neptune", "Uranus", "Pluto"],
-}
-INTROS = ["", "", "Notes from the records office.\n\n", "Read the text below; some records are asked about at the end.\n\n",
-          "Memo.\n\n", "The following pages include several records.\n\n"]
-# Statements: {s} subject phrase ("the locker number of X" / "X's locker number"), {v} value.
-STATEMENTS = [
-    "{S} is {v}.",
-    "For the record, {s} is {v}.",
-    "Note that {s} is {v}.",
-    "According to the register, {s} is {v}.",
-    "Please remember: {s} is {v}.",
-    "It was written down that {s} is {v}.",
-]
-# Question/answer pairs; the answer always restates the subject and ends with the value.
-QUESTIONS = [
-    ("Q: What is {s}?\nA: ", "{S} is {v}."),
-    ("Question: What is {s}?\nAnswer: ", "{S} is {v}."),
-    ("What is {s}? ", "{S} is {v}."),
-    ("Recall {s}.\n", "{S} is {v}."),
-    ("From the text above, {s} is", " {v}."),
-]
-SENTENCE = re.compile(r"(?<=[.!?。！？])\s+")
+SENTENCE = re.compile(r"(?<=[.!?。！？])\s+")  # English: split at whitespace after a sentence end
+ZH_SENTENCE = re.compile(r".*?(?:[。！？]|\n)\s*", re.S)  # Chinese: pieces keep their end and line breaks
+JOIN = {"en": " ", "zh": ""}
+CJK = re.compile(r"[\u3400-\u9fff]")
+CJK_DOC_SHARE = 0.3  # a filler document is Chinese when CJK characters are this share of its non-space characters
 
 
 @dataclass(frozen=True)
 class Fact:
-    subject: str   # "the locker number of Marisol Achebe" or "Marisol Achebe's locker number"
-    value: str     # "48213" or "teal"
+    subject: str   # "the locker number of Marisol Achebe" / "Marisol Achebe's locker number" / "林晓明的房间号"
+    value: str     # "48213", "teal", "the third drawer of the oak desk", "早饭前遛狗"
 
     def fill(self, template: str) -> str:
-        return template.format(s=self.subject, S=self.subject[0].upper() + self.subject[1:], v=self.value)
+        return template.format(s=self.subject, S=self.subject[0].upper() + self.subject[1:], v=self.value,
+                               V=self.value[0].upper() + self.value[1:])
 
 
 @dataclass
@@ -119,67 +100,78 @@ class RetrievalDocConfig:
     min_tokens: int = 128       # target lengths are drawn log-uniformly in [min_tokens, max_tokens]
     max_facts: int = 8          # facts per document: 1 (single-key) .. max_facts (multi-key)
     single_key_share: float = 0.25  # share of documents with exactly one fact
+    phrase_value_share: float = 0.35  # share of documents whose values are 2-8 word phrases ("the top drawer of ...")
+    word_value_share: float = 0.2     # share of documents whose values are single words; the rest are 4-7 digit numbers
+    repetitive_share: float = 0.3     # share of documents whose haystack is a few "X is Y." sentences repeated
+    chinese_share: float = 0.2        # share of documents in Chinese (prose filler from the corpus' Chinese documents)
     seed: int = 0
 
 
-def _owner(rng: random.Random) -> str:
-    return rng.choice(GROUPS) if rng.random() < 0.25 else f"{rng.choice(FIRST)} {rng.choice(LAST)}"
-
-
-def _subject(owner: str, attr: str, rng: random.Random) -> str:
+def _subject(owner: str, attr: str, lang: str, rng: random.Random) -> str:
+    if lang == "zh":  # 林晓明的房间号, 林晓明最喜欢的颜色 (no doubled 的)
+        return owner + ("" if "的" in attr else "的") + attr
     if rng.random() < 0.5 or owner.startswith("the "):
         return f"the {attr} of {owner}"
     return f"{owner}'s {attr}"
 
 
-def draw_facts(n: int, rng: random.Random) -> list[Fact]:
-    """n facts with distinct subjects and values; mostly one attribute shared by several owners."""
+def draw_facts(n: int, rng: random.Random, lang: str = "en", kind: str = "number") -> list[Fact]:
+    """n facts with distinct subjects and values of one kind; mostly one attribute shared by several owners."""
     facts: list[Fact] = []
     subjects, values = set(), set()
-    numeric = rng.random() < 0.7
-    pick_attr = (lambda: rng.choice(NUMBER_ATTRS)) if numeric else (lambda: rng.choice(list(WORD_ATTRS)))
-    shared = pick_attr()
+    attrs = W.attributes(lang, kind)
+    shared = rng.choice(attrs)
     for _ in range(100 * n):
         if len(facts) == n:
             break
-        attr = shared if rng.random() < 0.7 else pick_attr()
-        if attr in WORD_ATTRS:
-            value = rng.choice(WORD_ATTRS[attr])
-        else:
-            digits = rng.randint(4, 7)
-            value = str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
-        owner = _owner(rng)
+        attr = shared if rng.random() < 0.7 else rng.choice(attrs)
+        value = W.value(lang, kind, attr, rng)
+        owner = W.owner(lang, rng)
         if (owner, attr) in subjects or value in values:  # one answer per question, no repeated value
             continue
         subjects.add((owner, attr))
         values.add(value)
-        facts.append(Fact(_subject(owner, attr, rng), value))
+        facts.append(Fact(_subject(owner, attr, lang, rng), value))
     if len(facts) < n:
         raise RuntimeError(f"could not draw {n} distinct facts")
     return facts
 
 
+def language_of(text: str) -> str:
+    """"zh" when CJK characters are at least CJK_DOC_SHARE of the non-space characters, else "en"."""
+    chars = sum(not c.isspace() for c in text)
+    return "zh" if len(CJK.findall(text)) >= CJK_DOC_SHARE * max(chars, 1) else "en"
+
+
 class FillerText:
-    """Passages of real text (the training corpus' own documents) cut at sentence ends."""
+    """Passages of real text (the training corpus' own documents) cut at sentence ends, by language."""
 
     def __init__(self, paths: list[str | Path], phrases: tuple[str, ...] = HELD_OUT_PHRASES):
-        self.docs: list[str] = []
+        self.docs: dict[str, list[str]] = {"en": [], "zh": []}
         for path in paths:
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     text = json.loads(line).get("text", "")
                     if len(text) > 200:
-                        self.docs.append(text)
-        if not self.docs:
+                        self.docs[language_of(text)].append(text)
+        if not any(self.docs.values()):
             raise ValueError(f"no filler documents (JSONL with a 'text' field over 200 characters) in {paths}")
         self.phrases = tuple(p.lower() for p in phrases)
 
-    def sentences(self, rng: random.Random, chars: int) -> list[str]:
-        """Consecutive sentences from a random place in a random document, about `chars` long."""
-        doc = rng.choice(self.docs)
+    def summary(self) -> str:
+        en, zh = len(self.docs["en"]), len(self.docs["zh"])
+        note = "" if zh else "; Chinese retrieval documents fall back to repetitive Chinese filler only"
+        return f"filler: {en + zh} documents ({en} English, {zh} Chinese){note}"
+
+    def sentences(self, rng: random.Random, chars: int, lang: str = "en") -> list[str]:
+        """Consecutive sentences from a random place in a random `lang` document, about `chars` long."""
+        doc = rng.choice(self.docs[lang])
         start = rng.randrange(max(1, len(doc) - chars))
         piece = doc[start:start + chars + 400]
-        parts = SENTENCE.split(piece)[1:-1] or [piece.strip()]  # drop the cut first and last sentences
+        if lang == "zh":  # joined without spaces, so each piece keeps its own line breaks
+            parts = ZH_SENTENCE.findall(piece)[1:-1] or [piece]
+        else:
+            parts = SENTENCE.split(piece)[1:-1] or [piece.strip()]  # drop the cut first and last sentences
         return [p for p in parts if p.strip() and not any(h in p.lower() for h in self.phrases)]
 
 
@@ -189,50 +181,66 @@ class RetrievalDocGenerator:
     def __init__(self, tokenizer: IndexTokenizer, filler: FillerText, config: RetrievalDocConfig):
         if config.min_tokens < 32 or config.max_tokens < config.min_tokens:
             raise ValueError(f"need 32 <= min_tokens <= max_tokens, got {config.min_tokens}, {config.max_tokens}")
+        for name in ("single_key_share", "phrase_value_share", "word_value_share", "repetitive_share", "chinese_share"):
+            if not 0 <= getattr(config, name) <= 1:
+                raise ValueError(f"RetrievalDocConfig.{name} must be in [0, 1], got {getattr(config, name)}")
+        if config.phrase_value_share + config.word_value_share > 1:
+            raise ValueError("RetrievalDocConfig: phrase_value_share + word_value_share must be <= 1")
         self.tok, self.filler, self.cfg = tokenizer, filler, config
+        if config.chinese_share > 0 and not filler.docs["zh"]:
+            log.warning("%s", filler.summary())
 
     def _ntok(self, text: str) -> int:
         return len(self.tok.encode(text))
 
+    def _haystack(self, rng: random.Random, lang: str, repetitive: bool, room: int) -> list[str]:
+        """Filler sentences of about `room` tokens: corpus prose, or a repeated unit of generic sentences."""
+        sep = JOIN[lang]
+        sentences: list[str] = []
+        used = 0
+        unit = W.repetitive_unit(lang, rng) if repetitive else []
+        cost = {s: self._ntok(s + sep) for s in unit}
+        while used < room:
+            got = unit if repetitive else self.filler.sentences(rng, chars=max(200, (room - used) * 4), lang=lang)
+            for s in got:
+                t = cost[s] if repetitive else self._ntok(s + sep)
+                if used + t > room:
+                    return sentences
+                sentences.append(s)
+                used += t
+        return sentences
+
     def document(self, index: int) -> dict:
-        """{"text", "facts": [[subject, value], ...], "source"}; text + EOD fits max_tokens."""
+        """{"text", "facts": [[subject, value], ...], "lang", "haystack", "kind", "source"}; text + EOD fits."""
         cfg = self.cfg
         rng = random.Random(f"{cfg.seed}:{index}")
         target = int(round(cfg.min_tokens * (cfg.max_tokens / cfg.min_tokens) ** rng.random()))
         budget = target - 1  # the EOD preprocessing appends
         n = 1 if rng.random() < cfg.single_key_share else rng.randint(2, max(2, cfg.max_facts))
-        intro = rng.choice(INTROS)
+        lang = "zh" if rng.random() < cfg.chinese_share else "en"
+        r = rng.random()
+        kind = "phrase" if r < cfg.phrase_value_share else "word" if r < cfg.phrase_value_share + cfg.word_value_share \
+            else "number"
+        repetitive = rng.random() < cfg.repetitive_share or not self.filler.docs[lang]
+        intro = rng.choice(W.INTROS[lang])
+        sep = JOIN[lang]
         while True:
-            facts = draw_facts(n, rng)
-            statements = [f.fill(rng.choice(STATEMENTS)) for f in facts]
+            facts = draw_facts(n, rng, lang, kind)
+            statements = [f.fill(rng.choice(W.STATEMENTS[lang])) for f in facts]
             order = list(range(n))
             rng.shuffle(order)
             qa = []
             for i in order:
-                q, a = rng.choice(QUESTIONS)
+                q, a = rng.choice(W.QUESTIONS[lang])
                 qa.append(facts[i].fill(q) + facts[i].fill(a))
             tail = "\n\n" + "\n".join(qa) + "\n"
-            fixed = self._ntok(intro + " ".join(statements) + tail)
+            fixed = self._ntok(intro + sep.join(statements) + tail)
             if fixed + 8 <= budget or n == 1:
                 break
             n = max(1, n // 2)  # too many facts for a short document: fewer
         # A short target with a long fact: the document grows (never past max_tokens).
         budget = max(budget, min(fixed + 8, cfg.max_tokens - 1))
-        room = max(0, budget - fixed)
-        sentences: list[str] = []
-        used = 0
-        while used < room:
-            got = self.filler.sentences(rng, chars=max(200, (room - used) * 4))
-            for s in got:
-                t = self._ntok(s + " ")
-                if used + t > room:
-                    used = room
-                    break
-                sentences.append(s)
-                used += t
-            else:
-                continue
-            break
+        sentences = self._haystack(rng, lang, repetitive, max(0, budget - fixed))
         # facts at random sentence boundaries, in their drawn order (depths spread over the text)
         slots = sorted(rng.randint(0, len(sentences)) for _ in facts)
         body: list[str] = []
@@ -243,7 +251,7 @@ class RetrievalDocGenerator:
                 k += 1
             if pos < len(sentences):
                 body.append(sentences[pos])
-        text = intro + " ".join(body) + tail
+        text = intro + sep.join(body) + tail
         # token counts of the parts are an estimate of the whole: drop filler until it fits
         while self._ntok(text) > budget:
             fillers = [i for i, b in enumerate(body) if b not in statements]
@@ -251,9 +259,10 @@ class RetrievalDocGenerator:
                 raise ValueError(f"document {index}: {n} fact(s) and their questions alone exceed max_tokens "
                                  f"{cfg.max_tokens}; raise max_tokens")
             body.pop(fillers[-1])
-            text = intro + " ".join(body) + tail
+            text = intro + sep.join(body) + tail
         check_held_out(text, HELD_OUT_PHRASES)
-        return {"text": text, "facts": [[f.subject, f.value] for f in facts],
+        return {"text": text, "facts": [[f.subject, f.value] for f in facts], "lang": lang,
+                "haystack": "repetitive" if repetitive else "prose", "kind": kind,
                 "source": f"retrieval-docs:seed{cfg.seed}/{index}"}
 
     def documents(self, start: int, count: int):
@@ -262,11 +271,12 @@ class RetrievalDocGenerator:
 
 
 def write_documents(path: str | Path, generator: RetrievalDocGenerator, *, tokens: int | None = None,
-                    count: int | None = None, progress=None) -> tuple[int, int]:
+                    count: int | None = None, progress=None, mix: dict | None = None) -> tuple[int, int]:
     """Write documents 0, 1, ... as JSONL until `count` documents or `tokens` tokens (EOD included).
 
-    Each line is {"text", "facts", "tokens", "source"}. Written to PATH.tmp and renamed at the end.
-    Returns (documents, tokens).
+    Each line is {"text", "facts", "lang", "haystack", "kind", "tokens", "source"}. Written to
+    PATH.tmp and renamed at the end. Returns (documents, tokens); `mix`, if given, receives the tokens
+    per "lang:zh", "haystack:repetitive", "kind:phrase", ... (see `describe_mix`).
     """
     if (tokens is None) == (count is None):
         raise ValueError("give exactly one of tokens= or count=")
@@ -281,7 +291,16 @@ def write_documents(path: str | Path, generator: RetrievalDocGenerator, *, token
             f.write(json.dumps(doc, ensure_ascii=False) + "\n")
             docs += 1
             total += doc["tokens"]
+            if mix is not None:
+                for key in ("lang", "haystack", "kind"):
+                    mix[f"{key}:{doc[key]}"] = mix.get(f"{key}:{doc[key]}", 0) + doc["tokens"]
             if progress is not None and docs % 5000 == 0:
                 progress(docs, total)
     tmp.replace(path)
     return docs, total
+
+
+def describe_mix(mix: dict) -> str:
+    """One line: the share of tokens per language, haystack and value kind."""
+    total = sum(v for k, v in mix.items() if k.startswith("lang:")) or 1
+    return ", ".join(f"{k.split(':')[1]} {v / total:.0%}" for k, v in sorted(mix.items()))
