@@ -160,8 +160,8 @@ def test_held_out_phrasings_never_appear(docs, tmp_path, tok):
     sent = "The pass key is 71234. Remember it. The best thing to do in Lisbon is rowing on the harbour at dawn. "
     clean = "Rivers carry silt to the sea and the delta grows each year. "
     poisoned.write_text(json.dumps({"text": (sent + clean * 3) * 40}) + "\n")
-    gen = RetrievalDocGenerator(tok, FillerText([poisoned]), RetrievalDocConfig(max_tokens=300, min_tokens=200, max_facts=2,
-                                                                     repetitive_share=0, chinese_share=0, seed=1))
+    cfg = RetrievalDocConfig(max_tokens=300, min_tokens=200, max_facts=2, repetitive_share=0, chinese_share=0, seed=1)
+    gen = RetrievalDocGenerator(tok, FillerText([poisoned]), cfg)
     for i in range(20):
         text = gen.document(i)["text"]
         assert "Rivers carry silt" in text
@@ -177,7 +177,7 @@ def test_write_documents_and_tool(tmp_path, tok):
     lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert mix["lang:en"] + mix.get("lang:zh", 0) == tokens == mix["haystack:prose"] + mix.get("haystack:repetitive", 0)
     assert mix.get("lang:zh", 0) == sum(x["tokens"] for x in lines if x["lang"] == "zh")
-    assert "en " in describe_mix(mix) and "%" in describe_mix(mix)
+    assert "; lang en " in describe_mix(mix) and describe_mix(mix).startswith("haystack prose ")
     assert len(lines) == docs and sum(x["tokens"] for x in lines) == tokens >= 3000
     assert tokens - lines[-1]["tokens"] < 3000  # stops as soon as the target is reached
     # The command line writes the same documents.

@@ -303,4 +303,8 @@ def write_documents(path: str | Path, generator: RetrievalDocGenerator, *, token
 def describe_mix(mix: dict) -> str:
     """One line: the share of tokens per language, haystack and value kind."""
     total = sum(v for k, v in mix.items() if k.startswith("lang:")) or 1
-    return ", ".join(f"{k.split(':')[1]} {v / total:.0%}" for k, v in sorted(mix.items()))
+    groups: dict[str, list[str]] = {}
+    for k, v in sorted(mix.items()):
+        key, val = k.split(":")
+        groups.setdefault(key, []).append(f"{val} {v / total:.0%}")
+    return "; ".join(f"{key} " + ", ".join(vals) for key, vals in groups.items())

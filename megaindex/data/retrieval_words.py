@@ -154,8 +154,9 @@ QUESTIONS = {
     ],
 }
 INTROS = {
-    "en": ["", "", "Notes from the records office.\n\n", "Read the text below; some records are asked about at the end.\n\n",
-           "Memo.\n\n", "The following pages include several records.\n\n"],
+    "en": ["", "", "Notes from the records office.\n\n",
+           "Read the text below; some records are asked about at the end.\n\n", "Memo.\n\n",
+           "The following pages include several records.\n\n"],
     "zh": ["", "", "备忘录。\n\n", "以下几页里有几条记录，最后会问到。\n\n", "档案室的笔记。\n\n"],
 }
 
@@ -195,7 +196,8 @@ def owner(lang: str, rng: random.Random) -> str:
 
 def attributes(lang: str, kind: str) -> list[str]:
     """The attributes whose values are of `kind` ("number", "word" or "phrase")."""
-    table = {"en": (EN_NUMBER_ATTRS, EN_WORD_ATTRS, EN_PHRASE_ATTRS), "zh": (ZH_NUMBER_ATTRS, ZH_WORD_ATTRS, ZH_PHRASE_ATTRS)}
+    table = {"en": (EN_NUMBER_ATTRS, EN_WORD_ATTRS, EN_PHRASE_ATTRS),
+             "zh": (ZH_NUMBER_ATTRS, ZH_WORD_ATTRS, ZH_PHRASE_ATTRS)}
     numbers, words, phrases = table[lang]
     return {"number": numbers, "word": list(words), "phrase": phrases}[kind]
 
