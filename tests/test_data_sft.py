@@ -147,3 +147,43 @@ def test_sorted_batching_groups_similar_lengths(tmp_path, tok):
     assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))
     plain, _ = build_datasets(make_cfg(tmp_path, "data.sft_overlength=truncate"), tok)
     assert len(ds) < len(plain) * 1.5 and ranges != sorted(ranges, key=lambda r: -r[0])
+
+
+def test_fitted_length_is_the_length_fit_conversation_gives():
+    from megaindex.data import chat
+
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        turns = int(rng.integers(1, 5))
+        lengths = [int(rng.integers(1, 40))] + [int(x) for x in rng.integers(3, 300, 2 * turns)]
+        seqs = [np.zeros(n, dtype=np.int64) for n in lengths]
+        max_len = int(rng.integers(20, 700))
+        fitted = chat.fit_conversation(seqs, max_len)
+        assert chat.fitted_length(lengths, max_len) == (None if fitted is None else sum(map(len, fitted)))
+
+
+def test_planning_reads_no_tokens(tmp_path, tok, monkeypatch):
+    """Over-length conversations are planned from the index; their tokens are read when a row is
+    built (30K long instructions truncated at 32K would otherwise be held in every rank's memory)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    short = 512
+    cfg = make_cfg(tmp_path, f"data.seq_length={short}", "data.global_batch_tokens=2048", "data.sft_overlength=truncate")
+    build_datasets(cfg, tok)  # preprocess the JSONL into the cache first (that reads tokens, once)
+    real_get = IndexedDataset.get
+
+    def no_reads(*a, **k):
+        raise AssertionError("PackedSFTDataset read tokens while planning its rows")
+
+    monkeypatch.setattr(IndexedDataset, "get", no_reads)
+    ds, _ = build_datasets(cfg, tok)
+    assert ds.stats["truncated"] > 0
+    monkeypatch.setattr(IndexedDataset, "get", real_get)
+    truncated = [(i, jc) for i in range(len(ds)) for jc in ds.conversations(i) if ds._lengths[jc[0]][jc[1]] > short]
+    from megaindex.data import chat
+
+    for _, (j, c) in truncated:
+        d = ds.datasets[j]
+        planned = chat.fitted_length(d.sequence_lengths[d.document_indices[c]:d.document_indices[c + 1]], short)
+        assert len(ds.piece(j, c).tokens) == planned <= short
+    assert truncated

@@ -87,3 +87,20 @@ def fit_conversation(seqs: list[np.ndarray], max_len: int) -> list[np.ndarray] |
         user = np.concatenate([user[:head], user[len(user) - (keep - head):]]) if keep else user[:0]
         turns = [(np.concatenate([prompt[:1], user, prompt[-1:]]), target)]
     return [prefix] + [s for pt in turns for s in pt]
+
+
+def fitted_length(lengths, max_len: int) -> int | None:
+    """len of `fit_conversation`'s result from the sequence lengths alone (None: it gives up).
+
+    The same rule without the tokens: datasets plan their rows from the index, so an over-length
+    conversation is read (and shortened) only when its row is built, never held in memory."""
+    prefix = int(lengths[0])
+    turns = [(int(lengths[i]), int(lengths[i + 1])) for i in range(1, len(lengths), 2)]
+    total = prefix + sum(p + t for p, t in turns)
+    first = 0
+    while len(turns) - first > 1 and total > max_len:
+        total -= sum(turns[first])
+        first += 1
+    if total <= max_len:
+        return total
+    return None if max_len - prefix - turns[-1][1] - 2 < 0 else max_len  # middle truncation fills max_len

@@ -53,7 +53,6 @@ class PackedSFTDataset(torch.utils.data.Dataset):
             if len(per_doc) and ((per_doc < 3) | (per_doc % 2 == 0)).any():
                 raise ValueError(f"{d.path_prefix}: not a chat dataset (preprocess it with --kind sft)")
         self._lengths = [self._conv_lengths(d) for d in self.datasets]
-        self._fitted: dict[tuple[int, int], list[np.ndarray] | None] = {}
         packs, epoch = [], 0
         while True:
             packs += self._plan_epoch(epoch)
@@ -84,26 +83,22 @@ class PackedSFTDataset(torch.utils.data.Dataset):
         flat = d.get(first, offset=0, length=int(lens.sum())).astype(np.int64)  # sequences are contiguous
         return np.split(flat, np.cumsum(lens)[:-1])
 
-    def _fit(self, j: int, c: int) -> list[np.ndarray] | None:
-        key = (j, c)
-        if key not in self._fitted:
-            self._fitted[key] = chat.fit_conversation(self._sequences(j, c), self.seq_length)
-        return self._fitted[key]
-
     def _length(self, j: int, c: int) -> int | None:
-        """Tokens after the over-length rule, or None when the conversation is dropped."""
+        """Tokens after the over-length rule, or None when the conversation is dropped. From the
+        index alone: no tokens are read while planning (chat.fitted_length)."""
         n = int(self._lengths[j][c])
         if n <= self.seq_length:
             return n
         if self.overlength == "drop":
             self.stats["dropped_overlength"] += 1
             return None
-        fitted = self._fit(j, c)
+        d = self.datasets[j]
+        fitted = chat.fitted_length(d.sequence_lengths[d.document_indices[c]:d.document_indices[c + 1]], self.seq_length)
         if fitted is None:
             self.stats["dropped_overlength"] += 1
             return None
         self.stats["truncated"] += 1
-        return sum(map(len, fitted))
+        return fitted
 
     def _mixture(self, rng: np.random.RandomState) -> list[tuple[int, int]]:
         sizes = [len(c) for c in self.ids]
@@ -157,7 +152,7 @@ class PackedSFTDataset(torch.utils.data.Dataset):
         """One conversation alone: tokens, next-token labels and loss weights (before packing)."""
         seqs = self._sequences(j, c)
         if sum(map(len, seqs)) > self.seq_length:
-            seqs = self._fit(j, c)
+            seqs = chat.fit_conversation(seqs, self.seq_length)  # planned rows only hold ones it keeps
         tokens = np.concatenate(seqs)
         target = np.concatenate([np.full(len(s), chat.is_target(i)) for i, s in enumerate(seqs)])
         labels = np.append(tokens[1:], tokens[-1])
