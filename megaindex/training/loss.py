@@ -26,8 +26,10 @@ from megaindex.distributed import ParallelLayout
 
 LOSS_KEY = "lm loss"  # [loss sum, count] of the micro-batch
 # Document statistics of the whole micro-batch (before CP slicing), non-zero on CP rank 0 only,
-# like the count: the sum of squared (padded) document lengths, for the attention FLOPs, and the
-# tokens that are not padding, for the packing efficiency.
+# like the count: the sum of squared real document lengths, for the attention FLOPs (attention runs
+# over cu_seqlens, not the padded spans: an SFT row's tail padding is folded into its last
+# conversation's span and would otherwise count as attention), and the tokens that are not
+# padding, for the packing efficiency.
 DOC_SQ_KEY = "doc sq sum"
 REAL_TOKENS_KEY = "real tokens"
 
@@ -61,7 +63,7 @@ def document_stats(batch: dict, cp_rank: int) -> dict[str, torch.Tensor]:
     """DOC_SQ_KEY and REAL_TOKENS_KEY of this rank's (unsliced) micro-batch, on the host."""
     if cp_rank != 0:
         return {DOC_SQ_KEY: torch.zeros((), dtype=torch.int64), REAL_TOKENS_KEY: torch.zeros((), dtype=torch.int64)}
-    lengths = (batch["cu_seqlens_padded"][1:] - batch["cu_seqlens_padded"][:-1]).to(torch.int64)
+    lengths = (batch["cu_seqlens"][1:] - batch["cu_seqlens"][:-1]).to(torch.int64)
     return {DOC_SQ_KEY: (lengths * lengths).sum(), REAL_TOKENS_KEY: batch["cu_seqlens"][-1].to(torch.int64)}
 
 
