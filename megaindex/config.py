@@ -170,7 +170,7 @@ class DataConfig:
     packing: Literal["reset", "concat"] = _f("reset", "reset = per-document attention and positions (report recipe); concat = plain causal concatenation")
     whole_documents: int = _f(0, "pretrain: documents of at most this many tokens are never split across rows (first fit over a 16-document look-ahead); 0 = split any", ge=0)
     loss_weighting: Literal["token", "longalign"] = _f("token", "token = mean over target tokens; longalign = 1/(M*N_i) per token (SFT)")
-    sorted_batching: bool = _f(False, "LongAlign sorted batching: group similar lengths, shuffle batch order")
+    sorted_batching: bool = _f(False, "LongAlign sorted batching: rows sorted by their longest conversation form the global batches, batch order shuffled")
     sft_overlength: Literal["drop", "truncate"] = _f("drop", "conversation longer than seq_length: drop (counted) or truncate earliest turns")
     num_epochs: int | None = _f(None, "passes over the data; None = as many as train_iters needs", ge=1)
     context_length_warmup: list[list[int]] = _f([], "opt-in [[until_step, seq_length], ...] schedule (report: loss rebounds; off)")
