@@ -133,14 +133,8 @@ class Trainer:
         if self.rank == 0:  # after the resume checks: a refused launch leaves the run's config alone
             save_launch_config(self.run_dir, cfg)  # config.<time>.yaml per launch (kept) + config.yaml (newest)
 
-        self.forward_step = make_forward_step(
-            packed=True, longalign=cfg.data.loss_weighting == "longalign", device=self.device, layout=self.layout,
-            static_max_seqlen=cfg.data.seq_length if cfg.data.static_thd_shapes and use_transformer_engine(cfg) else None)
         self.forward_backward = get_forward_backward_func()
-        self.num_microbatches = cfg.num_microbatches(self.layout.world_size)
-        self.schedule = DataSchedule(self.cfg, self.tokenizer, self.train_ds, self.layout, num_chunks=len(self.model),
-                                     wrap=lambda it: TimedIterator(it, self.timers))
-        self._enter_phase()
+        self.use_data(cfg, self.train_ds)
         self.metrics = MetricsLogger(
             self.run_dir, enabled=self.rank == 0, tensorboard=cfg.log.tensorboard,
             start_step=self.progress.step, total_steps=cfg.train.train_iters,
@@ -174,6 +168,20 @@ class Trainer:
         t = self.cfg.train
         self.nan_guard = NanGuard(t.nan_policy, t.max_consecutive_skips, self.save_dir,
                                   path if path is not None and path.parent == self.save_dir else None)
+
+    def use_data(self, cfg: Config, train_ds) -> None:
+        """Read `train_ds` (built from `cfg`, this run's config or another data section for the same
+        model and layout) from `self.progress` on: the forward step (loss weighting, THD shapes),
+        the micro-batches per step and the data schedule follow cfg.data. __init__ binds the run's
+        own data; benchmarks/sft_throughput.py moves one model from stage-1 to stage-2 data."""
+        self.cfg, self.train_ds = cfg, train_ds
+        self.forward_step = make_forward_step(
+            packed=True, longalign=cfg.data.loss_weighting == "longalign", device=self.device, layout=self.layout,
+            static_max_seqlen=cfg.data.seq_length if cfg.data.static_thd_shapes and use_transformer_engine(cfg) else None)
+        self.num_microbatches = cfg.num_microbatches(self.layout.world_size)
+        self.schedule = DataSchedule(cfg, self.tokenizer, train_ds, self.layout, num_chunks=len(self.model),
+                                     wrap=lambda it: TimedIterator(it, self.timers))
+        self._enter_phase()
 
     def _enter_phase(self) -> None:
         """Point the train iterators at the data of the phase the next step belongs to (data/schedule.py)."""
