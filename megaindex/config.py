@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from megaindex.config_layout import data_layout_errors, model_layout_errors
+from megaindex.config_layout import cuda_graph_errors, data_layout_errors, model_layout_errors
 
 
 class ConfigError(ValueError):
@@ -246,6 +246,8 @@ class TrainConfig:
     run_dir: str = _f("runs/default", "where logs, metrics, plots and (by default) checkpoints go")
     exit_at_step: int | None = _f(None, "stop after this step with a checkpoint; a resumed run continues the same schedule", ge=1)
     profile_steps: list[int] = _f([], "[first, last]: record these steps with the torch profiler into RUN_DIR/profile/ (empty = off)", ge=1)
+    cuda_graph_impl: Literal["none", "full_iteration"] = _f(
+        "none", "full_iteration = capture each step's forward-backward over all micro-batches as one CUDA graph, replayed (small models; one GPU or DP)")
 
     def check(self) -> list[str]:
         errors = range_errors("train", self)
@@ -369,7 +371,7 @@ class Config:
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
             errors.append(f"world size {world_size!r}; it must be at least 1 GPU (--world-size, or TP x PP x CP x DP).")
         if not errors:
-            errors = model_layout_errors(self.model, self.parallel) + data_layout_errors(self, world_size)
+            errors = model_layout_errors(self.model, self.parallel) + data_layout_errors(self, world_size) + cuda_graph_errors(self)
         if errors:
             raise ConfigError("config cannot run:\n  - " + "\n  - ".join(errors))
         m, p = self.model, self.parallel

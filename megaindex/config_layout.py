@@ -4,7 +4,8 @@ layout on N GPUs (Config.validate runs it once every section has checked itself)
 Owns the divisibility rules megatron-core's TP/PP/VPP/CP/DP layout imposes: heads and FFN width by
 TP, layers by PP x VPP, heads by the all-to-all CP group, sequence length by 2 x CP (and by TP under
 sequence parallelism), the global batch by micro-batch x DP, micro-batches by PP when interleaved,
-and the context-length warmup phases. Each message names the fields and what to change.
+and the context-length warmup phases; and what a full-iteration CUDA graph needs from the rest of
+the config (`cuda_graph_errors`). Each message names the fields and what to change.
 """
 
 from __future__ import annotations
@@ -93,4 +94,40 @@ def data_layout_errors(cfg: Config, world_size: int) -> list[str]:
                 f"(micro-batches keep their token count) and be a multiple of 2 x CP = {2 * cp}."
             )
         prev_until = until
+    return errors
+
+
+def cuda_graph_errors(cfg: Config) -> list[str]:
+    """Why `train.cuda_graph_impl=full_iteration` cannot capture this config (training/cuda_graph.py)."""
+    if cfg.train.cuda_graph_impl == "none":
+        return []
+    m, p, d, t = cfg.model, cfg.parallel, cfg.data, cfg.train
+    what = "train.cuda_graph_impl=full_iteration"
+    errors = []
+    if not d.static_thd_shapes:
+        errors.append(f"{what} replays one set of tensor shapes: set data.static_thd_shapes=true "
+                      f"(run-constant cu_seqlens length and max_seqlen).")
+    if m.transformer_impl == "local":
+        errors.append(f"{what} needs Transformer Engine's THD attention: set model.transformer_impl=auto or transformer_engine.")
+    layout = {"tensor_model_parallel_size": p.tensor_model_parallel_size,
+              "pipeline_model_parallel_size": p.pipeline_model_parallel_size,
+              "context_parallel_size": p.context_parallel_size}
+    split = [f"parallel.{k}={v}" for k, v in layout.items() if v > 1]
+    if split:
+        errors.append(f"{what} captures one whole model replica per GPU (data parallelism only), not "
+                      f"{', '.join(split)}; use train.cuda_graph_impl=none for this layout.")
+    if p.overlap_grad_reduce or p.overlap_param_gather:
+        errors.append(f"{what} captures the gradient all-reduce at the end of the step: set "
+                      f"parallel.overlap_grad_reduce=false and parallel.overlap_param_gather=false.")
+    if d.context_length_warmup:
+        errors.append(f"{what} replays one row length: data.context_length_warmup changes it between phases; "
+                      f"leave it empty or use train.cuda_graph_impl=none.")
+    if t.fp8:
+        errors.append(f"{what} with train.fp8: TE updates its FP8 scaling state in Python around each step, "
+                      f"which a replay skips; use train.cuda_graph_impl=none for FP8.")
+    if t.recompute_granularity:
+        errors.append(f"{what} with train.recompute_granularity={t.recompute_granularity}: megatron's recompute is not "
+                      f"capturable here (it saves and restores the CUDA RNG state, and the attention recompute reads a "
+                      f"tensor on the host: megatron/core/transformer/attention.py, AttnMaskType(attn_mask_type.item())); "
+                      f"graphs are for models small enough to need no recompute.")
     return errors

@@ -153,6 +153,31 @@ def test_context_length_warmup_entries_are_checked():
     assert "until_step 5 must be larger than the previous (10)" in msg
 
 
+def test_cuda_graphs_refuse_what_a_capture_cannot_replay():
+    graphs = ("train.cuda_graph_impl=full_iteration", "data.static_thd_shapes=true")
+    cfg_with(*graphs).validate(1)
+    cfg_with(*graphs).validate(4)  # data parallelism: one replica per GPU, the all-reduce is captured
+    cfg_with("data.context_length_warmup=[[10, 64]]", "train.recompute_granularity=full").validate(1)  # graphs off: no rule
+    assert "set data.static_thd_shapes=true" in errors_of(cfg_with("train.cuda_graph_impl=full_iteration"), 1)
+    cases = {
+        "model.transformer_impl=local": "set model.transformer_impl=auto or transformer_engine",
+        "parallel.tensor_model_parallel_size=2": "not parallel.tensor_model_parallel_size=2",
+        "parallel.pipeline_model_parallel_size=2": "not parallel.pipeline_model_parallel_size=2",
+        "parallel.context_parallel_size=2": "not parallel.context_parallel_size=2",
+        "parallel.overlap_grad_reduce=true": "set parallel.overlap_grad_reduce=false",
+        "data.context_length_warmup=[[10, 64]]": "data.context_length_warmup changes it between phases",
+        "train.fp8=hybrid": "use train.cuda_graph_impl=none for FP8",
+        "train.recompute_granularity=selective": "train.recompute_granularity=selective: megatron's recompute is not capturable",
+    }
+    for override, message in cases.items():
+        msg = errors_of(cfg_with(*graphs, override), 2)
+        assert message in msg and msg.count("\n  - ") == 1, (override, msg)
+    assert "model replica per GPU" in errors_of(cfg_with(*graphs, "parallel.context_parallel_size=2",
+                                                         "parallel.tensor_model_parallel_size=2"), 4)
+    with pytest.raises(ConfigError, match="full_iteration"):
+        cfg_with("train.cuda_graph_impl=local")
+
+
 def test_all_to_all_cp_needs_heads_divisible_by_its_group():
     # tiny: 4 heads. a2a over CP=8 cannot split 4 heads; a2a+p2p splits them over the inner group only.
     msg = errors_of(cfg_with("parallel.context_parallel_size=8", "parallel.cp_comm_type=a2a"), 8)

@@ -21,6 +21,8 @@ from functools import partial
 
 import torch
 
+from megatron.core.packed_seq_params import PackedSeqParams
+
 from megaindex.data.batch import packed_seq_params, slice_batch_for_cp_rank
 from megaindex.distributed import ParallelLayout
 
@@ -88,5 +90,22 @@ def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, la
             labels=batch["labels"], packed_seq_params=psp,
         )
         return output, partial(loss_func, batch["loss_mask"], count.to(device), stats)
+
+    return forward_step
+
+
+def make_static_forward_step(max_seqlen: int):
+    """forward_step for micro-batches already on the GPU in run-constant THD shapes (the static
+    buffers of training/cuda_graph.py: tokens, labels, loss_mask, cu_seqlens, cu_seqlens_padded,
+    count). No host work, no host-to-device copy and nothing that waits for the GPU, so megatron's
+    schedule around it can be captured in a CUDA graph. The document statistics are the caller's
+    (computed on the host before the step); the logs carry LOSS_KEY only."""
+    def forward_step(data_iterator, model):
+        b = next(data_iterator)
+        cu, cu_pad = b["cu_seqlens"], b["cu_seqlens_padded"]  # two tensors: TE's pad_between_seqs stays fixed
+        psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu_pad,
+                              cu_seqlens_kv_padded=cu_pad, max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
+        output = model(b["tokens"], None, None, labels=b["labels"], packed_seq_params=psp)
+        return output, partial(loss_func, b["loss_mask"], b["count"], {})
 
     return forward_step

@@ -3,7 +3,8 @@
 Reads top to bottom: distributed init -> tokenizer and data -> model chunks wrapped in megatron DDP
 -> distributed optimizer + schedule -> resume (or start from pretrained weights) -> steps through
 megatron's forward_backward function (no pipelining, 1F1B or interleaved, chosen by megatron from
-the layout) -> validation, checkpoints, metrics. Launch with torchrun (`megaindex train CONFIG`).
+the layout; or a replay of its captured CUDA graph, training/cuda_graph.py) -> validation,
+checkpoints, metrics. Launch with torchrun (`megaindex train CONFIG`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from megaindex.data.tokenizer import IndexTokenizer
 from megaindex.distributed import init_distributed
 from megaindex.model.build import build_model_chunks, params_dtype, use_transformer_engine
 from megaindex.plan import step_flops
-from megaindex.training import checkpointing
+from megaindex.training import checkpointing, cuda_graph
 from megaindex.training import resume
-from megaindex.training.loss import DOC_SQ_KEY, LOSS_KEY, REAL_TOKENS_KEY, make_forward_step
+from megaindex.training.loss import DOC_SQ_KEY, LOSS_KEY, REAL_TOKENS_KEY, make_forward_step, make_static_forward_step
 from megaindex.training.metrics import MetricsLogger, plot_loss_curve
 from megaindex.training.nan_guard import NanGuard, NonFiniteStop  # noqa: F401 (NonFiniteStop: cli)
 from megaindex.training.optimizer import build_optimizer, build_scheduler
@@ -75,6 +76,8 @@ class Trainer:
         # First, so that a SIGUSR1/SIGTERM during setup is recorded rather than fatal, and so that
         # DataLoader workers inherit the handler (training/preemption.py).
         self.preemption = PreemptionWatcher().install()
+        if cfg.train.cuda_graph_impl == "full_iteration":
+            cuda_graph.check_runtime(cfg)  # before NCCL starts (training/cuda_graph.py)
         self.layout = init_distributed(cfg)
         self.device = _device()
         self.rank = dist.get_rank()
@@ -94,6 +97,10 @@ class Trainer:
             )
 
         self.dtype = params_dtype(cfg)
+        # CUDA graphs: the run's current stream is the capture stream from here on (training/cuda_graph.py)
+        self.capture_stream = None
+        if cfg.train.cuda_graph_impl == "full_iteration":
+            self.capture_stream = cuda_graph.activate_capture_stream()
         self.chunks = build_model_chunks(cfg, layout=self.layout)
         tf_config = self.chunks[0].config
         tf_config.calculate_per_token_loss = True  # loss contract: (sum, count); see training/loss.py
@@ -172,12 +179,19 @@ class Trainer:
     def use_data(self, cfg: Config, train_ds) -> None:
         """Read `train_ds` (built from `cfg`, this run's config or another data section for the same
         model and layout) from `self.progress` on: the forward step (loss weighting, THD shapes),
-        the micro-batches per step and the data schedule follow cfg.data. __init__ binds the run's
-        own data; benchmarks/sft_throughput.py moves one model from stage-1 to stage-2 data."""
+        the micro-batches per step, the data schedule and the CUDA graphs follow cfg.data. __init__
+        binds the run's own data; benchmarks/sft_throughput.py moves one model from stage-1 to stage-2 data."""
         self.cfg, self.train_ds = cfg, train_ds
         self.forward_step = make_forward_step(
             packed=True, longalign=cfg.data.loss_weighting == "longalign", device=self.device, layout=self.layout,
             static_max_seqlen=cfg.data.seq_length if cfg.data.static_thd_shapes and use_transformer_engine(cfg) else None)
+        self.graph = None  # train.cuda_graph_impl=full_iteration: steps replay a captured forward-backward
+        if self.capture_stream is not None:
+            static_step = make_static_forward_step(cfg.data.seq_length)
+            self.graph = cuda_graph.FullIterationGraph(
+                lambda it, n: self._run(it, n, forward_only=False, forward_step=static_step),
+                stream=self.capture_stream, max_seqlen=cfg.data.seq_length,
+                longalign=cfg.data.loss_weighting == "longalign", log=self._log)
         self.num_microbatches = cfg.num_microbatches(self.layout.world_size)
         self.schedule = DataSchedule(cfg, self.tokenizer, train_ds, self.layout, num_chunks=len(self.model),
                                      wrap=lambda it: TimedIterator(it, self.timers))
@@ -197,10 +211,10 @@ class Trainer:
             print(msg, flush=True)
 
     # ---- one step -----------------------------------------------------------------------------
-    def _run(self, data_iterator, num_microbatches: int, forward_only: bool):
+    def _run(self, data_iterator, num_microbatches: int, forward_only: bool, forward_step=None):
         d = self.cfg.data
         return self.forward_backward(
-            forward_step_func=self.forward_step,
+            forward_step_func=forward_step or self.forward_step,
             data_iterator=data_iterator,
             model=self.model,
             num_microbatches=num_microbatches,
@@ -235,7 +249,10 @@ class Trainer:
         self.optimizer.zero_grad()
         wait0, t0 = self.timers.t.get("data_wait_s", 0.0), time.perf_counter()
         try:
-            losses = self._run(self.train_iters, self.num_microbatches, forward_only=False)
+            if self.graph is not None:
+                losses = self.graph(self.train_iters, self.num_microbatches)
+            else:
+                losses = self._run(self.train_iters, self.num_microbatches, forward_only=False)
         except StopIteration:  # the loop checks data_end_step first; this is a guard
             raise DataExhausted(f"the training data ran out inside step {self.progress.step + 1}") from None
         self.timers.add("forward_backward_s", time.perf_counter() - t0 - (self.timers.t.get("data_wait_s", 0.0) - wait0))
