@@ -82,6 +82,11 @@ class ModelConfig:
     attention_backend: Literal["auto", "flash", "fused", "unfused"] = _f(
         "auto", "TE attention kernel choice (auto lets TE pick; fused = cuDNN)"
     )
+    cross_entropy_fusion: Literal["none", "native", "te"] = _f(
+        "none", "LM loss kernel: none = megatron's vocab-parallel cross-entropy (keeps an fp32 softmax: 6 bytes/logit), "
+        "native = megatron's torch.compile'd version (same memory; rounds the logit gradient to bf16), "
+        "te = Transformer Engine's Triton kernel, gradient written over the bf16 logits (2 bytes/logit; TE + GPU)"
+    )
 
     @property
     def kv_heads(self) -> int:

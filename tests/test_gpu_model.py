@@ -114,3 +114,57 @@ def test_static_thd_shapes_same_loss_and_grads_one_backend_selection(models, mon
         # the same kernels on the same tokens: equal up to bf16 rounding of a differently-sized launch
         assert (lx - ls).abs().max().item() <= BF16_LOGIT_TOL
         assert ((gx - gs).norm() / gx.norm()).item() <= 1e-2
+
+
+def test_te_fused_cross_entropy_equals_unfused_and_frees_the_fp32_copy(models):
+    """model.cross_entropy_fusion=te on the TE model: the same per-token losses (fp32 math on the same
+    bf16 logits), LongAlign-weighted loss and gradients as megatron's unfused cross-entropy; and the
+    head + loss alone peak at ~2 bytes per logit instead of ~6 (bf16 logits + fp32 softmax copy)."""
+    from megaindex.model.build import build_model
+    from megaindex.training.loss import masked_loss_sum
+
+    cfg, _, te = models
+    fcfg = load_config(None, ["model.preset=tiny", "model.hidden_size=256", "model.num_attention_heads=4",
+                              "model.num_query_groups=4", "data.seq_length=256", "data.global_batch_tokens=256",
+                              "model.cross_entropy_fusion=te"])
+    fused = build_model(fcfg, use_te=True).cuda()
+    fused.load_state_dict(te.state_dict())
+    t = tokens(sum(LENGTHS) + 1, 3)
+    weight = torch.cat([torch.cat([torch.zeros(n - n // 2), torch.full((n // 2,), 1.0 / (n // 2))]) for n in LENGTHS]).cuda()
+
+    def run(model):
+        model.train()
+        model.zero_grad()
+        per_token = model(t[:, :-1], None, None, labels=t[:, 1:], packed_seq_params=packed(LENGTHS))
+        loss = masked_loss_sum(per_token, weight[None]) / len(LENGTHS)
+        loss.backward()
+        model.eval()
+        return per_token.detach().float(), loss.item(), {k: p.grad.float() for k, p in model.named_parameters() if p.grad is not None}
+
+    tok_a, loss_a, grads_a = run(te)
+    tok_b, loss_b, grads_b = run(fused)
+    # Identical bf16 logits; both kernels compute log-sum-exp in fp32 (different order).
+    assert (tok_a - tok_b).abs().max().item() <= 1e-4 * tok_a.abs().max().item()
+    assert abs(loss_a - loss_b) <= 1e-4 * abs(loss_a)
+    assert grads_a.keys() == grads_b.keys()
+    for k, g in grads_a.items():  # bf16 gradients: a few bf16 steps (2^-8) of each tensor's scale
+        assert (g - grads_b[k]).abs().max().item() <= 3e-2 * g.abs().max().item() + 1e-12, k
+
+    # Memory of the head + loss alone on 8K tokens (logits 8K x 8064): peak above what is held before.
+    h = torch.randn(8192, 1, cfg.model.hidden_size, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(5, 8000, (1, 8192), device="cuda")
+    logits_bytes = 8192 * cfg.padded_vocab_size * 2
+
+    def head_peak(model):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        logits, _ = model.output_layer(h)
+        model.compute_language_model_loss(labels, logits).sum().backward()
+        del logits
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / logits_bytes
+
+    unfused_peak, te_peak = head_peak(te), head_peak(fused)
+    # in units of bf16 logits: unfused = logits + fp32 copy (3); te = the logits, overwritten by the gradient (1)
+    assert unfused_peak >= 2.9 and te_peak <= 1.3, (unfused_peak, te_peak)

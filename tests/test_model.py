@@ -106,6 +106,26 @@ def test_norm_head_gradient_matches_explicit_formula(tiny):
     assert torch.count_nonzero(got[V:]) == 0  # padding rows get no gradient: they stay zero
 
 
+def test_padded_logit_columns_pass_no_gradient_upstream(tiny):
+    """The -inf fill is in place and passes its gradient through (output_layer._FillPaddedColumns):
+    a gradient on the padded columns must still change neither the hidden-state gradient nor the
+    padded weight rows (they come from zeroed rows)."""
+    cfg, model = tiny
+    head, V = model.output_layer, cfg.model.vocab_size
+    gen = torch.Generator().manual_seed(6)
+    r = torch.randn(6, 1, cfg.padded_vocab_size, generator=gen)
+    grads = []
+    for upstream in (r, torch.cat([r[..., :V], torch.zeros_like(r[..., V:])], -1)):
+        h = torch.randn(6, 1, cfg.model.hidden_size, generator=torch.Generator().manual_seed(7), requires_grad=True)
+        head.weight.grad = None
+        logits, _ = head(h)
+        logits.backward(upstream)
+        grads.append((h.grad.clone(), head.weight.grad.clone()))
+    assert torch.isneginf(logits[..., V:]).all()
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    assert torch.count_nonzero(grads[0][1][V:]) == 0
+
+
 def test_cpu_backend_maps_devices_and_trips_on_uncovered_cuda(single_process_megatron):
     from megaindex.cpu_backend import UncoveredCudaCall
 

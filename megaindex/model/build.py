@@ -22,6 +22,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from megaindex.config import Config, ConfigError
 from megaindex.distributed import ParallelLayout, current_layout
+from megaindex.model.lm_loss import configure_lm_loss, megatron_fusion_fields
 from megaindex.model.output_layer import configure_output_layer
 from megaindex.model.reference_attention import ReferenceAttention
 
@@ -131,6 +132,7 @@ def to_transformer_config(cfg: Config, *, use_te: bool | None = None, world_size
         recompute_method=t.recompute_method if t.recompute_granularity == "full" else None,
         recompute_num_layers=t.recompute_num_layers if t.recompute_granularity == "full" else None,
         deallocate_pipeline_outputs=True,
+        **megatron_fusion_fields(cfg),
     )
     if use_te and m.attention_backend != "auto":
         from megatron.core.transformer.enums import AttnBackend
@@ -177,6 +179,7 @@ def build_model(
         if cfg.model.norm_head and not cfg.model.untie_embeddings_and_output_weights:
             raise ValueError("model.norm_head needs untied embeddings (the head is normalised, the embedding is not).")
         configure_output_layer(model.output_layer, norm_head=cfg.model.norm_head, vocab_size=cfg.model.vocab_size)
+        configure_lm_loss(model, cfg, use_te=use_te)
     _zero_padded_vocab_rows(model, cfg.model.vocab_size, layout.tp_rank)
     return model
 

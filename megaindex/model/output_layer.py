@@ -7,8 +7,8 @@ communication.
 
 Padded vocabulary (Megatron pads to a multiple of 128*TP): padded rows are multiplied by zero before
 use, so their gradient is exactly zero and they stay zero forever (also with Adam and weight decay);
-their logits are set to -inf, so softmax, cross-entropy and argmax see exactly the unpadded model and
-the loss equals the HF model's. Without this the padded columns (logit 0) would enter the partition
+their logits are set to -inf (in place, see _FillPaddedColumns), so softmax, cross-entropy and argmax
+see exactly the unpadded model and the loss equals the HF model's. Without this the padded columns (logit 0) would enter the partition
 function.
 """
 
@@ -62,8 +62,26 @@ class IndexOutputLayer(ColumnParallelLinear):
         start, end = self._local_vocab_range(logits.shape[-1])
         if end > self.vocab_size:
             pad = torch.arange(start, end, device=logits.device) >= self.vocab_size
-            logits = logits.masked_fill(pad, float("-inf"))
+            logits = _FillPaddedColumns.apply(logits, pad)
         return logits, bias
+
+
+class _FillPaddedColumns(torch.autograd.Function):
+    """logits[..., pad] = -inf in place, gradient passed through unchanged: no second logits-sized
+    tensor in forward or backward (with model.cross_entropy_fusion=te the logits are the head's only
+    large tensor, lm_loss.py). Exact: the padded columns come from zeroed weight rows (`w * keep`), so
+    any gradient reaching them is multiplied by zero on its way to the hidden states and to the weight
+    (a softmax-based loss gives them exactly 0 anyway: exp(-inf) = 0). The matmul that produced the
+    logits does not keep its output for backward, so writing over it is safe."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        ctx.mark_dirty(logits)
+        return logits.masked_fill_(pad, float("-inf"))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
 
 
 def configure_output_layer(layer: ColumnParallelLinear, *, norm_head: bool, vocab_size: int) -> IndexOutputLayer:

@@ -1,5 +1,7 @@
 """Two gloo processes: TP=2 (sequence parallel) and CP=2 (reference attention, THD-packed and
-unpacked) against the TP=1/CP=1 run, in loss and in every gradient. Run by tests/test_parallel.py.
+unpacked) against the TP=1/CP=1 run, in loss and in every gradient; and at TP=2 the fused
+cross-entropy kernels (model.cross_entropy_fusion: native, and te on GPU) against the unfused one on
+the same weights. Run by tests/test_parallel.py.
 
 Weights move between layouts through megaindex checkpoints (megatron dist_checkpointing), and the
 TP=2 gradients come back to full shape the same way, so the comparison also exercises resharding.
@@ -29,11 +31,11 @@ def device() -> torch.device:  # after init_distributed has picked this rank's G
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def config(tp: int = 1, cp: int = 1):
+def config(tp: int = 1, cp: int = 1, fusion: str = "none"):
     return load_config(None, [
         "model.preset=tiny", f"data.seq_length={SEQ}", f"data.global_batch_tokens={2 * SEQ}",
         f"parallel.tensor_model_parallel_size={tp}", f"parallel.context_parallel_size={cp}",
-        "parallel.sequence_parallel=true", "train.seed=1234",
+        "parallel.sequence_parallel=true", "train.seed=1234", f"model.cross_entropy_fusion={fusion}",
     ])
 
 
@@ -106,6 +108,26 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
+def max_rel_diff_all_ranks(a: dict, b: dict) -> float:
+    """Largest |a - b| relative to each tensor's largest |a|, over every rank's shards."""
+    rel = max(((a[k].float() - b[k].float()).abs().max() / a[k].float().abs().max()).item()
+              for k in a if a[k].abs().max() > 0)
+    t = torch.tensor([rel], device=device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def fused_cross_entropy_cases(work: Path, tp_loss: float, tp_grads: dict) -> dict:
+    """TP=2: each fused kernel against the unfused run on the same weights and packed batch."""
+    out = {}
+    for fusion in ("native", "te") if torch.cuda.is_available() else ("native",):
+        model = build(config(tp=2, fusion=fusion), work / "ref")
+        loss = loss_and_backward(model, True, 1)
+        grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+        out[f"tp2_fused_{fusion}"] = {"loss": loss, "ref_loss": tp_loss, "grad_max_rel_diff": max_rel_diff_all_ranks(tp_grads, grads)}
+    return out
+
+
 def main(out_path: str, work: str) -> None:
     work = Path(work)
     results = {}
@@ -124,6 +146,7 @@ def main(out_path: str, work: str) -> None:
     cfg = config(tp=2)
     model = build(cfg, work / "ref")
     tp_loss = loss_and_backward(model, True, 1)
+    results.update(fused_cross_entropy_cases(work, tp_loss, {k: p.grad.clone() for k, p in model.named_parameters()}))
     reduce_grads(model)
     grads_as_weights(model)
     checkpoint.save_model([model], work / "tp2_grads", cfg)

@@ -1,0 +1,76 @@
+"""The per-token LM loss: which cross-entropy kernel turns the head's logits into token losses.
+
+GPTModel computes `compute_language_model_loss(labels, logits)` -> per-token loss [b, s] when the
+forward step passes labels; megaindex's loss function (training/loss.py) masks and weights that
+afterwards (loss masks, response-only SFT, LongAlign 1/N_i), so every kernel here sees the same input:
+vocab-parallel logits [s, b, V/TP] (padded columns -inf, output_layer.py) and the labels.
+`model.cross_entropy_fusion` picks the kernel:
+
+* none: megatron's `vocab_parallel_cross_entropy`. It casts the logits to fp32 and keeps that copy as
+  the softmax for backward: the head peaks at bf16 logits + fp32 copy = 6 bytes per logit
+  (11.9 GiB for one 32K row at Index's padded vocabulary 65152).
+* native: megatron's fused version (TransformerConfig `cross_entropy_loss_fusion`, impl "native"):
+  the same algorithm with torch.compile'd elementwise steps and one TP all-reduce instead of two.
+  Same memory. Its backward casts the logit gradient to bf16 whatever the logits' dtype, so an fp32
+  run gets bf16-rounded logit gradients (bf16 runs are unaffected: their logits are bf16 anyway).
+* te: Transformer Engine's Triton kernel (online softmax, fp32 math, one all-gather of 4 floats per
+  token under TP), called with `overwrite_input=True`: it keeps only the bf16 logits and 8 bytes of
+  softmax statistics per token, and backward writes the gradient over the logits: 2 bytes per
+  logit. megatron 0.19.2's own TE path does not pass `overwrite_input` (TE then keeps a copy of the
+  logits, 4 bytes per logit) and warns about an instability that TE fixed in 2.19/2.20 (TE #3193
+  kept the gradient in fp32, #3273 moved it to backward); so megaindex calls TE directly and needs a
+  TE with `overwrite_input` (2.20).
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+
+import torch
+
+from megaindex.config import Config, ConfigError
+
+def _te_parallel_cross_entropy():
+    """TE's parallel_cross_entropy if it has `overwrite_input`, else a one-line reason it cannot be used."""
+    try:
+        from transformer_engine.pytorch.cross_entropy import parallel_cross_entropy
+    except ImportError as e:
+        return None, f"Transformer Engine's cross-entropy is not importable ({e})"
+    if "overwrite_input" not in inspect.signature(parallel_cross_entropy).parameters:
+        import transformer_engine
+
+        return None, (f"Transformer Engine {getattr(transformer_engine, '__version__', '?')} has no "
+                      "parallel_cross_entropy(overwrite_input=...) (needs 2.20)")
+    return parallel_cross_entropy, None
+
+
+def megatron_fusion_fields(cfg: Config) -> dict:
+    """The TransformerConfig fields for this choice (only `native` goes through megatron's switch)."""
+    native = cfg.model.cross_entropy_fusion == "native"
+    return {"cross_entropy_loss_fusion": native, "cross_entropy_fusion_impl": "native"}
+
+
+def te_language_model_loss(tp_group, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-token loss [b, s] from logits [s, b, V/TP] and labels [b, s] (megatron's signature and layout)."""
+    parallel_cross_entropy, why = _te_parallel_cross_entropy()
+    if parallel_cross_entropy is None:
+        raise RuntimeError(why)
+    labels = labels.transpose(0, 1).contiguous()
+    loss = parallel_cross_entropy(logits.contiguous(), labels, 0.0, False, tp_group, -100, overwrite_input=True)
+    return loss.transpose(0, 1).contiguous()
+
+
+def configure_lm_loss(model, cfg: Config, *, use_te: bool) -> None:
+    """Route a last-stage GPTModel's loss through the chosen kernel (none/native: megatron's own)."""
+    if cfg.model.cross_entropy_fusion != "te":
+        return
+    if not use_te:
+        raise ConfigError("model.cross_entropy_fusion=te needs the Transformer Engine path (TE and a GPU); "
+                          "use none or native here.")
+    _, why = _te_parallel_cross_entropy()
+    if why:
+        raise ConfigError(f"model.cross_entropy_fusion=te: {why}; use none or native, or install the `gpu` extra.")
+    # An instance attribute shadows LanguageModule.compute_language_model_loss; GPTModel._postprocess
+    # (and MTP) call it through self.
+    model.compute_language_model_loss = partial(te_language_model_loss, model.pg_collection.tp)
