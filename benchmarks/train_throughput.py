@@ -4,6 +4,10 @@
         parallel.context_parallel_size=2
     torchrun --nproc-per-node 1 benchmarks/train_throughput.py --name 1gpu_full_recompute --data ... \
         parallel.context_parallel_size=1 train.recompute_granularity=full
+    # TE's fused cross-entropy, and the layers it lets skip recompute on one 80 GiB GPU:
+    torchrun --nproc-per-node 1 benchmarks/train_throughput.py --name 1gpu_block26_te --data ... \
+        parallel.context_parallel_size=1 train.recompute_granularity=full train.recompute_method=block \
+        train.recompute_num_layers=26 model.cross_entropy_fusion=te
 
 Runs `--steps` full training steps of Index-1.9B-32K (examples/index_1.9b_long_pt_32k.yaml plus the
 overrides; the work is defined in benchmarks/same_work.py, which benchmarks/hf_baseline.py shares)
@@ -89,7 +93,9 @@ def main() -> int:
         result = {
             "name": args.name, "engine": "megaindex", "device": torch.cuda.get_device_name() if gpu else "cpu", "gpus": world,
             "layout": {"tp": trainer.layout.tp, "pp": trainer.layout.pp, "cp": trainer.layout.cp, "dp": trainer.layout.dp},
-            "recompute": cfg.train.recompute_granularity, "packing": cfg.data.packing, "seq_length": cfg.data.seq_length,
+            "recompute": cfg.train.recompute_granularity, "recompute_method": cfg.train.recompute_method,
+            "recompute_num_layers": cfg.train.recompute_num_layers, "cross_entropy_fusion": cfg.model.cross_entropy_fusion,
+            "packing": cfg.data.packing, "seq_length": cfg.data.seq_length,
             "global_batch_tokens": tokens, "rows_per_step": args.sequences_per_step,
             "dense_params": dense_params(cfg), "model_tflop_per_step": med("model_tflop"), "steps_measured": len(rows),
             "step_time_s": med("step_time_s"), "step_times_s": [r["step_time_s"] for r in every],

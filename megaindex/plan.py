@@ -32,10 +32,14 @@ allowance. Bytes per GPU, bf16 mixed precision as on the GPU node (fp32 if preci
 * pipeline: rank r of a 1F1B schedule holds min(PP - r, micro-batches) micro-batches of its
   layers; interleaved, megatron's warm-up count ((PP - r - 1) * 2 + (VPP - 1) * PP + 1 model chunks);
 * full recompute keeps each layer's input; its peak is the larger of the head at the end of the
-  forward and one layer rebuilt during backward;
-* head (last stage, one micro-batch): bf16 logits and the fp32 copy the vocab-parallel
-  cross-entropy keeps as its softmax (6 bytes per logit; fp32 runs: logits plus one masked copy),
-  the Norm-Head's normalised weight copies, the final norm's input and output;
+  forward and one layer rebuilt during backward (uniform: a group of `recompute_num_layers`);
+  `recompute_method=block` recomputes the first `recompute_num_layers` layers of a stage and keeps
+  every activation of the others;
+* head (last stage, one micro-batch): bf16 logits and the fp32 copy megatron's vocab-parallel
+  cross-entropy keeps as its softmax (6 bytes per logit; fp32 runs 8), or with
+  `model.cross_entropy_fusion=te` the logits alone, which TE's kernel overwrites with the gradient
+  (2 bytes per logit, fp32 runs 4; model/lm_loss.py), the Norm-Head's normalised weight copies, the
+  final norm's input and output;
 * runtime: CUDA context, NCCL and cuDNN/cuBLAS workspaces outside torch's allocator, and the
   allocator's cache over the allocated peak (`expandable_segments`, the trainer's default).
 Measured against this on the GPU node: benchmarks/memory_vs_estimate.py, benchmarks/RESULTS_train.md.
@@ -217,18 +221,23 @@ def _stage_estimate(cfg: Config, counts: ParamCounts, world_size: int, rank: int
     head = 0
     if last:
         vocab_local = cfg.padded_vocab_size // tp
-        head += tokens * vocab_local * (8 if fp32 else 6)  # logits + fp32 softmax kept by the cross-entropy
+        per_logit = (4 if fp32 else 2) if m.cross_entropy_fusion == "te" else (8 if fp32 else 6)
+        head += tokens * vocab_local * per_logit  # logits (+ the fp32 softmax megatron's cross-entropy keeps)
         head += 2 * tokens * m.hidden_size * act_bytes // (tp if sp else 1)  # final norm input and output
         if m.norm_head:
             head += 2 * (counts.output // tp) * act_bytes  # normalised and padding-masked weight copies
 
     if t.recompute_granularity == "full":
         layer_input = tokens * act_bytes * m.hidden_size // (tp if sp else 1)
-        groups = min(t.recompute_num_layers if t.recompute_method == "uniform" else layers_here, layers_here)
-        kept = int(layers_here * layer_input * in_flight)
+        if t.recompute_method == "uniform":
+            groups, recomputed = min(t.recompute_num_layers, layers_here), layers_here
+        else:  # block: the first recompute_num_layers layers, one at a time; the rest keep everything
+            groups, recomputed = 1, min(t.recompute_num_layers, layers_here)
+        kept = int((recomputed * layer_input + (layers_here - recomputed) * per_layer) * in_flight)
         rebuilt = per_layer * groups  # one group of layers rebuilt during backward (the head is gone by then)
         activations = kept + max(rebuilt - head, 0)
-        note = f"full recompute: layer inputs kept, {groups} layer(s) rebuilt at a time"
+        note = (f"full recompute: layer inputs kept, {groups} layer(s) rebuilt at a time" if recomputed == layers_here
+                else f"block recompute: {recomputed} of {layers_here} layers recomputed, the others keep their activations")
     else:
         activations = int(per_layer * layers_here * in_flight)
         note = ("no recompute" if t.recompute_granularity is None

@@ -144,3 +144,24 @@ def test_cost_model_error_on_the_recorded_runs():
     loo = sorted(abs(c["loo_error"]) for c in rows)
     assert errors[-1] <= 0.16 and errors[-2] <= 0.05 and sum(errors) / len(errors) <= 0.03, errors
     assert loo[-1] <= 0.17 and loo[-2] <= 0.06, loo
+
+
+def test_memory_estimate_of_fused_cross_entropy_and_block_recompute():
+    """The head term follows model.cross_entropy_fusion (unfused: bf16 logits + fp32 softmax, 6 bytes
+    per logit; te: the bf16 logits alone, 2), and block recompute keeps every activation of the layers
+    it does not recompute (between full recompute and none)."""
+    def est(*over):
+        cfg = load_config(RECIPE, ["parallel.context_parallel_size=1", "train.recompute_granularity=full", *over])
+        return plan.memory_estimate(cfg, plan.parameter_counts(cfg), 1)
+
+    full, te = est(), est("model.cross_entropy_fusion=te")
+    logits = 32768 * 65152
+    assert full.logits - te.logits == 4 * logits  # 11.9 GiB -> 4.0 GiB of logits at one 32K row
+    assert full.peak_allocated - te.peak_allocated == 4 * logits  # the head sets full recompute's peak
+    block = [est("model.cross_entropy_fusion=te", "train.recompute_method=block", f"train.recompute_num_layers={k}")
+             for k in (36, 26)]
+    assert block[0].activations == te.activations  # all 36 recomputed one at a time = uniform full
+    layer_input = 32768 * 2048 * 2
+    assert block[1].activations - block[0].activations == 10 * (te.per_layer_activation - layer_input)
+    assert block[1].total / 2**30 < 79.6  # fits one 80 GiB H100 (benchmarks/cross_entropy_h100.sh runs it)
+    assert est("train.recompute_method=block", "train.recompute_num_layers=26").total / 2**30 > 79.6  # unfused: does not
