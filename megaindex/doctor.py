@@ -63,6 +63,16 @@ def _gpus() -> list[dict]:
     return out
 
 
+def _cross_entropy_kernels(use_te: bool) -> str:
+    """Which model.cross_entropy_fusion values this machine can run (megaindex.model.lm_loss)."""
+    if not use_te:
+        return "none, native (megatron); te needs Transformer Engine and a GPU"
+    from megaindex.model.lm_loss import te_cross_entropy_kernel
+
+    _, why = te_cross_entropy_kernel()
+    return "none, native (megatron), te (TE Triton kernel over the bf16 logits)" if why is None else f"none, native; te unavailable: {why}"
+
+
 def diagnose() -> dict:
     """Everything `megaindex doctor` prints, as a dict (`--json`)."""
     import megaindex
@@ -110,6 +120,7 @@ def diagnose() -> dict:
         "fp8": "available (TE, Hopper+)" if use_te and gpus and float(gpus[0]["compute_capability"]) >= 9.0 else "unavailable",
         "optimizer": ("TE FusedAdam" if te["usable"] and cuda else "apex FusedAdam" if apex["usable"]
                       else "torch AdamW"),
+        "cross_entropy": _cross_entropy_kernels(use_te),
     }
 
     missing = []

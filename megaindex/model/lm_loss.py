@@ -31,7 +31,7 @@ import torch
 
 from megaindex.config import Config, ConfigError
 
-def _te_parallel_cross_entropy():
+def te_cross_entropy_kernel():
     """TE's parallel_cross_entropy if it has `overwrite_input`, else a one-line reason it cannot be used."""
     try:
         from transformer_engine.pytorch.cross_entropy import parallel_cross_entropy
@@ -53,10 +53,10 @@ def megatron_fusion_fields(cfg: Config) -> dict:
 
 def te_language_model_loss(tp_group, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Per-token loss [b, s] from logits [s, b, V/TP] and labels [b, s] (megatron's signature and layout)."""
-    parallel_cross_entropy, why = _te_parallel_cross_entropy()
+    parallel_cross_entropy, why = te_cross_entropy_kernel()
     if parallel_cross_entropy is None:
         raise RuntimeError(why)
-    labels = labels.transpose(0, 1).contiguous()
+    labels = labels.transpose(0, 1).contiguous().long()  # TE's kernel reads int64 targets
     loss = parallel_cross_entropy(logits.contiguous(), labels, 0.0, False, tp_group, -100, overwrite_input=True)
     return loss.transpose(0, 1).contiguous()
 
@@ -68,7 +68,7 @@ def configure_lm_loss(model, cfg: Config, *, use_te: bool) -> None:
     if not use_te:
         raise ConfigError("model.cross_entropy_fusion=te needs the Transformer Engine path (TE and a GPU); "
                           "use none or native here.")
-    _, why = _te_parallel_cross_entropy()
+    _, why = te_cross_entropy_kernel()
     if why:
         raise ConfigError(f"model.cross_entropy_fusion=te: {why}; use none or native, or install the `gpu` extra.")
     # An instance attribute shadows LanguageModule.compute_language_model_loss; GPTModel._postprocess
