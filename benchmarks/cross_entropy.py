@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: megaindex from this checkout, installed or not
+    sys.path.insert(1, str(REPO))
 
 
 def main() -> int:
