@@ -89,10 +89,16 @@ def test_native_fused_cross_entropy_equals_unfused_with_longalign_weights(pair, 
     assert 0 < worst <= BF16_GRAD_REL_TOL, worst
 
 
-def test_te_fusion_needs_transformer_engine(single_process_megatron):
+def test_te_fusion_without_transformer_engine_falls_back_with_a_warning(single_process_megatron, caplog):
+    """A `te` checkpoint stays usable where TE cannot run (eval, converters on CPU): megatron's loss, said once."""
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
     from megaindex.model.build import build_model
 
-    with pytest.raises(ConfigError, match="cross_entropy_fusion=te needs the Transformer Engine path"):
-        build_model(config("te"), use_te=False)
+    with caplog.at_level("WARNING", logger="megaindex.model.lm_loss"):
+        model = build_model(config("te"), use_te=False)
+    assert "cross_entropy_fusion=te: it needs the Transformer Engine path" in caplog.text
+    assert "compute_language_model_loss" not in vars(model)
+    assert model.compute_language_model_loss.__func__ is LanguageModule.compute_language_model_loss
     with pytest.raises(ConfigError, match="model.cross_entropy_fusion"):
         load_config(None, ["model.preset=tiny", "model.cross_entropy_fusion=apex"]).validate(1)

@@ -25,11 +25,14 @@ vocab-parallel logits [s, b, V/TP] (padded columns -inf, output_layer.py) and th
 from __future__ import annotations
 
 import inspect
+import logging
 from functools import partial
 
 import torch
 
-from megaindex.config import Config, ConfigError
+from megaindex.config import Config
+
+log = logging.getLogger(__name__)
 
 def te_cross_entropy_kernel():
     """TE's parallel_cross_entropy if it has `overwrite_input`, else a one-line reason it cannot be used."""
@@ -62,15 +65,19 @@ def te_language_model_loss(tp_group, labels: torch.Tensor, logits: torch.Tensor)
 
 
 def configure_lm_loss(model, cfg: Config, *, use_te: bool) -> None:
-    """Route a last-stage GPTModel's loss through the chosen kernel (none/native: megatron's own)."""
+    """Route a last-stage GPTModel's loss through the chosen kernel (none/native: megatron's own).
+
+    `te` where TE's kernel cannot run (no GPU or TE, the local spec, an older TE) falls back to
+    megatron's unfused loss with a warning instead of failing: the kernels give the same losses (see
+    the module doc), so a checkpoint trained with `te` stays usable by `megaindex eval` or the
+    converters on any machine; only the memory differs."""
     if cfg.model.cross_entropy_fusion != "te":
         return
-    if not use_te:
-        raise ConfigError("model.cross_entropy_fusion=te needs the Transformer Engine path (TE and a GPU); "
-                          "use none or native here.")
-    _, why = te_cross_entropy_kernel()
+    _, why = te_cross_entropy_kernel() if use_te else (None, "it needs the Transformer Engine path (TE and a GPU)")
     if why:
-        raise ConfigError(f"model.cross_entropy_fusion=te: {why}; use none or native, or install the `gpu` extra.")
+        log.warning("model.cross_entropy_fusion=te: %s; using megatron's unfused cross-entropy here "
+                    "(same losses, 6 instead of 2 bytes per logit).", why)
+        return
     # An instance attribute shadows LanguageModule.compute_language_model_loss; GPTModel._postprocess
     # (and MTP) call it through self.
     model.compute_language_model_loss = partial(te_language_model_loss, model.pg_collection.tp)
