@@ -9,6 +9,7 @@ multiple of 2*CP. `thd_partition_indices` is the same index set as Transformer E
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -25,7 +26,24 @@ def cp_chunk_positions(seq_len: int, cp_size: int, cp_rank: int) -> torch.Tensor
 
 
 def thd_partition_indices(cu_seqlens_padded: torch.Tensor | list[int], cp_size: int, cp_rank: int) -> torch.Tensor:
-    """Indices into a packed row of the tokens CP rank `cp_rank` holds (every document chunked)."""
-    cu = cu_seqlens_padded.tolist() if isinstance(cu_seqlens_padded, torch.Tensor) else list(cu_seqlens_padded)
-    parts = [start + cp_chunk_positions(end - start, cp_size, cp_rank) for start, end in zip(cu[:-1], cu[1:])]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    """Indices into a packed row of the tokens CP rank `cp_rank` holds (every document chunked).
+
+    Vectorised over the documents (numpy): the forward step calls it per micro-batch on the host,
+    and an SFT row can hold hundreds of conversations (a loop of torch ops per document cost ~11 us
+    each: 5.7 ms for 500)."""
+    cu = np.asarray(cu_seqlens_padded.tolist() if isinstance(cu_seqlens_padded, torch.Tensor) else cu_seqlens_padded,
+                    dtype=np.int64)
+    starts, lengths = cu[:-1], np.diff(cu)
+    if cp_size == 1:
+        chunk_starts, chunk_lengths = starts, lengths
+    else:
+        bad = lengths % (2 * cp_size) != 0
+        if bad.any():
+            raise ValueError(f"sequence length {int(lengths[bad][0])} is not a multiple of 2*CP = {2 * cp_size}")
+        chunk = lengths // (2 * cp_size)  # rank r: chunks r and 2*CP-1-r of every document, in order
+        chunk_starts = np.stack([starts + cp_rank * chunk, starts + (2 * cp_size - 1 - cp_rank) * chunk], 1).ravel()
+        chunk_lengths = np.repeat(chunk, 2)
+    total = int(chunk_lengths.sum())
+    # positions 0..total-1, shifted by (chunk start - where the chunk begins in the output)
+    shift = chunk_starts - (np.cumsum(chunk_lengths) - chunk_lengths)
+    return torch.from_numpy(np.repeat(shift, chunk_lengths) + np.arange(total, dtype=np.int64))

@@ -132,3 +132,22 @@ def test_static_thd_shapes_keep_the_layout_and_fix_the_shapes(batch):
     assert len(static_thd_shapes(dict(b, cu_seqlens=more, cu_seqlens_padded=more), S)["cu_seqlens"]) == 257
     with pytest.raises(ValueError, match="longer than the static max_seqlen"):
         static_thd_shapes(few, S - 1)
+
+
+def test_thd_partition_indices_equal_the_per_document_rule():
+    """The vectorised index set equals chunks r and 2cp-1-r of every document (cp_chunk_positions),
+    for rows of many documents of random lengths, and refuses a length that is not a multiple of 2cp."""
+    from megaindex.cp_layout import cp_chunk_positions, thd_partition_indices
+
+    gen = torch.Generator().manual_seed(0)
+    for cp in (1, 2, 4):
+        for docs in (1, 7, 300):
+            lengths = torch.randint(0, 40, (docs,), generator=gen) * 2 * cp
+            cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(torch.int32)
+            for r in range(cp):
+                want = [int(a) + cp_chunk_positions(int(b) - int(a), cp, r) for a, b in zip(cu[:-1], cu[1:])]
+                got = thd_partition_indices(cu, cp, r)
+                assert got.dtype == torch.long and torch.equal(got, torch.cat(want)), (cp, docs, r)
+    assert thd_partition_indices([0], 2, 0).numel() == 0
+    with pytest.raises(ValueError, match="not a multiple of 2\\*CP = 4"):
+        thd_partition_indices([0, 8, 14], 2, 0)
