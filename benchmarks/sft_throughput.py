@@ -63,7 +63,7 @@ def parse_args(argv=None):
     ap.add_argument("--pretrain-data", default=str(FIX / "corpus" / "pretrain.jsonl"), help="JSONL or IndexedDataset prefix")
     ap.add_argument("--long-sft", type=Path, default=REPO / ".bench_data" / "long_sft.jsonl",
                     help="long conversations; written by tools/make_long_sft.py when missing")
-    ap.add_argument("--long-count", type=int, default=36)
+    ap.add_argument("--long-count", type=int, default=28)
     ap.add_argument("--long-min-tokens", type=int, default=4096)
     ap.add_argument("--long-max-tokens", type=int, default=32000)
     ap.add_argument("--sft-data", nargs="+", default=None,
@@ -141,11 +141,14 @@ def run_phase(trainer, name: str, cfg, ds, *, warmup: int, steps: int, profile: 
         sync()
         dt = time.perf_counter() - t0
         timers = trainer.timers.pop()
-        rows = range(k * gbs, (k + 1) * gbs)
+        cu_pad = [ds[i]["cu_seqlens_padded"] for i in range(k * gbs, (k + 1) * gbs)]
         tokens = gbs * seq
         flops = step_flops(cfg, tokens, out["doc_sq_sum"])
+        # TE's fused THD RoPE launches (max_seqlen x sequences) blocks per row; those past a
+        # sequence's end return at once. Blocks per token: 1 for one document per row.
+        rope_grid = sum(int((c[1:] - c[:-1]).max()) * (len(c) - 1) for c in cu_pad) / tokens
         return {"step": k + 1, "step_time_s": dt, "tokens": tokens, "real_tokens": out["real_tokens"],
-                "sequences": sum(len(ds[i]["cu_seqlens"]) - 1 for i in rows), "doc_sq_sum": out["doc_sq_sum"],
+                "sequences": sum(len(c) - 1 for c in cu_pad), "rope_grid_per_token": rope_grid, "doc_sq_sum": out["doc_sq_sum"],
                 "tokens_per_s_per_gpu": tokens / dt / world, "tflops_per_gpu": flops / dt / world / 1e12,
                 "model_tflop": flops / 1e12, "data_wait_s": timers["data_wait_s"], "loss": out["loss"]}
 
@@ -176,6 +179,7 @@ def run_phase(trainer, name: str, cfg, ds, *, warmup: int, steps: int, profile: 
         "packing_efficiency": total("real_tokens") / total("tokens"),
         "sequences_per_row": total("sequences") / (len(rows) * gbs),
         "mean_attention_span": total("doc_sq_sum") / max(total("real_tokens"), 1),
+        "rope_grid_per_token": total("rope_grid_per_token") / len(rows),
         "tflops_per_gpu": total("model_tflop") * 1e12 / time_s / world / 1e12,
         "data_wait_s_median": statistics.median(r["data_wait_s"] for r in rows),
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if gpu else None,
@@ -203,8 +207,8 @@ def markdown(results: list[dict], meta: dict) -> str:
         f"Device: {meta['device']} x {meta['gpus']}; layout {meta['layout']}, recompute {meta['recompute']}; "
         f"{meta['rows_per_step']} rows of {meta['seq_length']} tokens per step; command `{meta['command']}`.", "",
         "| phase | steps | step time (median) | tokens/s/GPU | real tokens/s/GPU | vs stage 1 (tokens, real tokens) "
-        "| TFLOP/s/GPU | vs stage 1 | packing | sequences/row | mean attention span | data wait | peak alloc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| TFLOP/s/GPU | vs stage 1 | packing | sequences/row | mean attention span | RoPE grid/token | data wait | peak alloc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         mem = f"{r['peak_mem_gib']:.1f} GiB" if r["peak_mem_gib"] is not None else ""
@@ -212,12 +216,14 @@ def markdown(results: list[dict], meta: dict) -> str:
             f"| {r['phase']} | {r['steps_measured']} | {r['step_time_s_median']:.2f} s | {r['tokens_per_s_per_gpu']:,.0f} "
             f"| {r['real_tokens_per_s_per_gpu']:,.0f} | {vs(r, 'tokens_per_s_per_gpu')}, {vs(r, 'real_tokens_per_s_per_gpu')} "
             f"| {r['tflops_per_gpu']:.1f} | {vs(r, 'tflops_per_gpu')} | {r['packing_efficiency']:.1%} "
-            f"| {r['sequences_per_row']:.1f} | {r['mean_attention_span']:,.0f} | {r['data_wait_s_median'] * 1e3:.1f} ms | {mem} |")
+            f"| {r['sequences_per_row']:.1f} | {r['mean_attention_span']:,.0f} | {r['rope_grid_per_token']:.1f} "
+            f"| {r['data_wait_s_median'] * 1e3:.1f} ms | {mem} |")
     lines += ["", "tokens/s count the packed rows (padding included; the trainer's tokens/s); real tokens leave "
               "the padding out. Totals over the measured steps (sum of tokens / sum of step times). Mean attention "
               "span = sum n_i^2 / sum n_i over the real documents: the causal attention work per token, which "
               "TFLOP/s (6 x dense params per row token + attention over the real documents) takes into account "
-              "and tokens/s does not."]
+              "and tokens/s does not. RoPE grid/token: blocks TE's fused THD RoPE launches per token "
+              "(longest padded sequence x sequences, per row; 1 = one document per row)."]
     fams = [r for r in results if r.get("profile_gpu_ms_by_kernel_family")]
     if fams:
         keys = list(fams[0]["profile_gpu_ms_by_kernel_family"])

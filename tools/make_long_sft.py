@@ -2,7 +2,7 @@
 """Write long single-turn chat conversations (LongAlign-style long instructions) from pretraining text.
 
     python tools/make_long_sft.py tests/fixtures/corpus/pretrain.jsonl --tokenizer tests/fixtures/tokenizer.model \\
-        -o .bench_data/long_sft.jsonl --count 36 --min-tokens 4096 --max-tokens 32000
+        -o .bench_data/long_sft.jsonl --count 28 --min-tokens 4096 --max-tokens 32000
 
 Stage 2's long half (the report: 30K+ long instructions) is not shipped, so benchmarks build it from
 the corpus they have. Conversation i (seeded by --seed and i alone: the same arguments write the
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("inputs", nargs="+", type=Path, help="JSONL files of training text ({'text'} lines)")
     ap.add_argument("--tokenizer", type=Path, required=True, help="SentencePiece tokenizer.model (lengths count in it)")
     ap.add_argument("-o", "--output", type=Path, required=True, help="JSONL of {'messages'} records to write")
-    ap.add_argument("--count", type=int, default=36, help="conversations to write")
+    ap.add_argument("--count", type=int, default=28, help="conversations to write")
     ap.add_argument("--min-tokens", type=int, default=4096, help="shortest document span (tokens)")
     ap.add_argument("--max-tokens", type=int, default=32000, help="longest document span (tokens)")
     ap.add_argument("--answer-tokens", type=int, default=400, help="longest answer (tokens)")
