@@ -16,8 +16,8 @@ kernel time, so host time per micro-batch can be compared with GPU time per micr
 Extra arguments are config overrides. Writes a JSON line to --out and the profiles to --profile-dir.
 
 `--cuda-graph` runs the same with train.cuda_graph_impl=full_iteration (and data.static_thd_shapes=true,
-which it needs): step 1 runs eagerly, step 2 is captured and replayed, later steps replay, so
-measure from step 3 (`--warmup 2`); `--profile` then runs cProfile over one replayed step (no
+which it needs): steps 1-2 run eagerly, step 3 is captured and replayed, later steps replay, so
+measure from step 4 (`--warmup 3`); `--profile` then runs cProfile over one replayed step (no
 torch.profiler: the kernels are the eager run's). `--summarize FILE` prints the records of FILE as a markdown table
 (tokens/s, ms per micro-batch, each step's loss, and the graphed runs' largest loss difference from
 the eager run of the same micro-batch size):
@@ -25,7 +25,7 @@ the eager run of the same micro-batch size):
     torchrun --nproc-per-node 1 benchmarks/microbatch_overhead.py --name eager_mbs1 --data P --out R.jsonl \
         data.static_thd_shapes=true
     torchrun --nproc-per-node 1 benchmarks/microbatch_overhead.py --name graph_mbs1 --data P --out R.jsonl \
-        --cuda-graph --steps 5 --warmup 2
+        --cuda-graph --steps 6 --warmup 3
     python benchmarks/microbatch_overhead.py --summarize R.jsonl
 """
 

@@ -119,27 +119,30 @@ GRAPH_LOSS_REL, GRAPH_GRAD_REL = 1e-3, 1e-2
 
 
 def test_cuda_graph_steps_match_eager_steps(tmp_path, cache, init_weights):
-    """train.cuda_graph_impl=full_iteration: step 1 eager, step 2 captured and replayed, step 3 a
+    """train.cuda_graph_impl=full_iteration: steps 1-2 eager, step 3 captured and replayed, step 4 a
     replay give the losses and gradient norms of eager steps with the same static THD shapes; eager
     validation after a replay and a checkpoint work."""
-    common = ("train.train_iters=3", "train.eval_interval=2", "train.eval_iters=1", "checkpoint.save_interval=3",
+    from megaindex.training.cuda_graph import EAGER_STEPS
+
+    assert EAGER_STEPS == 2  # the step numbers below
+    common = ("train.train_iters=4", "train.eval_interval=3", "train.eval_iters=1", "checkpoint.save_interval=4",
               "data.pad_to_multiple_of=8", f"checkpoint.pretrained={init_weights}", "data.static_thd_shapes=true")
     eager, graphed = tmp_path / "eager", tmp_path / "graphed"
     launch(STAGE1, small(eager, cache, *common))
     out = launch(STAGE1, small(graphed, cache, *common, "train.cuda_graph_impl=full_iteration"))
     assert out.stdout.count("CUDA graph captured") == 1, out.stdout[-3000:]
     a, b = metrics(eager), metrics(graphed)
-    assert [m["step"] for m in b] == [1, 2, 3]
+    assert [m["step"] for m in b] == [1, 2, 3, 4]
     # The tolerance separates steps: a replay of stale inputs would not pass for the next step's.
-    assert abs(a[2]["loss"] - a[1]["loss"]) > GRAPH_LOSS_REL * a[1]["loss"], a
+    assert abs(a[3]["loss"] - a[2]["loss"]) > GRAPH_LOSS_REL * a[2]["loss"], a
     for x, y in zip(a, b):
         assert abs(x["loss"] - y["loss"]) <= GRAPH_LOSS_REL * x["loss"], (x, y)
         assert abs(x["grad_norm"] - y["grad_norm"]) <= GRAPH_GRAD_REL * x["grad_norm"], (x, y)
     va, vb = metrics(eager, "validation.jsonl"), metrics(graphed, "validation.jsonl")
-    assert [v["step"] for v in vb] == [2, 3]
+    assert [v["step"] for v in vb] == [3, 4]
     for x, y in zip(va, vb):
         assert abs(x["val_loss"] - y["val_loss"]) <= GRAPH_LOSS_REL * x["val_loss"], (x, y)
-    assert (graphed / "checkpoints" / "latest").read_text().strip() == "step_00000003"
+    assert (graphed / "checkpoints" / "latest").read_text().strip() == "step_00000004"
 
 
 def test_async_checkpoints_and_resume_on_gpu(tmp_path):

@@ -20,9 +20,9 @@ whose shapes must not change between replays.
   the document statistics on the host, and copies everything into static GPU buffers (one pinned
   staging tensor and one copy per tensor kind). The forward step (training/loss.py
   `make_static_forward_step`) reads those buffers only.
-* The first step of a shape (THD slot count x micro-batches) runs eagerly on the buffers: cuDNN
-  graphs, TE's attention backend, the torch.compile'd fusions and the NCCL communicators are made
-  there. The next step of that shape is captured - megatron's own schedule, finalize_model_grads
+* The first EAGER_STEPS (2) steps of a shape (THD slot count x micro-batches) run eagerly on the
+  buffers: cuDNN graphs, TE's attention backend, the torch.compile'd fusions and the NCCL
+  communicators are made there. The next step of that shape is captured - megatron's own schedule, finalize_model_grads
   included (DP gradient all-reduce, division by the global token count) - and replayed; every later
   step is one replay. TE is not told it is being captured, so the capture runs exactly the code the
   eager step ran (same cuDNN graphs, same backend: nothing is built inside the capture).
@@ -48,7 +48,10 @@ from megaindex.training.loss import LOSS_KEY, batch_count, document_stats
 
 # The tensors of one micro-batch that live in the static buffers (make_static_forward_step's inputs).
 BUFFER_KEYS = ("tokens", "labels", "loss_mask", "cu_seqlens", "cu_seqlens_padded", "count")
-EAGER_STEPS = 1  # eager steps per shape before its capture (megatron's cuda_graph_warmup_steps for full_iteration)
+# Eager steps of a shape before its capture: megatron-core's FullCudaGraphWrapper defaults to 1,
+# megatron-LM's training passes cuda_graph_warmup_steps (3); a second eager step is cheap insurance
+# that nothing is still set up lazily when the capture runs.
+EAGER_STEPS = 2
 ALIGN = 64  # elements per buffer row are padded to a multiple of this (>= 256 bytes)
 
 
@@ -177,7 +180,7 @@ class FullIterationGraph:
 
     def _capture(self, shape: _Shape, key: tuple[int, int]) -> None:
         slots, n = key
-        if dist.is_initialized():
+        if dist.is_initialized() and dist.get_world_size() > 1:
             dist.barrier()  # every rank captures the same collectives at the same point
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
