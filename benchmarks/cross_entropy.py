@@ -40,6 +40,7 @@ def main() -> int:
     from megaindex import distributed
     from megaindex.config import load_config
     from megaindex.model.build import build_model
+    from megaindex.model.lm_loss import lm_loss_kernel
     from megaindex.training.loss import masked_loss_sum
 
     S = args.seq_length
@@ -89,7 +90,7 @@ def main() -> int:
         ref = ref or got
         rel = lambda k: ((got[k] - ref[k]).abs().max() / ref[k].abs().max()).item()
         row = {
-            "name": f"cross_entropy_{fusion}", "fusion": fusion, "device": torch.cuda.get_device_name() if gpu else "cpu",
+            "name": f"cross_entropy_{fusion}", "fusion": fusion, "kernel_used": lm_loss_kernel(model), "device": torch.cuda.get_device_name() if gpu else "cpu",
             "tokens": S, "padded_vocab": cfg.padded_vocab_size, "iters": args.iters,
             "ms_median": round(1000 * statistics.median(times), 2),
             "peak_above_held_gib": round(peak / 2**30, 2) if gpu else None,

@@ -66,6 +66,7 @@ def main() -> int:
     from megaindex.config import load_config
     from megaindex.distributed import destroy_distributed
     from megaindex.plan import dense_params, memory_estimate, parameter_counts
+    from megaindex.model.lm_loss import lm_loss_kernel
     from megaindex.training.trainer import Trainer
 
     run_dir = Path(os.environ.get("BENCH_RUN_DIR", f"/tmp/megaindex-bench-{args.name}"))
@@ -95,6 +96,7 @@ def main() -> int:
             "layout": {"tp": trainer.layout.tp, "pp": trainer.layout.pp, "cp": trainer.layout.cp, "dp": trainer.layout.dp},
             "recompute": cfg.train.recompute_granularity, "recompute_method": cfg.train.recompute_method,
             "recompute_num_layers": cfg.train.recompute_num_layers, "cross_entropy_fusion": cfg.model.cross_entropy_fusion,
+            "cross_entropy_kernel_used": lm_loss_kernel(trainer.chunks[-1]),
             "packing": cfg.data.packing, "seq_length": cfg.data.seq_length,
             "global_batch_tokens": tokens, "rows_per_step": args.sequences_per_step,
             "dense_params": dense_params(cfg), "model_tflop_per_step": med("model_tflop"), "steps_measured": len(rows),
