@@ -4,7 +4,7 @@
 # one GPU (concat packing: one causal 32K document per row, the HF baseline's work; 2 x 32K per step)
 # with full recompute, unfused vs TE's fused cross-entropy, and with TE's kernel recomputing only 26 of
 # the 36 layers (block method; the 8 GiB the kernel frees pay for the other 10 layers' activations).
-#   OUT=/path/to/results bash benchmarks/cross_entropy_h100.sh    # $OUT/cross_entropy.jsonl, $OUT/train.jsonl, logs
+#   OUT=/path/to/results bash benchmarks/cross_entropy_h100.sh    # $OUT/cross_entropy.jsonl, train.jsonl, cross_entropy.png, logs
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT="${OUT:?set OUT to a results directory}"
@@ -23,3 +23,4 @@ run() {
 run 1gpu_full_concat_none model.cross_entropy_fusion=none
 run 1gpu_full_concat_te model.cross_entropy_fusion=te
 run 1gpu_block26_concat_te model.cross_entropy_fusion=te train.recompute_method=block train.recompute_num_layers=26
+"$PY" benchmarks/cross_entropy_plot.py "$OUT/cross_entropy.jsonl" "$OUT/train.jsonl" --png "$OUT/cross_entropy.png"
