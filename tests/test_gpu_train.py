@@ -2,8 +2,9 @@
 
 * Every parallel layout that fits two GPUs - TP2 with sequence parallel, CP2 through TE's p2p ring,
   all-to-all and hierarchical a2a+p2p (per-document THD packing) and unpacked, PP2, interleaved
-  PP2 x VPP2, DP2 - and selective / full recompute and FP8 on one GPU give the single-GPU run's
-  loss and gradient norm, from the same initial weights, on the same packed batches.
+  PP2 x VPP2, DP2 - and selective / full / block recompute, FP8 and the fused cross-entropy kernels
+  (model.cross_entropy_fusion te and native) give the single-GPU run's loss and gradient norm, from
+  the same initial weights, on the same packed batches.
 * Background (async) checkpoint writes complete under their final name; a resume continues the run.
 * Full-iteration CUDA graphs (captured step, replays) give the eager steps' losses and gradient norms.
 """
@@ -58,6 +59,15 @@ LAYOUTS = {
     "full_recompute": (1, ["train.recompute_granularity=full"], PACKED),
     # Run-constant THD metadata (zero-length slots, max_seqlen = seq_length) gives the same step.
     "static_thd_shapes": (1, ["data.static_thd_shapes=true"], PACKED),
+    # The fused cross-entropy kernels through the trainer (Float16Module, DDP, distributed optimizer):
+    # TE's over the bf16 logits on one GPU and vocab-parallel at TP2, megatron's native on one GPU.
+    "te_cross_entropy": (1, ["model.cross_entropy_fusion=te"], PACKED),
+    "tp2_sp_te_cross_entropy": (2, ["parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=true",
+                                    "model.cross_entropy_fusion=te"], PACKED),
+    "native_cross_entropy": (1, ["model.cross_entropy_fusion=native"], PACKED),
+    # Block recompute (the first of the 4 layers recomputed, the others keep their activations), TE's kernel.
+    "block_recompute_te_cross_entropy": (1, ["train.recompute_granularity=full", "train.recompute_method=block",
+                                             "train.recompute_num_layers=1", "model.cross_entropy_fusion=te"], PACKED),
 }
 REFERENCES = {PACKED: [], CONCAT: ["data.packing=concat"]}
 
