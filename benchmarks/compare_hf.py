@@ -1,17 +1,22 @@
 """One invocation, two engines, the same work: HF transformers and megaindex, and their ratio.
 
-    python benchmarks/compare_hf.py --out OUT_DIR        # one GPU: Index-1.9B-32K, 2 x 32K rows per step
+    python benchmarks/compare_hf.py --out OUT_DIR        # one GPU: Index-1.9B-32K, 4 x 32K rows per step
 
-Runs benchmarks/hf_baseline.py (LlamaForCausalLM, SDPA, gradient checkpointing, bf16) and then
-benchmarks/train_throughput.py (the megaindex trainer; default layout one GPU, full recompute) in
-separate processes, so each starts with clean GPU memory, on the same work (benchmarks/same_work.py):
-the same recipe and overrides, so the same model shape, sequence length, tokens per step and data
-rows, packed with data.packing=concat (one causal sequence per row: what HF computes). Before
-comparing it checks the two records describe the same work (tokens per step, row length, dense
-parameters, model FLOPs per step) and refuses a comparison that is not.
+Writes the work's rows once (benchmarks/same_work.py --write-rows: token ids and loss targets, in a
+process of its own, since building megaindex's dataset imports megatron and with it Transformer
+Engine), then runs benchmarks/hf_baseline.py on that file (LlamaForCausalLM, SDPA, gradient
+checkpointing, bf16; a process with no megatron and no TE in it, as a user's HF script) and then
+benchmarks/train_throughput.py (the megaindex trainer; default layout one GPU, full recompute), each
+in its own process with clean GPU memory, on the same work (benchmarks/same_work.py): the same
+recipe and overrides, so the same model shape, sequence length, tokens per step and data rows,
+packed with data.packing=concat (one causal sequence per row: what HF computes). Before comparing
+it checks the two records describe the same work (tokens per step, row length, dense parameters,
+model FLOPs per step) and refuses a comparison that is not. Both records carry the SDPA backends
+enabled and the cuDNN version and libraries of their process (same_work.backend_facts).
 
-Prints and writes to OUT_DIR: compare_hf.jsonl (the HF record, the megaindex record, the comparison),
-compare_hf.md (a markdown table row per run), compare_hf.png, and each side's console log. Every
+Prints and writes to OUT_DIR: compare_hf.jsonl (the HF record, the megaindex record, the
+comparison), compare_hf.md (a markdown table row per run), compare_hf.png, each process's console
+(rows.log, hf.log, megaindex.log), the rows (runs/rows/rows.npz) and each side's run directory. Every
 rate is per GPU: tokens/s and TFLOP/s in both FLOP conventions of megaindex/plan.py, causal attention
 over the real documents (Megatron-LM's, ours) and the full s^2 attention of every row (NeMo's and
 torchtitan's published tables), and megaindex / HF. Data: --data defaults to the repo's fixture
@@ -78,7 +83,8 @@ def tf(x: float) -> str:
 def comparison(hf: dict, mi: dict, work: str, command: str) -> dict:
     ratio = mi["tokens_per_s_per_gpu"] / hf["tokens_per_s_per_gpu"]
     side = lambda r: {k: r[k] for k in ("name", "device", "gpus", "step_time_s", "tokens_per_s_per_gpu",  # noqa: E731
-                                         "tflops_per_gpu", "tflops_per_gpu_full_s2", "peak_mem_gib")}
+                                         "tflops_per_gpu", "tflops_per_gpu_full_s2", "peak_mem_gib", "sdpa_enabled",
+                                         "cudnn_version", "cudnn_libraries", "engine_modules_loaded")}
     return {"name": "compare_hf", "date": time.strftime("%Y-%m-%d"), "device": hf["device"], "work": work,
             "megaindex_layout": layout_text(mi), "hf": side(hf), "megaindex": side(mi),
             "megaindex_over_hf": ratio, "command": command}
@@ -132,7 +138,8 @@ def main() -> int:
     ap.add_argument("--out", required=True, type=Path, help="directory for the records, the table row, the PNG and logs")
     ap.add_argument("--layout", default=LAYOUT, help=f"megaindex-only overrides (default: {LAYOUT!r})")
     ap.add_argument("--nproc", type=int, default=1, help="megaindex processes (torchrun when > 1); HF runs on one GPU")
-    same_work.add_work_args(ap, steps=8, warmup=2, sequences=2)
+    # 4 rows per step (the earlier records' work); 6 steps keep one GPU's wall near 4 min (see RESULTS_train.md)
+    same_work.add_work_args(ap, steps=6, warmup=2, sequences=4)
     args = ap.parse_args()
     same_work.check_work_args(ap, args)
     if args.nproc < 1:
@@ -148,14 +155,19 @@ def main() -> int:
             f"tokens per step, concat, median of {args.steps - args.warmup} steps after {args.warmup}")
     common = ["--recipe", args.recipe, "--data", data, "--tokenizer", args.tokenizer, "--steps", str(args.steps),
               "--warmup", str(args.warmup), "--sequences-per-step", str(args.sequences_per_step)]
+    rows = args.out / "runs" / "rows" / "rows.npz"  # its data cache goes beside it
+    run_side("rows", [sys.executable, str(HERE / "same_work.py"), "--write-rows", str(rows), *common, *overrides],
+             args.out / "rows.log")
     hf = run_side("hf", [sys.executable, str(HERE / "hf_baseline.py"), "--run-dir", str(args.out / "runs" / "hf"),
-                         *common, *overrides], args.out / "hf.log")
+                         "--rows", str(rows), *common, *overrides], args.out / "hf.log")
     launch = [sys.executable] if args.nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                        f"--nproc-per-node={args.nproc}"]
     mi = run_side("megaindex", [*launch, str(HERE / "train_throughput.py"), "--name", "megaindex_concat", *common,
                                 overrides[0], *args.layout.split(), *overrides[1:]],  # the user's overrides win
                   args.out / "megaindex.log", env={"BENCH_RUN_DIR": str(args.out / "runs" / "megaindex")})
     errors = same_work_errors(hf, mi)
+    if hf["engine_modules_loaded"]:
+        errors.append(f"the HF process imported {hf['engine_modules_loaded']}")
     if hf["device"] != mi["device"]:
         errors.append(f"device: HF {hf['device']} vs megaindex {mi['device']}")
     if errors:
@@ -176,6 +188,10 @@ def main() -> int:
         peak = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
         print(f"{name[:39]:40}{r['tokens_per_s_per_gpu']:>14,.0f}{tf(r['tflops_per_gpu']):>16}"
               f"{tf(r['tflops_per_gpu_full_s2']):>18}{peak:>10}")
+    for name, r in (("HF", h), ("megaindex", c["megaindex"])):
+        sdpa = ",".join(k for k, on in r["sdpa_enabled"].items() if on) or "none"
+        print(f"{name}: cuDNN {r['cudnn_version']} ({', '.join(r['cudnn_libraries'] or ['-'])}), SDPA enabled: {sdpa}, "
+              f"engines imported: {', '.join(r['engine_modules_loaded']) or 'none'}")
     print(f"megaindex / HF: {c['megaindex_over_hf']:.2f}x (tokens/s per GPU; the same in either FLOP convention)")
     print(f"records: {args.out / 'compare_hf.jsonl'}, table row: {md}, plot: {args.out / 'compare_hf.png'}")
     return 0

@@ -17,8 +17,11 @@ steps read more than an epoch, which does not change the cost of a step):
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +29,8 @@ RECIPE = REPO / "examples" / "index_1.9b_long_pt_32k.yaml"
 TOKENIZER = REPO / "tests" / "fixtures" / "tokenizer.model"
 FIXTURE_CORPUS = REPO / "tests" / "fixtures" / "corpus" / "pretrain.jsonl"
 FIXTURE_PREFIX = REPO / ".bench_data" / "fixture_pretrain"
+ENGINE_MODULES = ("megatron", "transformer_engine")  # what a plain HF script never imports
+ROWS_FORMAT = 1
 if str(REPO) not in sys.path:  # the benchmarks run as scripts: megaindex from this checkout, installed or not
     sys.path.insert(1, str(REPO))
 
@@ -101,3 +106,119 @@ def flop_rates(cfg, tokens: int, seq_length: int, causal_flops: float, seconds: 
     per = seconds * gpus * 1e12
     return {"tflops_per_gpu": causal_flops / per,
             "tflops_per_gpu_full_s2": step_flops_full_attention(cfg, tokens, seq_length) / per}
+
+
+def engine_modules_loaded() -> list[str]:
+    """Which of ENGINE_MODULES this process has imported (top-level names; empty for a plain HF script)."""
+    return sorted({name.split(".")[0] for name in sys.modules} & set(ENGINE_MODULES))
+
+
+def loaded_libraries(fragment: str) -> list[str] | None:
+    """Paths of the shared libraries mapped into this process whose file name contains `fragment`
+    (None where /proc/self/maps does not exist)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    return sorted({line.split()[-1] for line in maps.splitlines()
+                   if "/" in line and fragment in line.rsplit("/", 1)[-1]})
+
+
+def backend_facts() -> dict:
+    """What decides which kernels torch runs in this process, for the record of either side: the
+    SDPA backends enabled, the cuDNN version torch reports and the cuDNN libraries actually mapped
+    (TE can load its own), the matmul precision flags, the engines imported, and the environment
+    variables megatron / TE / torch read for this. Call it after the run (asking torch for the
+    cuDNN version loads cuDNN)."""
+    import torch
+
+    b = torch.backends
+    prefixes = ("NVTE_", "CUDNN_", "TORCH_CUDNN", "CUDA_DEVICE_MAX_CONNECTIONS", "PYTORCH_CUDA_ALLOC_CONF",
+                "PYTORCH_ALLOC_CONF", "CUBLAS_WORKSPACE_CONFIG")
+    return {
+        "sdpa_enabled": {"flash": b.cuda.flash_sdp_enabled(), "mem_efficient": b.cuda.mem_efficient_sdp_enabled(),
+                         "math": b.cuda.math_sdp_enabled(), "cudnn": b.cuda.cudnn_sdp_enabled()},
+        "cudnn_version": b.cudnn.version() if b.cudnn.is_available() else None,
+        "cudnn_libraries": loaded_libraries("libcudnn"),
+        "cudnn_benchmark": b.cudnn.benchmark, "matmul_allow_tf32": b.cuda.matmul.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(), "cuda_runtime": torch.version.cuda,
+        "engine_modules_loaded": engine_modules_loaded(),
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(prefixes)},
+    }
+
+
+def rows_meta(cfg, rows: int) -> dict:
+    """What decides a rows file's rows: the resolved data section (less the cache and worker count),
+    the run length and seed that size and shuffle the sample index, and how many rows (flat
+    `section.field` keys, so a mismatch names the field)."""
+    decides = {f"data.{k}": v for k, v in cfg.to_dict()["data"].items() if k not in ("cache_dir", "num_workers")}
+    decides.update({f"train.{k}": getattr(cfg.train, k) for k in ("train_iters", "train_tokens", "seed")})
+    return json.loads(json.dumps({"format": ROWS_FORMAT, "rows": rows, **decides}))  # as the file holds it
+
+
+def write_rows(args: argparse.Namespace, path: Path) -> dict:
+    """Write the work's first steps x sequences_per_step rows to `path` (.npz): `tokens` and
+    `targets` (int64, rows x seq_length; targets = the trainer's labels with loss_mask 0 as -100,
+    HF's ignore_index) and `meta` (rows_meta of the work's Config, JSON). Row k x sequences + i is
+    what the trainer reads for micro-batch i of step k on one GPU. Imports megatron (the dataset):
+    run it in its own process, `python benchmarks/same_work.py --write-rows PATH ...`, never in the
+    HF baseline's."""
+    import numpy as np
+
+    from megaindex.atomic import atomic_file
+    from megaindex.data.builder import build_datasets
+    from megaindex.data.tokenizer import IndexTokenizer
+
+    cfg, _ = work_config(args, path.parent)
+    n = args.steps * args.sequences_per_step
+    train_ds, _ = build_datasets(cfg, IndexTokenizer(cfg.data.tokenizer_model))
+    samples = [train_ds[i] for i in range(n)]
+    tokens = np.stack([np.asarray(s["tokens"], dtype=np.int64) for s in samples])
+    targets = np.stack([np.where(np.asarray(s["loss_mask"]) > 0, np.asarray(s["labels"]), -100).astype(np.int64)
+                        for s in samples])
+    meta = rows_meta(cfg, n)
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, tokens=tokens, targets=targets, meta=np.array(json.dumps(meta)))
+    return meta
+
+
+def read_rows(cfg, rows: int, path: Path):
+    """(tokens, targets) of a rows file written by write_rows for the work of `cfg` (its Config) and
+    `rows` rows; numpy only, nothing of megatron. A file written for other work is an error naming
+    the config field."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta, tokens, targets = json.loads(str(z["meta"])), z["tokens"], z["targets"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"{path}: not a rows file of benchmarks/same_work.py ({e}): write it with "
+                         f"python benchmarks/same_work.py --write-rows {path} ...")
+    want = rows_meta(cfg, rows)
+    for key, value in want.items():
+        if meta.get(key) != value:
+            raise SystemExit(f"{path}: written for {key} {meta.get(key)!r}, this run has {value!r}: pass the same "
+                             f"work arguments, or delete the file to have it written again")
+    shape = (rows, cfg.data.seq_length)
+    if tokens.shape != shape or targets.shape != shape:
+        raise SystemExit(f"{path}: tokens {tokens.shape} / targets {targets.shape}, expected {shape} each: write it again")
+    return tokens, targets
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="Write the benchmark's rows (token ids and loss targets) to a file.")
+    ap.add_argument("--write-rows", required=True, type=Path, help=".npz file to write (its directory gets the data cache)")
+    add_work_args(ap)
+    args = ap.parse_args()
+    check_work_args(ap, args)
+    args.data = ensure_data(args.data)
+    t0 = time.perf_counter()
+    meta = write_rows(args, args.write_rows)
+    print(f"wrote {meta['rows']} rows of {meta['data.seq_length']} tokens to {args.write_rows}", flush=True)
+    print("RESULT " + json.dumps({**meta, "path": str(args.write_rows), "seconds": time.perf_counter() - t0}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -108,7 +108,7 @@ def main() -> int:
             **mem,
             "estimate": est,
             "allocator_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"),
-            "setup_s": setup_s,
+            "setup_s": setup_s, **same_work.backend_facts(),
             "loss_first_last": [rows[0]["loss"], rows[-1]["loss"]],
             "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
         }
