@@ -216,7 +216,8 @@ def main() -> int:
     t0 = time.perf_counter()
     meta = write_rows(args, args.write_rows)
     print(f"wrote {meta['rows']} rows of {meta['data.seq_length']} tokens to {args.write_rows}", flush=True)
-    print("RESULT " + json.dumps({**meta, "path": str(args.write_rows), "seconds": time.perf_counter() - t0}), flush=True)
+    print("RESULT " + json.dumps({"path": str(args.write_rows), "rows": meta["rows"], "seq_length": meta["data.seq_length"],
+                                  "seconds": time.perf_counter() - t0}), flush=True)
     return 0
 
 
