@@ -142,6 +142,8 @@ def test_deterministic_per_index(tok):
     a = RetrievalDocGenerator(tok, FillerText([CORPUS]), cfg)
     b = RetrievalDocGenerator(tok, FillerText([CORPUS]), cfg)
     assert [a.document(i) for i in (0, 7, 3)] == [b.document(i) for i in (0, 7, 3)]
+    both = [(a.document(i), b.document(i)) for i in range(30)]  # every form, kind and subject vocabulary
+    assert all(x == y for x, y in both) and {x["form"] for x, _ in both} == {"keyed", "same_form"}
     other = RetrievalDocGenerator(tok, FillerText([CORPUS]), RetrievalDocConfig(max_tokens=400, min_tokens=64, seed=6))
     assert a.document(0)["text"] != other.document(0)["text"]
 
@@ -177,7 +179,8 @@ def test_write_documents_and_tool(tmp_path, tok):
     lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert mix["lang:en"] + mix.get("lang:zh", 0) == tokens == mix["haystack:prose"] + mix.get("haystack:repetitive", 0)
     assert mix.get("lang:zh", 0) == sum(x["tokens"] for x in lines if x["lang"] == "zh")
-    assert "; lang en " in describe_mix(mix) and describe_mix(mix).startswith("haystack prose ")
+    assert "; haystack prose " in describe_mix(mix) and describe_mix(mix).startswith("lang en ")
+    assert "; form keyed " in describe_mix(mix) and "; subjects closed " in describe_mix(mix)
     assert len(lines) == docs and sum(x["tokens"] for x in lines) == tokens >= 3000
     assert tokens - lines[-1]["tokens"] < 3000  # stops as soon as the target is reached
     # The command line writes the same documents.
@@ -191,3 +194,92 @@ def test_write_documents_and_tool(tmp_path, tok):
                         "--tokenizer", str(TOKENIZER), "--count", "1", "-o", str(out)], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 1 and "none.jsonl" in r.stderr and r.stderr.count("\n") == 1
+
+
+# v3: open-vocabulary subjects and same-form documents (issue #16, after the second GPU attempt).
+
+def _open_span_candidates(subject: str) -> list[str]:
+    """The filler span an open subject may be built around: "the {span}", "the {attr} of the {span}", "{span}的{attr}"."""
+    from megaindex.data import retrieval_words as W
+
+    if re.search(r"[\u4e00-\u9fff]", subject):
+        heads = W.attributes("zh", "number") + W.attributes("zh", "word") + W.attributes("zh", "phrase") + W.ZH_SF_NOUN
+        return [subject.removesuffix(f"的{h}") for h in heads if subject.endswith(f"的{h}")]
+    rest = subject.removeprefix("the ")
+    out = [rest]
+    for attr in W.attributes("en", "number") + W.attributes("en", "word") + W.attributes("en", "phrase"):
+        if rest.startswith(f"{attr} of the "):
+            out.append(rest.removeprefix(f"{attr} of the "))
+    return out
+
+
+def test_open_vocabulary_subjects_come_from_the_filler_and_are_diverse(tok):
+    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), RetrievalDocConfig(max_tokens=256, min_tokens=64, seed=8))
+    docs = [gen.document(i) for i in range(500)]
+    raw = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines()]
+    words = " " + " ".join(w.lower() for text in raw for w in text.split()) + " "
+    chinese = "".join(raw)
+    open_subjects = [s for d in docs if d["subjects"] == "open" for s, _ in d["facts"]]
+    assert len(open_subjects) > 150
+    for s in open_subjects:
+        assert " is " not in f" {s} " and "是" not in s and not re.search(r"\d", s), s
+        spans = _open_span_candidates(s)
+        if d_zh := bool(re.search(r"[\u4e00-\u9fff]", s)):
+            assert any(2 <= len(x) <= 6 and x in chinese for x in spans), s
+        else:
+            assert any(re.fullmatch(r"[a-z]+( [a-z]+){0,4}", x) and f" {x} " in words for x in spans), s
+        assert d_zh or s.startswith("the ")
+    assert len(set(open_subjects)) >= 0.8 * len(open_subjects)  # open vocabulary: hardly any subject repeats
+    share = {k: sum(d["subjects"] == k for d in docs) / len(docs) for k in ("open", "closed", "mixed")}
+    assert 0.2 < share["open"] < 0.55 and 0.2 < share["closed"] < 0.55 and share["mixed"] > 0.1, share
+    assert 0.2 < sum(d["form"] == "same_form" for d in docs) / len(docs) < 0.4
+
+
+def test_same_form_documents_hide_the_fact_among_sentences_of_its_form(tok):
+    from megaindex.data import retrieval_same_form as SF
+
+    cfg = RetrievalDocConfig(max_tokens=384, min_tokens=64, same_form_share=1.0, chinese_share=0.3, seed=9)
+    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), cfg)
+    docs = [gen.document(i) for i in range(80)]
+    hard = 0
+    for d in docs:
+        assert d["form"] == "same_form" and d["distractors"] >= SF.MIN_DISTRACTORS, d
+        body, lines = _statement_lines(d)
+        zh = d["lang"] == "zh"
+        form = re.findall(r"(?:^|(?<=[.?!:] )|(?<=\n))The ([a-z]+(?: [a-z]+)*) is ([^.\n]+)\.", body) if not zh else \
+            re.findall(r"([\u4e00-\u9fff]{1,14}?)是([^。！？\n]{1,20})。", body)
+        subjects = {s for s, _ in d["facts"]}
+        for s, v in d["facts"]:
+            stated = SF.sentence(s, v, d["lang"])
+            assert body.count(stated) == 1 and body.count(v) == 1, (stated, body)  # the value once, where stated
+            assert sum(x.endswith(stated) or x.endswith(f"{s} is {v}.") for x in lines) == 1, lines  # asked, answered
+            assert body.count(stated.split(" is ")[0] + " is " if not zh else f"{s}是") == 1  # no other "{s} is"
+        form = [(s.strip(), v) for s, v in form]
+        others = [(s, v) for s, v in form if ("the " + s if not zh else s) not in subjects]
+        assert len(others) >= SF.MIN_DISTRACTORS, (form, body)  # many sentences of the fact's own form
+        assert len(form) - len(others) == len(d["facts"])  # and none of them equal to a fact
+        fact_words = {w for s in subjects for w in (s.split()[1:] if not zh else [s.split("的")[0]])}
+        hard += any(set(s.split()) & fact_words if not zh else any(w in s for w in fact_words) for s, _ in others)
+        check_held_out(d["text"])
+    assert hard >= 0.8 * len(docs)  # hard negatives: a distractor shares a word with a fact's subject
+    assert {d["lang"] for d in docs} == {"en", "zh"} and {d["haystack"] for d in docs} == {"prose", "repetitive"}
+    assert sum(len(d["facts"]) > 1 for d in docs) >= 5  # several facts where the length allows
+
+
+def test_same_form_sentences_never_held_out_and_drafts_with_a_held_out_phrase_are_redrawn(tok):
+    from megaindex.data import retrieval_words as W
+
+    sentences = [f"The {m} {n} is {a}." for m in W.SF_MOD for n in W.SF_NOUN for a in W.SF_ADJ]
+    sentences += [f"The {n} is {a}." for n in W.SF_NOUN for a in W.SF_ADJ]
+    sentences += [f"{m}{j}{n}是{a}的。" for m in W.ZH_SF_MOD for n in W.ZH_SF_NOUN for a in W.ZH_SF_ADJ for j in ("", "的")]
+    low = [s.lower() for s in sentences]
+    assert not [(p, s) for p in HELD_OUT_PHRASES for s in low if p in s]
+    cfg = RetrievalDocConfig(max_tokens=256, min_tokens=64, same_form_share=0.5, seed=10)
+    plain = RetrievalDocGenerator(tok, FillerText([CORPUS]), cfg)
+    strict = RetrievalDocGenerator(tok, FillerText([CORPUS]), cfg)
+    strict._held_out += ("gate", "door")  # as if these were evaluation phrases
+    a, b = [plain.document(i) for i in range(40)], [strict.document(i) for i in range(40)]
+    hit = [x for x in a if any(p in x["text"].lower() for p in ("gate", "door"))]
+    assert hit and all(not any(p in y["text"].lower() for p in ("gate", "door")) for y in b)
+    assert all(x != y for x, y in zip(a, b) if x in hit)  # those drafts were redrawn; spans are checked as drawn,
+    assert sum(x == y for x, y in zip(a, b)) >= 0.6 * len(a)  # so a few more differ, most are unchanged

@@ -4,8 +4,8 @@
     python tools/make_retrieval_docs.py --filler corpus/pretrain.jsonl --tokenizer tokenizer.model \\
         --tokens 40000000 --max-tokens 2048 -o data/retrieval.jsonl
 
-Each line is {"text", "facts": [[subject, value], ...], "tokens", "source"}; "tokens" counts the
-document with its EOD, never above --max-tokens. Document i depends only on (--seed, i), so two
+Each line is {"text", "facts": [[subject, value], ...], "lang", "haystack", "kind", "form", "subjects",
+"distractors", "tokens", "source"}; "tokens" counts the document with its EOD, never above --max-tokens. Document i depends only on (--seed, i), so two
 runs with the same arguments write the same file. The filler must be training text only (never the
 evaluation's held-out documents).
 """
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-facts", type=int, default=8, help="facts per multi-key document: 2..this")
     ap.add_argument("--single-key-share", type=float, default=0.25, help="share of one-fact documents")
     defaults = RetrievalDocConfig()
-    for name in ("phrase_value_share", "word_value_share", "repetitive_share", "chinese_share"):
+    for name in ("phrase_value_share", "word_value_share", "repetitive_share", "chinese_share", "same_form_share",
+                 "open_subject_share"):
         ap.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
                         help=f"RetrievalDocConfig.{name} (default {getattr(defaults, name)})")
     ap.add_argument("--seed", type=int, default=0, help="different seeds give different streams of documents")
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = RetrievalDocConfig(max_tokens=args.max_tokens, min_tokens=args.min_tokens, max_facts=args.max_facts,
                                  single_key_share=args.single_key_share, phrase_value_share=args.phrase_value_share,
                                  word_value_share=args.word_value_share, repetitive_share=args.repetitive_share,
-                                 chinese_share=args.chinese_share, seed=args.seed)
+                                 chinese_share=args.chinese_share, same_form_share=args.same_form_share,
+                                 open_subject_share=args.open_subject_share, seed=args.seed)
         filler = FillerText(args.filler)
         print(filler.summary(), file=sys.stderr)
         gen = RetrievalDocGenerator(IndexTokenizer(args.tokenizer), filler, cfg)

@@ -163,6 +163,8 @@ def _write_parallel(out: Path, generator, tokens: int, write_documents, mix: dic
     index only, so chunks of them are made in forked workers and written in order — the same file, faster."""
     import multiprocessing as mp
 
+    from megaindex.data.retrieval_docs import count_mix
+
     workers = min(8, os.cpu_count() or 1)
     if workers < 2:
         return write_documents(out, generator, tokens=tokens, mix=mix,
@@ -184,8 +186,7 @@ def _write_parallel(out: Path, generator, tokens: int, write_documents, mix: dic
                     doc = json.loads(line)
                     docs += 1
                     total += doc["tokens"]
-                    for key in ("lang", "haystack", "kind"):  # as write_documents(mix=) counts them
-                        mix[f"{key}:{doc[key]}"] = mix.get(f"{key}:{doc[key]}", 0) + doc["tokens"]
+                    count_mix(mix, doc)  # as write_documents(mix=) counts them
             log(f"  {out.name}: {docs} documents, {total / 1e6:.1f}M tokens")
     tmp.replace(out)
     return docs, total

@@ -29,6 +29,14 @@ across packed rows so the question could not see its fact):
     (`chinese_share`), on the corpus' Chinese documents (FillerText sorts filler by CJK share; with
     none, Chinese documents use the repetitive Chinese filler and the generator logs the count);
     word lists and templates live in megaindex.data.retrieval_words;
+  * v3 (after stage 0 of the second GPU attempt answered "The pass key is" with `gre`, the garbage's
+    "The grass is green.", then copied the rest of the key once given its first digit: it copies
+    spans but does not find WHICH statement matches the subject): a share of facts has an
+    open-vocabulary subject made from the filler's own words (`open_subject_share`,
+    megaindex.data.retrieval_subjects), so retrieval cannot key on memorised names; a share of
+    documents is "same-form" (`same_form_share`, megaindex.data.retrieval_same_form): short-subject
+    facts "The harbour key is 48213." among many sentences of exactly that form, some sharing a word
+    with the fact's subject ("The harbour is quiet."), asked as "The harbour key is";
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
     the templates, not in the repetitive sentences, and not in the filler, whose sentences
@@ -45,10 +53,13 @@ import json
 import logging
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from megaindex.data import retrieval_same_form as SF
 from megaindex.data import retrieval_words as W
+from megaindex.data.retrieval_subjects import open_subject
 from megaindex.data.tokenizer import IndexTokenizer
 
 log = logging.getLogger(__name__)
@@ -88,6 +99,7 @@ CJK_DOC_SHARE = 0.3  # a filler document is Chinese when CJK characters are this
 class Fact:
     subject: str   # "the locker number of Marisol Achebe" / "Marisol Achebe's locker number" / "林晓明的房间号"
     value: str     # "48213", "teal", "the third drawer of the oak desk", "早饭前遛狗"
+    open: bool = False  # the subject is made from a span of the filler (v3), not the closed word lists
 
     def fill(self, template: str) -> str:
         return template.format(s=self.subject, S=self.subject[0].upper() + self.subject[1:], v=self.value,
@@ -102,8 +114,10 @@ class RetrievalDocConfig:
     single_key_share: float = 0.25  # share of documents with exactly one fact
     phrase_value_share: float = 0.35  # share of documents whose values are 2-8 word phrases ("the top drawer of ...")
     word_value_share: float = 0.2     # share of documents whose values are single words; the rest are 4-7 digit numbers
-    repetitive_share: float = 0.3     # share of documents whose haystack is a few "X is Y." sentences repeated
+    repetitive_share: float = 0.25    # share of documents whose haystack is a few "X is Y." sentences repeated
     chinese_share: float = 0.2        # share of documents in Chinese (prose filler from the corpus' Chinese documents)
+    same_form_share: float = 0.3      # share of documents whose facts are "The {short subject} is {v}." among same-form distractors
+    open_subject_share: float = 0.5   # share of fact subjects made from words of the filler instead of the closed word lists
     seed: int = 0
 
 
@@ -115,8 +129,13 @@ def _subject(owner: str, attr: str, lang: str, rng: random.Random) -> str:
     return f"{owner}'s {attr}"
 
 
-def draw_facts(n: int, rng: random.Random, lang: str = "en", kind: str = "number") -> list[Fact]:
-    """n facts with distinct subjects and values of one kind; mostly one attribute shared by several owners."""
+def draw_facts(n: int, rng: random.Random, lang: str = "en", kind: str = "number",
+               open_subject: Callable[[random.Random, str], str | None] | None = None,
+               open_share: float = 0.0) -> list[Fact]:
+    """n facts with distinct subjects and values of one kind; mostly one attribute shared by several owners.
+
+    With `open_subject(rng, attr)` (a filler-made subject or None), a share `open_share` of the subjects
+    is open-vocabulary."""
     facts: list[Fact] = []
     subjects, values = set(), set()
     attrs = W.attributes(lang, kind)
@@ -126,12 +145,17 @@ def draw_facts(n: int, rng: random.Random, lang: str = "en", kind: str = "number
             break
         attr = shared if rng.random() < 0.7 else rng.choice(attrs)
         value = W.value(lang, kind, attr, rng)
-        owner = W.owner(lang, rng)
-        if (owner, attr) in subjects or value in values:  # one answer per question, no repeated value
+        subject = open_subject(rng, attr) if open_subject is not None and rng.random() < open_share else None
+        if subject is None:
+            owner = W.owner(lang, rng)
+            key: object = (owner, attr)
+        else:
+            key = subject
+        if key in subjects or value in values:  # one answer per question, no repeated value
             continue
-        subjects.add((owner, attr))
+        subjects.add(key)
         values.add(value)
-        facts.append(Fact(_subject(owner, attr, lang, rng), value))
+        facts.append(Fact(_subject(owner, attr, lang, rng), value) if subject is None else Fact(subject, value, True))
     if len(facts) < n:
         raise RuntimeError(f"could not draw {n} distinct facts")
     return facts
@@ -175,35 +199,70 @@ class FillerText:
         return [p for p in parts if p.strip() and not any(h in p.lower() for h in self.phrases)]
 
 
+SHARES = ("single_key_share", "phrase_value_share", "word_value_share", "repetitive_share", "chinese_share",
+          "same_form_share", "open_subject_share")
+DRAFTS = 16  # a document whose draft holds a held-out phrase (a filler span next to a template) is redrawn
+
+
 class RetrievalDocGenerator:
     """Document i = f(seed, i): see the module docstring."""
 
     def __init__(self, tokenizer: IndexTokenizer, filler: FillerText, config: RetrievalDocConfig):
         if config.min_tokens < 32 or config.max_tokens < config.min_tokens:
             raise ValueError(f"need 32 <= min_tokens <= max_tokens, got {config.min_tokens}, {config.max_tokens}")
-        for name in ("single_key_share", "phrase_value_share", "word_value_share", "repetitive_share", "chinese_share"):
+        for name in SHARES:
             if not 0 <= getattr(config, name) <= 1:
                 raise ValueError(f"RetrievalDocConfig.{name} must be in [0, 1], got {getattr(config, name)}")
         if config.phrase_value_share + config.word_value_share > 1:
             raise ValueError("RetrievalDocConfig: phrase_value_share + word_value_share must be <= 1")
         self.tok, self.filler, self.cfg = tokenizer, filler, config
+        self._held_out = tuple(p.lower() for p in HELD_OUT_PHRASES)
         if config.chinese_share > 0 and not filler.docs["zh"]:
             log.warning("%s", filler.summary())
 
     def _ntok(self, text: str) -> int:
         return len(self.tok.encode(text))
 
-    def _haystack(self, rng: random.Random, lang: str, repetitive: bool, room: int) -> list[str]:
-        """Filler sentences of about `room` tokens: corpus prose, or a repeated unit of generic sentences."""
+    def _clean(self, text: str) -> bool:
+        low = text.lower()
+        return not any(p in low for p in self._held_out)
+
+    def _haystack(self, rng: random.Random, lang: str, repetitive: bool, room: int,
+                  distractors: tuple[list[str], list[str]] | None = None) -> list[str]:
+        """Filler sentences of about `room` tokens: corpus prose, or a repeated unit of generic sentences.
+
+        With `distractors` (hard negatives, others) of a same-form document, the repeated unit is made of
+        them (every hard negative and up to 8 sentences in all), or, in prose, 30-50% of the room (at least
+        SF.MIN_DISTRACTORS sentences) is distractors (a hard negative 40% of the time) at random places
+        between the prose sentences."""
         sep = JOIN[lang]
         sentences: list[str] = []
         used = 0
-        unit = W.repetitive_unit(lang, rng) if repetitive else []
+        if distractors is not None and not repetitive:
+            hard, other = distractors
+            share, picked, used = rng.uniform(0.3, 0.5), [], 0
+            while hard or other:
+                s = rng.choice(hard if hard and (rng.random() < 0.4 or not other) else other)
+                t = self._ntok(s + sep)
+                if used + t > room * share and len(picked) >= SF.MIN_DISTRACTORS:
+                    break
+                picked.append(s)
+                used += t
+            prose = self._haystack(rng, lang, False, max(0, room - used))
+            at = set(rng.sample(range(len(prose) + len(picked)), len(picked)))
+            it_p, it_d = iter(prose), iter(picked)
+            return [next(it_d) if i in at else next(it_p) for i in range(len(prose) + len(picked))]
+        if distractors is not None:
+            hard, other = distractors
+            unit = hard + other[:max(0, 8 - len(hard))]
+            rng.shuffle(unit)
+        else:
+            unit = W.repetitive_unit(lang, rng) if repetitive else []
         cost = {s: self._ntok(s + sep) for s in unit}
         while used < room:
             got = unit if repetitive else self.filler.sentences(rng, chars=max(200, (room - used) * 4), lang=lang)
             for s in got:
-                t = cost[s] if repetitive else self._ntok(s + sep)
+                t = cost[s] if s in cost else self._ntok(s + sep)
                 if used + t > room:
                     return sentences
                 sentences.append(s)
@@ -211,9 +270,19 @@ class RetrievalDocGenerator:
         return sentences
 
     def document(self, index: int) -> dict:
-        """{"text", "facts": [[subject, value], ...], "lang", "haystack", "kind", "source"}; text + EOD fits."""
+        """{"text", "facts": [[subject, value], ...], "lang", "haystack", "kind", "form", "subjects",
+        "distractors", "source"}; text + EOD fits. Redrawn (seed "{seed}:{index}:{draft}") while a draft
+        holds an evaluation-only phrase."""
+        for draft in range(DRAFTS):
+            rng = random.Random(f"{self.cfg.seed}:{index}" + (f":{draft}" if draft else ""))
+            doc = self._draft(index, rng)
+            if self._clean(doc["text"]):
+                return doc
+        check_held_out(doc["text"])  # raises, naming the phrase
+        raise AssertionError("unreachable")
+
+    def _draft(self, index: int, rng: random.Random) -> dict:
         cfg = self.cfg
-        rng = random.Random(f"{cfg.seed}:{index}")
         target = int(round(cfg.min_tokens * (cfg.max_tokens / cfg.min_tokens) ** rng.random()))
         budget = target - 1  # the EOD preprocessing appends
         n = 1 if rng.random() < cfg.single_key_share else rng.randint(2, max(2, cfg.max_facts))
@@ -222,25 +291,43 @@ class RetrievalDocGenerator:
         kind = "phrase" if r < cfg.phrase_value_share else "word" if r < cfg.phrase_value_share + cfg.word_value_share \
             else "number"
         repetitive = rng.random() < cfg.repetitive_share or not self.filler.docs[lang]
+        same_form = rng.random() < cfg.same_form_share
+        if same_form:
+            n = SF.fact_count(rng)
         intro = rng.choice(W.INTROS[lang])
         sep = JOIN[lang]
+        distractors = None
         while True:
-            facts = draw_facts(n, rng, lang, kind)
-            statements = [f.fill(rng.choice(W.STATEMENTS[lang])) for f in facts]
+            if same_form:
+                drawn, hard, other = SF.draw(self.filler, rng, lang, kind, n, cfg.open_subject_share, self._clean)
+                facts = [Fact(s, v, o) for s, v, o in drawn]
+                distractors = (hard, other)
+                statements = [SF.sentence(f.subject, f.value, lang) for f in facts]
+                questions = W.SAME_FORM_QUESTIONS[lang]
+            else:
+                facts = draw_facts(n, rng, lang, kind,
+                                   lambda g, attr: open_subject(self.filler, g, lang, attr, self._clean),
+                                   cfg.open_subject_share)
+                statements = [f.fill(rng.choice(W.STATEMENTS[lang])) for f in facts]
+                questions = W.QUESTIONS[lang]
+            n = len(facts)
             order = list(range(n))
             rng.shuffle(order)
             qa = []
             for i in order:
-                q, a = rng.choice(W.QUESTIONS[lang])
+                q, a = rng.choice(questions)
                 qa.append(facts[i].fill(q) + facts[i].fill(a))
             tail = "\n\n" + "\n".join(qa) + "\n"
             fixed = self._ntok(intro + sep.join(statements) + tail)
-            if fixed + 8 <= budget or n == 1:
+            # room for some filler; a same-form document for at least SF.MIN_DISTRACTORS distractors
+            least = 8 if distractors is None else \
+                8 + sum(sorted(self._ntok(d + sep) for d in hard + other)[-SF.MIN_DISTRACTORS:])
+            if fixed + least <= budget or n == 1:
                 break
             n = max(1, n // 2)  # too many facts for a short document: fewer
         # A short target with a long fact: the document grows (never past max_tokens).
-        budget = max(budget, min(fixed + 8, cfg.max_tokens - 1))
-        sentences = self._haystack(rng, lang, repetitive, max(0, budget - fixed))
+        budget = max(budget, min(fixed + least, cfg.max_tokens - 1))
+        sentences = self._haystack(rng, lang, repetitive, max(0, budget - fixed), distractors)
         # facts at random sentence boundaries, in their drawn order (depths spread over the text)
         slots = sorted(rng.randint(0, len(sentences)) for _ in facts)
         body: list[str] = []
@@ -252,18 +339,22 @@ class RetrievalDocGenerator:
             if pos < len(sentences):
                 body.append(sentences[pos])
         text = intro + sep.join(body) + tail
-        # token counts of the parts are an estimate of the whole: drop filler until it fits
+        # token counts of the parts are an estimate of the whole: drop filler (prose before distractors) until it fits
+        listed = set(distractors[0] + distractors[1]) if distractors else set()
         while self._ntok(text) > budget:
-            fillers = [i for i, b in enumerate(body) if b not in statements]
+            fillers = [i for i, b in enumerate(body) if b not in statements and b not in listed] or \
+                [i for i, b in enumerate(body) if b not in statements]
             if not fillers:
                 raise ValueError(f"document {index}: {n} fact(s) and their questions alone exceed max_tokens "
                                  f"{cfg.max_tokens}; raise max_tokens")
             body.pop(fillers[-1])
             text = intro + sep.join(body) + tail
-        check_held_out(text, HELD_OUT_PHRASES)
+        n_open = sum(f.open for f in facts)
         return {"text": text, "facts": [[f.subject, f.value] for f in facts], "lang": lang,
                 "haystack": "repetitive" if repetitive else "prose", "kind": kind,
-                "source": f"retrieval-docs:seed{cfg.seed}/{index}"}
+                "form": "same_form" if distractors else "keyed",
+                "subjects": "open" if n_open == len(facts) else "closed" if not n_open else "mixed",
+                "distractors": sum(b in listed for b in body), "source": f"retrieval-docs:seed{cfg.seed}/{index}"}
 
     def documents(self, start: int, count: int):
         for i in range(start, start + count):
@@ -274,7 +365,7 @@ def write_documents(path: str | Path, generator: RetrievalDocGenerator, *, token
                     count: int | None = None, progress=None, mix: dict | None = None) -> tuple[int, int]:
     """Write documents 0, 1, ... as JSONL until `count` documents or `tokens` tokens (EOD included).
 
-    Each line is {"text", "facts", "lang", "haystack", "kind", "tokens", "source"}. Written to
+    Each line is a `RetrievalDocGenerator.document` plus its "tokens". Written to
     PATH.tmp and renamed at the end. Returns (documents, tokens); `mix`, if given, receives the tokens
     per "lang:zh", "haystack:repetitive", "kind:phrase", ... (see `describe_mix`).
     """
@@ -292,19 +383,28 @@ def write_documents(path: str | Path, generator: RetrievalDocGenerator, *, token
             docs += 1
             total += doc["tokens"]
             if mix is not None:
-                for key in ("lang", "haystack", "kind"):
-                    mix[f"{key}:{doc[key]}"] = mix.get(f"{key}:{doc[key]}", 0) + doc["tokens"]
+                count_mix(mix, doc)
             if progress is not None and docs % 5000 == 0:
                 progress(docs, total)
     tmp.replace(path)
     return docs, total
 
 
+MIX_KEYS = ("lang", "haystack", "kind", "form", "subjects")
+
+
+def count_mix(mix: dict, doc: dict) -> None:
+    """Add a written document's tokens to `mix` under "lang:zh", "form:same_form", "subjects:open", ..."""
+    for key in MIX_KEYS:
+        mix[f"{key}:{doc[key]}"] = mix.get(f"{key}:{doc[key]}", 0) + doc["tokens"]
+
+
 def describe_mix(mix: dict) -> str:
-    """One line: the share of tokens per language, haystack and value kind."""
+    """One line: the share of tokens per language, haystack, value kind, document form and subject vocabulary."""
     total = sum(v for k, v in mix.items() if k.startswith("lang:")) or 1
     groups: dict[str, list[str]] = {}
-    for k, v in sorted(mix.items()):
+    order = {key: i for i, key in enumerate(MIX_KEYS)}
+    for k, v in sorted(mix.items(), key=lambda kv: (order.get(kv[0].split(":")[0], len(order)), kv[0])):
         key, val = k.split(":")
         groups.setdefault(key, []).append(f"{val} {v / total:.0%}")
     return "; ".join(f"{key} " + ", ".join(vals) for key, vals in groups.items())

@@ -172,6 +172,55 @@ _ZH_REP_ADJ = ["暖", "长", "旧", "湿", "黑", "宽", "重", "冷", "满", "�
 _ZH_REP_SET = ["我们到了。", "走吧走吧。", "一圈又一圈。", "就是这样。", "什么都没变。", "日复一日。"]
 
 
+# v3: open-vocabulary spans (megaindex.data.retrieval_subjects) never start or end with a function word
+# and never hold a copula ("The {s} is {v}." must have one "is" between subject and value).
+EDGE_STOPWORDS = frozenset(
+    "the a an and or but nor of to in on at by for from with into onto upon as than that this these those it its "
+    "he she they we you i me my our your his her their them us him who whom whose which what when where why how "
+    "not no so if then there here all any some each every such also only very too just can could may might must "
+    "shall should will would do does did has have had been being let thou thy thee hath doth while because since "
+    "although though until unless whether after before about over under between through during without within "
+    "against among out up down off again further once more most other same own both few many much now even still "
+    "yet well however thus therefore hence else ever never often always per via whereas whose one two".split())
+BANNED_WORDS = frozenset("is are was were be am isn".split())
+
+# v3 same-form documents (megaindex.data.retrieval_same_form): short closed-list subjects "the {mod} {noun}",
+# their distractors' values, and the questions, whose answers all restate "{S} is {v}.".
+SF_NOUN = ["gate", "key", "lamp", "door", "bell", "clock", "tower", "well", "cart", "barn", "mill", "boat", "tent",
+           "ladder", "kettle", "drum", "shed", "fence", "mirror", "basket", "wagon", "stove", "cellar", "chimney",
+           "anchor", "lantern", "bucket", "bench", "code", "number", "label", "token", "signal", "switch", "valve"]
+SF_MOD = ["north", "south", "east", "west", "harbour", "garden", "kitchen", "station", "upper", "lower", "back",
+          "front", "iron", "copper", "wooden", "stone", "village", "market", "river", "school", "night", "winter",
+          "corner", "hill", "farm", "attic", "office", "tower", "spare", "red"]
+SF_ADJ = ["warm", "long", "open", "quiet", "old", "wet", "dark", "wide", "heavy", "still", "cold", "full", "empty",
+          "soft", "bright", "narrow", "clean", "low", "high", "dry", "closed", "broken", "new", "loud", "rusty",
+          "locked", "shut", "tall", "small", "painted"]
+SAME_FORM_QUESTIONS = {
+    "en": [
+        ("{S} is", " {v}."),
+        ("{S} is", " {v}."),
+        ("What is {s}? {S} is", " {v}."),
+        ("What is {s}? {S} is", " {v}."),
+        ("Q: What is {s}?\nA: ", "{S} is {v}."),
+        ("Question: What is {s}?\nAnswer: ", "{S} is {v}."),
+        ("From the text above, {s} is", " {v}."),
+        ("Complete the sentence from the text. {S} is", " {v}."),
+    ],
+    "zh": [
+        ("{s}是", "{v}。"),
+        ("{s}是什么？{s}是", "{v}。"),
+        ("问题：{s}是什么？\n回答：", "{s}是{v}。"),
+        ("根据上文，{s}是", "{v}。"),
+    ],
+}
+ZH_SF_NOUN = ["钥匙", "大门", "灯", "钟", "水井", "木桶", "梯子", "炉子", "篮子", "镜子", "烟囱", "地窖", "铃铛",
+              "密码", "编号", "号码", "标签", "开关", "阀门", "帐篷", "马车", "磨坊", "谷仓", "篱笆"]
+ZH_SF_MOD = ["北边", "南边", "东边", "西边", "港口", "花园", "厨房", "车站", "楼上", "楼下", "后院", "前门", "铁",
+             "铜", "木头", "石头", "村口", "市场", "河边", "夜班", "冬天", "拐角", "山上", "农场", "阁楼", "办公室"]
+ZH_SF_ADJ = ["暖", "长", "旧", "湿", "黑", "宽", "重", "冷", "满", "空", "软", "亮", "窄", "干净", "干", "关着", "坏",
+             "新", "响", "生锈", "锁着", "高", "小"]
+
+
 def repetitive_unit(lang: str, rng: random.Random) -> list[str]:
     """3..6 short generic sentences (mostly "X is Y."), repeated by the caller to fill a haystack."""
     k = rng.randint(3, 6)

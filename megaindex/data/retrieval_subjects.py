@@ -1,0 +1,91 @@
+"""Open-vocabulary subjects of the synthetic retrieval documents: keys made from the filler's own text.
+
+Owns `open_span` (2-5 consecutive lowercase letter-only words of a random filler sentence, or 2-6
+consecutive CJK characters of a Chinese one) and `open_subject`, which turns a span into a fact's
+subject: "the quiet harbour road", "the archive code of the configuration file option",
+"服务器配置的房间号". v3 (after stage 0 of the second GPU attempt still answered the passkey with the
+haystack's most frequent "is -> X" continuation): with subjects drawn from a closed list of names and
+attributes, a model can key retrieval on memorised names instead of learning to match a novel
+subject exactly, which is what the evaluation asks ("The pass key", "the best thing to do in Kyoto").
+
+`filler` is a megaindex.data.retrieval_docs.FillerText (its `sentences(rng, chars, lang)` and
+`docs`); a span never contains "is"/"是" (the subject/value boundary stays unique) and is checked
+against the held-out phrases by the caller's `check`. With no filler of a language, `open_span`
+returns None and the caller uses a closed-list subject.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+
+from megaindex.data import retrieval_words as W
+
+WORD = re.compile(r"[a-z]+")
+CJK_RUN = re.compile(r"[\u4e00-\u9fff]+")
+ZH_BANNED = set("是的了在")  # the statement's copula and particles that would blur the subject's end
+
+
+def _en_spans(sentence: str, lo: int, hi: int) -> list[list[str]]:
+    """Every run of lo..hi consecutive letter-only words, without a function word at either end."""
+    runs, cur = [], []
+    for raw in sentence.split():
+        w = raw.lower()
+        if WORD.fullmatch(w) and 2 <= len(w) <= 14 and w not in W.BANNED_WORDS:
+            cur.append(w)
+            continue
+        runs.append(cur)
+        cur = []
+    runs.append(cur)
+    out = []
+    for run in runs:
+        for n in range(lo, min(hi, len(run)) + 1):
+            for i in range(len(run) - n + 1):
+                span = run[i:i + n]
+                if span[0] not in W.EDGE_STOPWORDS and span[-1] not in W.EDGE_STOPWORDS:
+                    out.append(span)
+    return out
+
+
+def open_span(filler, rng: random.Random, lang: str, lo: int, hi: int,
+              check: Callable[[str], bool] = lambda s: True) -> str | None:
+    """lo..hi consecutive words (English) or CJK characters (Chinese) of a random filler sentence.
+
+    English spans are lowercase letter-only words joined by spaces; Chinese spans hold no 是/的/了/在.
+    None when the filler has no `lang` documents or 8 tries found no span that passes `check`.
+    """
+    if not filler.docs.get(lang):
+        return None
+    for _ in range(8):
+        sentences = filler.sentences(rng, chars=400, lang=lang)
+        if not sentences:
+            continue
+        s = rng.choice(sentences)
+        if lang == "en":
+            spans = _en_spans(s, lo, hi)
+            text = " ".join(rng.choice(spans)) if spans else None
+        else:
+            runs = [r for r in (x for part in CJK_RUN.findall(s) for x in re.split("[是的了在]", part)) if len(r) >= lo]
+            if runs:
+                r = rng.choice(runs)
+                n = rng.randint(lo, min(hi, len(r)))
+                i = rng.randrange(len(r) - n + 1)
+                text = r[i:i + n]
+            else:
+                text = None
+        if text and check(text):
+            return text
+    return None
+
+
+def open_subject(filler, rng: random.Random, lang: str, attr: str,
+                 check: Callable[[str], bool] = lambda s: True) -> str | None:
+    """A fact's subject around a filler span: "the {span}" or "the {attr} of the {span}"; "{span}的{attr}"."""
+    if lang == "zh":
+        span = open_span(filler, rng, "zh", 2, 6, check)
+        return None if span is None else f"{span}的{attr}"
+    span = open_span(filler, rng, "en", 2, 5, check)
+    if span is None:
+        return None
+    return f"the {span}" if rng.random() < 0.5 else f"the {attr} of the {span}"
