@@ -199,7 +199,8 @@ def test_write_documents_and_tool(tmp_path, tok):
 # v3: open-vocabulary subjects and same-form documents (issue #16, after the second GPU attempt).
 
 def _open_span_candidates(subject: str) -> list[str]:
-    """The filler span an open subject may be built around: "the {span}", "the {attr} of the {span}", "{span}的{attr}"."""
+    """The filler span an open subject may be built around: "the {span}", "the {attr} of the {span}",
+    "{span}的{attr}"."""
     from megaindex.data import retrieval_words as W
 
     if re.search(r"[\u4e00-\u9fff]", subject):

@@ -5,8 +5,8 @@
         --tokens 40000000 --max-tokens 2048 -o data/retrieval.jsonl
 
 Each line is {"text", "facts": [[subject, value], ...], "lang", "haystack", "kind", "form", "subjects",
-"distractors", "tokens", "source"}; "tokens" counts the document with its EOD, never above --max-tokens. Document i depends only on (--seed, i), so two
-runs with the same arguments write the same file. The filler must be training text only (never the
+"open_facts", "distractors", "tokens", "source"}; "tokens" counts the document with its EOD, never above
+--max-tokens. Document i depends only on (--seed, i), so two runs with the same arguments write the same file. The filler must be training text only (never the
 evaluation's held-out documents).
 """
 

@@ -116,8 +116,8 @@ class RetrievalDocConfig:
     word_value_share: float = 0.2     # share of documents whose values are single words; the rest are 4-7 digit numbers
     repetitive_share: float = 0.25    # share of documents whose haystack is a few "X is Y." sentences repeated
     chinese_share: float = 0.2        # share of documents in Chinese (prose filler from the corpus' Chinese documents)
-    same_form_share: float = 0.3      # share of documents whose facts are "The {short subject} is {v}." among same-form distractors
-    open_subject_share: float = 0.5   # share of fact subjects made from words of the filler instead of the closed word lists
+    same_form_share: float = 0.3      # share of documents stating "The {short subject} is {v}." among same-form sentences
+    open_subject_share: float = 0.5   # share of fact subjects made of filler words instead of the closed word lists
     seed: int = 0
 
 
@@ -270,9 +270,9 @@ class RetrievalDocGenerator:
         return sentences
 
     def document(self, index: int) -> dict:
-        """{"text", "facts": [[subject, value], ...], "lang", "haystack", "kind", "form", "subjects",
-        "distractors", "source"}; text + EOD fits. Redrawn (seed "{seed}:{index}:{draft}") while a draft
-        holds an evaluation-only phrase."""
+        """{"text", "facts": [[subject, value], ...], "lang", "haystack", "kind", "form", "subjects" (open /
+        closed / mixed), "open_facts", "distractors" (same-form sentences in the text), "source"}; text + EOD
+        fits. Redrawn (seed "{seed}:{index}:{draft}") while a draft holds an evaluation-only phrase."""
         for draft in range(DRAFTS):
             rng = random.Random(f"{self.cfg.seed}:{index}" + (f":{draft}" if draft else ""))
             doc = self._draft(index, rng)
@@ -354,7 +354,8 @@ class RetrievalDocGenerator:
                 "haystack": "repetitive" if repetitive else "prose", "kind": kind,
                 "form": "same_form" if distractors else "keyed",
                 "subjects": "open" if n_open == len(facts) else "closed" if not n_open else "mixed",
-                "distractors": sum(b in listed for b in body), "source": f"retrieval-docs:seed{cfg.seed}/{index}"}
+                "open_facts": n_open, "distractors": sum(b in listed for b in body),
+                "source": f"retrieval-docs:seed{cfg.seed}/{index}"}
 
     def documents(self, start: int, count: int):
         for i in range(start, start + count):
