@@ -24,11 +24,14 @@ from megaindex.data import retrieval_words as W
 
 WORD = re.compile(r"[a-z]+")
 CJK_RUN = re.compile(r"[\u4e00-\u9fff]+")
-ZH_BANNED = set("是的了在")  # the statement's copula and particles that would blur the subject's end
+ZH_SPLIT = re.compile("[是的了在]")  # the statement's copula and particles that would blur the subject's end
+DETERMINERS = frozenset("the a an this that these those each every its their our your his her my".split())
+NOUN_PHRASE_SHARE = 0.7  # spans right after a determiner in their sentence ("along [the] quiet harbour road") first
 
 
-def _en_spans(sentence: str, lo: int, hi: int) -> list[list[str]]:
-    """Every run of lo..hi consecutive letter-only words, without a function word at either end."""
+def _en_spans(sentence: str, lo: int, hi: int) -> tuple[list[list[str]], list[list[str]]]:
+    """(runs of lo..hi consecutive letter-only words that follow a determiner, all such runs); no function
+    word at either end of a run."""
     runs, cur = [], []
     for raw in sentence.split():
         w = raw.lower()
@@ -38,21 +41,24 @@ def _en_spans(sentence: str, lo: int, hi: int) -> list[list[str]]:
         runs.append(cur)
         cur = []
     runs.append(cur)
-    out = []
+    out, after = [], []
     for run in runs:
         for n in range(lo, min(hi, len(run)) + 1):
             for i in range(len(run) - n + 1):
                 span = run[i:i + n]
                 if span[0] not in W.EDGE_STOPWORDS and span[-1] not in W.EDGE_STOPWORDS:
                     out.append(span)
-    return out
+                    if i and run[i - 1] in DETERMINERS:
+                        after.append(span)
+    return after, out
 
 
 def open_span(filler, rng: random.Random, lang: str, lo: int, hi: int,
               check: Callable[[str], bool] = lambda s: True) -> str | None:
     """lo..hi consecutive words (English) or CJK characters (Chinese) of a random filler sentence.
 
-    English spans are lowercase letter-only words joined by spaces; Chinese spans hold no 是/的/了/在.
+    English spans are lowercase letter-only words joined by spaces, mostly (NOUN_PHRASE_SHARE) ones that
+    follow a determiner, so they read as noun phrases; Chinese spans hold no 是/的/了/在.
     None when the filler has no `lang` documents or 8 tries found no span that passes `check`.
     """
     if not filler.docs.get(lang):
@@ -63,10 +69,11 @@ def open_span(filler, rng: random.Random, lang: str, lo: int, hi: int,
             continue
         s = rng.choice(sentences)
         if lang == "en":
-            spans = _en_spans(s, lo, hi)
-            text = " ".join(rng.choice(spans)) if spans else None
+            after, spans = _en_spans(s, lo, hi)
+            pool = after if after and rng.random() < NOUN_PHRASE_SHARE else spans
+            text = " ".join(rng.choice(pool)) if pool else None
         else:
-            runs = [r for r in (x for part in CJK_RUN.findall(s) for x in re.split("[是的了在]", part)) if len(r) >= lo]
+            runs = [r for r in (x for part in CJK_RUN.findall(s) for x in ZH_SPLIT.split(part)) if len(r) >= lo]
             if runs:
                 r = rng.choice(runs)
                 n = rng.randint(lo, min(hi, len(r)))
