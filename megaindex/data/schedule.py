@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 from megaindex.config import Config
 from megaindex.data.builder import build_datasets
 from megaindex.data.sampler import build_dataloader
+from megaindex.data.step_batch import collate_step
 
 
 @dataclass(frozen=True)
@@ -40,15 +42,22 @@ def phase_at(cfg: Config, step: int) -> Phase:
 
 
 def data_iterators(cfg: Config, dataset, layout, num_chunks: int, consumed: int, micro_batch_size: int | None = None,
-                   wrap: Callable = lambda it: it):
+                   wrap: Callable = lambda it: it, whole_steps: bool = False):
     """One iterator per model chunk (interleaved PP advances each chunk's stream separately);
     `layout` (distributed.ParallelLayout) says which DP slice this rank reads; `wrap` wraps each
-    iterator (the trainer times the waits in next())."""
+    iterator (the trainer times the waits in next()). `whole_steps`: one item per training step,
+    all its micro-batches stacked with static THD shapes (data/step_batch.py; CUDA-graph steps)."""
     d = cfg.data
+    mbs = micro_batch_size or d.micro_batch_size
+    steps = {}
+    if whole_steps:
+        steps = {"microbatches_per_item": cfg.num_microbatches(layout.world_size),
+                 "collate_fn": partial(collate_step, micro_batch_size=mbs, max_seqlen=d.seq_length,
+                                       longalign=d.loss_weighting == "longalign")}
     iters = [
         wrap(iter(build_dataloader(
-            dataset, micro_batch_size=micro_batch_size or d.micro_batch_size, consumed_samples=consumed,
-            data_parallel_rank=layout.dp_rank, data_parallel_size=layout.dp, num_workers=d.num_workers,
+            dataset, micro_batch_size=mbs, consumed_samples=consumed,
+            data_parallel_rank=layout.dp_rank, data_parallel_size=layout.dp, num_workers=d.num_workers, **steps,
         )))
         for _ in range(num_chunks)
     ]
@@ -56,7 +65,8 @@ def data_iterators(cfg: Config, dataset, layout, num_chunks: int, consumed: int,
 
 
 class DataSchedule:
-    """The training data iterators for the phase of the current step."""
+    """The training data iterators for the phase of the current step: one item per micro-batch, or
+    per step with `train.cuda_graph_impl=full_iteration` (data_iterators' `whole_steps`)."""
 
     def __init__(self, cfg: Config, tokenizer, train_ds, layout, num_chunks: int, wrap: Callable = lambda it: it):
         self.cfg, self.tokenizer, self.train_ds, self.layout, self.num_chunks = cfg, tokenizer, train_ds, layout, num_chunks
@@ -80,4 +90,5 @@ class DataSchedule:
         consumed = (step - phase.start) * d.global_batch_size * scale
         self.phase = phase
         self.data_end_step = phase.start + len(dataset) // (d.global_batch_size * scale)
-        return data_iterators(self.cfg, dataset, self.layout, self.num_chunks, consumed, d.micro_batch_size * scale, self.wrap)
+        return data_iterators(self.cfg, dataset, self.layout, self.num_chunks, consumed, d.micro_batch_size * scale, self.wrap,
+                              whole_steps=self.cfg.train.cuda_graph_impl == "full_iteration")

@@ -15,11 +15,11 @@ whose shapes must not change between replays.
   built (`activate_capture_stream`): the gradient-accumulation nodes DDP hooks into remember the
   stream they were created on, and a node on another stream would pull it into the capture
   (megatron-LM builds DDP on its capture stream for the same reason).
-* A step first reads all its micro-batches, pads their THD metadata to the step's slot count
-  (data/batch.py `static_thd_shapes`, max_seqlen = data.seq_length), computes the loss count and
-  the document statistics on the host, and copies everything into static GPU buffers (one pinned
-  staging tensor and one copy per tensor kind). The forward step (training/loss.py
-  `make_static_forward_step`) reads those buffers only.
+* A step reads all its micro-batches as ONE loader item (data/step_batch.py `collate_step`, made in
+  the DataLoader's workers while the previous step's replay runs): stacked, THD metadata padded to
+  the step's slot count (max_seqlen = data.seq_length), loss count and document statistics already
+  computed. The step copies it into static GPU buffers (one asynchronous copy per tensor kind,
+  from the memory the loader pinned). The forward step (training/loss.py `make_static_forward_step`) reads those buffers only.
 * The first EAGER_STEPS (2) steps of a shape (THD slot count x micro-batches) run eagerly on the
   buffers: cuDNN graphs, TE's attention backend, the torch.compile'd fusions and the NCCL
   communicators are made there. The next step of that shape is captured - megatron's own schedule, finalize_model_grads
@@ -43,8 +43,8 @@ import torch
 import torch.distributed as dist
 
 from megaindex.config import Config, ConfigError
-from megaindex.data.batch import static_thd_shapes, thd_slots
-from megaindex.training.loss import LOSS_KEY, batch_count, document_stats
+from megaindex.data.step_batch import THD_KEYS, TOKEN_KEYS, pad_slots
+from megaindex.training.loss import DOC_SQ_KEY, LOSS_KEY, REAL_TOKENS_KEY
 
 # The tensors of one micro-batch that live in the static buffers (make_static_forward_step's inputs).
 BUFFER_KEYS = ("tokens", "labels", "loss_mask", "cu_seqlens", "cu_seqlens_padded", "count")
@@ -79,58 +79,40 @@ def activate_capture_stream() -> torch.cuda.Stream:
     return stream
 
 
-def stage_microbatch(batch: dict, slots: int, max_seqlen: int, longalign: bool) -> tuple[dict, dict]:
-    """(the tensors for the static buffers, the host statistics) of one collated CPU micro-batch,
-    its THD metadata padded to `slots` sequences (zero-length ones) and `max_seqlen`."""
-    stats = document_stats(batch, cp_rank=0)  # CP > 1 is refused by the config
-    count = batch_count(batch, longalign, cp_rank=0)
-    padded = static_thd_shapes(batch, max_seqlen, min_slots=slots)
-    tensors = {k: padded[k] for k in BUFFER_KEYS if k != "count"}
-    tensors["count"] = count
-    return tensors, stats
-
-
-def step_slots(batches: list[dict]) -> int:
-    """THD slots for a step: the most any of its micro-batches needs (a power of two >= 32)."""
-    return max(thd_slots(len(b["cu_seqlens"]) - 1) for b in batches)
-
-
 class _Shape:
-    """Static buffers, their pinned staging copies and (once captured) the graph of one step shape.
+    """Static buffers and (once captured) the graph of one step shape.
 
-    One [micro-batches, width] buffer per tensor kind; micro-batch i's tensor is a view into row i,
-    and rows are padded to ALIGN elements so every view starts 256-byte aligned (a plain stack of
-    33-entry cu_seqlens would put TE's int32 offsets at 132-byte steps)."""
+    One [micro-batches, width] buffer per tensor kind, filled from the step batch (data/step_batch.py)
+    with one host-to-device copy per kind, straight from the pinned memory the DataLoader's pin
+    thread made (no host copy on the step's critical path); micro-batch i's tensor is a view into
+    row i, and rows are padded to ALIGN elements so every view starts 256-byte aligned (a plain stack
+    of 33-entry cu_seqlens would put TE's int32 offsets at 132-byte steps)."""
 
-    def __init__(self, staged: list[dict], device: torch.device):
-        cuda = device.type == "cuda"  # (CPU: the host-side logic under test, tests/test_cuda_graph.py)
-        n, first = len(staged), staged[0]
-        self.numel = {k: first[k].numel() for k in BUFFER_KEYS}
-        self.staging, self.buffers = {}, {}
-        for k in BUFFER_KEYS:
-            width = -(-self.numel[k] // ALIGN) * ALIGN
-            self.staging[k] = torch.zeros((n, width), dtype=first[k].dtype, **({"pin_memory": True} if cuda else {}))
-            self.buffers[k] = torch.zeros((n, width), dtype=first[k].dtype, device=device)
+    def __init__(self, step: dict, device: torch.device):
+        n = step["count"].shape[0]
+        self.numel = {k: step[k][0].numel() for k in BUFFER_KEYS}
+        # what the forward step reads per micro-batch: one packed row [1, B*S], cu_seqlens [slots+1], count ()
+        shapes = {k: (1, self.numel[k]) for k in TOKEN_KEYS} | {k: (self.numel[k],) for k in THD_KEYS} | {"count": ()}
+        self.buffers = {k: torch.zeros((n, -(-self.numel[k] // ALIGN) * ALIGN), dtype=step[k].dtype, device=device)
+                        for k in BUFFER_KEYS}
         # Views into the buffers: fixed addresses, which is what the graph reads.
-        self.microbatches = [{k: self.buffers[k][i, :self.numel[k]].view(first[k].shape) for k in BUFFER_KEYS}
+        self.microbatches = [{k: self.buffers[k][i, :self.numel[k]].view(shapes[k]) for k in BUFFER_KEYS}
                              for i in range(n)]
-        self.copied = torch.cuda.Event() if cuda else None
         self.eager_steps = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logs: list[dict] | None = None
-        self.load(staged)
+        self.load(step)
 
-    def load(self, staged: list[dict]) -> None:
-        """Copy a step's staged micro-batches into the buffers (through the pinned staging rows)."""
-        if self.copied is not None:
-            self.copied.synchronize()  # the previous step's copy has finished reading the staging memory
+    def load(self, step: dict) -> None:
+        """Copy a step batch into the buffers. On the GPU the copies are asynchronous and ordered
+        before the step's replay on the same stream; torch's pinned-memory allocator keeps the source
+        alive until they are done (memory that is not pinned is pinned first, a host copy)."""
+        cuda = self.buffers["tokens"].is_cuda  # (CPU: the host-side logic under test, tests/test_cuda_graph.py)
         for k in BUFFER_KEYS:
-            rows, numel = self.staging[k], self.numel[k]
-            for i, s in enumerate(staged):
-                rows[i, :numel].copy_(s[k].reshape(-1))
-            self.buffers[k].copy_(rows, non_blocking=True)
-        if self.copied is not None:
-            self.copied.record()
+            src = step[k].reshape(len(step[k]), -1)
+            if cuda and not src.is_pinned():
+                src = src.pin_memory()
+            self.buffers[k][:, :self.numel[k]].copy_(src, non_blocking=cuda)
 
 
 class FullIterationGraph:
@@ -138,28 +120,33 @@ class FullIterationGraph:
 
     `run(data_iterator, num_microbatches)` is the eager forward-backward over an iterator of
     static micro-batches (megatron's schedule with `make_static_forward_step`); it returns
-    megatron's per-micro-batch logs. Calling the object returns the same logs, with the host
-    statistics of each micro-batch added, as the trainer's eager step does.
+    megatron's per-micro-batch logs. Calling the object with an iterator of step batches (one item
+    per step, data/step_batch.py) returns the same logs, with the host statistics of each
+    micro-batch added, as the trainer's eager step does.
     """
 
-    def __init__(self, run: Callable, *, stream: torch.cuda.Stream | None, max_seqlen: int, longalign: bool,
-                 log: Callable[[str], None] = print, device: torch.device | None = None):
-        self.run, self.stream, self.max_seqlen, self.longalign, self.log = run, stream, max_seqlen, longalign, log
+    def __init__(self, run: Callable, *, stream: torch.cuda.Stream | None, log: Callable[[str], None] = print,
+                 device: torch.device | None = None):
+        self.run, self.stream, self.log = run, stream, log
         self.device = device or torch.device("cuda", torch.cuda.current_device())
         self.shapes: dict[tuple[int, int], _Shape] = {}
         self.captures = 0  # graphs captured so far (one per step shape)
 
     def __call__(self, data_iterator, num_microbatches: int) -> list[dict]:
         it = data_iterator[0] if isinstance(data_iterator, list) else data_iterator
-        batches = [next(it) for _ in range(num_microbatches)]
-        slots = self._agree(step_slots(batches))
-        staged, stats = zip(*(stage_microbatch(b, slots, self.max_seqlen, self.longalign) for b in batches))
+        step = next(it)  # all micro-batches of the step, stacked (data/step_batch.py)
+        if len(step["count"]) != num_microbatches:
+            raise ValueError(f"the step batch holds {len(step['count'])} micro-batches, the step needs {num_microbatches}")
+        own = step["cu_seqlens"].shape[1] - 1
+        slots = self._agree(own)
+        if slots != own:
+            step = pad_slots(step, slots)
         key = (slots, num_microbatches)
         shape = self.shapes.get(key)
         if shape is None:
-            shape = self.shapes[key] = _Shape(list(staged), self.device)
+            shape = self.shapes[key] = _Shape(step, self.device)
         else:
-            shape.load(list(staged))
+            shape.load(step)
         if shape.graph is None and shape.eager_steps < EAGER_STEPS:
             shape.eager_steps += 1
             logs = self.run(iter(shape.microbatches), num_microbatches)
@@ -168,7 +155,8 @@ class FullIterationGraph:
                 self._capture(shape, key)
             shape.graph.replay()
             logs = shape.logs
-        return [{LOSS_KEY: rec[LOSS_KEY], **s} for rec, s in zip(logs, stats)]
+        doc_sq, real = step["doc_sq_sum"].tolist(), step["real_tokens"].tolist()
+        return [{LOSS_KEY: rec[LOSS_KEY], DOC_SQ_KEY: d, REAL_TOKENS_KEY: r} for rec, d, r in zip(logs, doc_sq, real)]
 
     def _agree(self, slots: int) -> int:
         """The same slot count on every rank (so all ranks run eagerly, capture or replay together)."""

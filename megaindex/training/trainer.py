@@ -190,8 +190,7 @@ class Trainer:
             static_step = make_static_forward_step(cfg.data.seq_length)
             self.graph = cuda_graph.FullIterationGraph(
                 lambda it, n: self._run(it, n, forward_only=False, forward_step=static_step),
-                stream=self.capture_stream, max_seqlen=cfg.data.seq_length,
-                longalign=cfg.data.loss_weighting == "longalign", log=self._log)
+                stream=self.capture_stream, log=self._log)  # its data: one item per step (DataSchedule)
         self.num_microbatches = cfg.num_microbatches(self.layout.world_size)
         self.schedule = DataSchedule(cfg, self.tokenizer, train_ds, self.layout, num_chunks=len(self.model),
                                      wrap=lambda it: TimedIterator(it, self.timers))

@@ -1,0 +1,83 @@
+"""A whole training step's micro-batches as one stacked batch: what a CUDA-graph step reads.
+
+Owns `collate_step`, the collate function of the step loader that `train.cuda_graph_impl=full_iteration`
+uses (data/sampler.py `build_dataloader(microbatches_per_item=N)`), and `pad_slots`. A graphed step
+needs all its micro-batches before it can queue the replay (training/cuda_graph.py), so the loader
+hands over one item per step instead of one per micro-batch:
+
+  tokens, labels        int64   [N, B*S]    micro-batch i = data/batch.collate of its B samples
+  loss_mask             float32 [N, B*S]
+  cu_seqlens            int32   [N, slots+1] each row padded with zero-length sequences (its last
+  cu_seqlens_padded     int32   [N, slots+1] offset repeated) to the step's slot count (batch.thd_slots)
+  count                 int32   [N]         the loss normaliser (training/loss.py batch_count)
+  doc_sq_sum            int64   [N]         sum of squared real document lengths (loss.py document_stats)
+  real_tokens           int64   [N]         tokens that are not padding
+
+Why one item per step: a DataLoader worker hands every tensor of an item to the trainer process
+through its own shared-memory file descriptor (a socket connection and an authentication round trip
+each), then the pin-memory thread copies it into pinned memory. Per 2K micro-batch of 8 small
+tensors that was ~2.3 ms on the GPU node (~5 ms on a loaded 2-core machine), all of it on the
+graphed step's critical path since the loader prefetches only 2 items per worker; per step it is
+8 tensors, prefetched by the workers while the previous step's replay runs
+(benchmarks/RESULTS_microbatch.md). The statistics the trainer logs are computed here, vectorised,
+in the worker, so the trainer process only copies the step into its static buffers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from megaindex.data.batch import MIN_THD_SLOTS, collate, thd_slots
+
+TOKEN_KEYS = ("tokens", "labels", "loss_mask")
+THD_KEYS = ("cu_seqlens", "cu_seqlens_padded")
+STAT_KEYS = ("count", "doc_sq_sum", "real_tokens")
+
+
+def _pad_rows(rows: list[np.ndarray], width: int) -> np.ndarray:
+    """[len(rows), width]: each row followed by copies of its last entry (one gather, no row loop)."""
+    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    idx = starts[:, None] + np.minimum(np.arange(width)[None, :], lens[:, None] - 1)
+    return np.concatenate(rows)[idx]
+
+
+def collate_step(samples: list[dict[str, torch.Tensor]], *, micro_batch_size: int, max_seqlen: int, longalign: bool,
+                 min_slots: int = MIN_THD_SLOTS) -> dict[str, torch.Tensor]:
+    """The samples of a step's micro-batches, in order (micro-batch i = samples[i*B:(i+1)*B]), as one
+    stacked batch (see the module doc); `max_seqlen` is the static bound every packed piece must fit
+    (data.seq_length), `longalign` counts sequences instead of target tokens (data.loss_weighting)."""
+    b = micro_batch_size
+    if not samples or len(samples) % b:
+        raise ValueError(f"a step needs a positive multiple of micro_batch_size {b} samples, got {len(samples)}")
+    batches = [collate(samples[i:i + b]) for i in range(0, len(samples), b)]  # the eager path's collate
+    out = {k: torch.cat([x[k] for x in batches]) for k in TOKEN_KEYS}  # [N, B*S]
+    cu = [x["cu_seqlens"].numpy() for x in batches]
+    cu_pad = [x["cu_seqlens_padded"].numpy() for x in batches]
+    slots = max(thd_slots(len(c) - 1, min_slots) for c in cu)
+    cu, cu_pad = _pad_rows(cu, slots + 1), _pad_rows(cu_pad, slots + 1)
+    longest = int(np.diff(cu_pad, axis=1).max())
+    if longest > max_seqlen:
+        raise ValueError(f"a packed piece of {longest} tokens is longer than the static max_seqlen {max_seqlen}")
+    out["cu_seqlens"], out["cu_seqlens_padded"] = torch.from_numpy(cu), torch.from_numpy(cu_pad)
+    if longalign:
+        out["count"] = torch.stack([x["num_sequences"] for x in batches]).to(torch.int32)
+    else:
+        out["count"] = out["loss_mask"].ne(0).sum(1, dtype=torch.int32)
+    lengths = np.diff(cu, axis=1).astype(np.int64)  # the zero-length slots add nothing
+    out["doc_sq_sum"] = torch.from_numpy((lengths * lengths).sum(1))
+    out["real_tokens"] = torch.from_numpy(cu[:, -1].astype(np.int64))
+    return out
+
+
+def pad_slots(step: dict[str, torch.Tensor], slots: int) -> dict[str, torch.Tensor]:
+    """`step` with its THD metadata padded to `slots` (>= its own) sequences: what another DP rank's
+    larger step needs, since all ranks replay one graph shape together."""
+    extra = slots + 1 - step["cu_seqlens"].shape[1]
+    if extra < 0:
+        raise ValueError(f"the step already has {step['cu_seqlens'].shape[1] - 1} THD slots, more than {slots}")
+    out = dict(step)
+    for k in THD_KEYS:
+        out[k] = torch.cat([step[k], step[k][:, -1:].expand(-1, extra)], dim=1)
+    return out
