@@ -7,7 +7,12 @@ the refusal without a GPU. The capture itself and its parity with eager steps ar
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +194,19 @@ def test_steps_run_eagerly_then_capture_then_replay_the_current_buffers(monkeypa
         for mb in shape.microbatches:
             assert all((t.data_ptr() - shape.buffers[k].data_ptr()) % 256 == 0 for k, t in mb.items())
     assert "captured: forward-backward of 2 micro-batches (32 THD slots)" in messages[0]
+
+
+def test_trainer_with_the_graph_faked_gives_the_eager_runs_losses(tmp_path):
+    """The whole CPU trainer (tests/mp/faked_graph_trainer.py, one process, ~25 s): the step loader
+    through DataLoader workers, the static buffers, the static forward step and the statistics give
+    the eager run's losses, gradient norms and packing/FLOP statistics exactly, on SFT rows with
+    LongAlign weights; steps 1-2 eager, step 3 captured, 3-5 replays."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(repo / "tests" / "mp" / "faked_graph_trainer.py"), str(tmp_path), str(tmp_path / "cache")],
+                       capture_output=True, text=True, timeout=600, cwd=repo, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["captures"] == 1 and out["shapes"] == [[32, 4]] and out["eager_steps"] == 2
+    assert len(out["graph"]) == 5 and out["graph"] == out["eager"]
+    assert len({s["model_tflop"] for s in out["eager"]}) > 1  # the statistics change from step to step

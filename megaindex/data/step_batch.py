@@ -16,7 +16,7 @@ hands over one item per step instead of one per micro-batch:
 Why one item per step: a DataLoader worker hands every tensor of an item to the trainer process
 through its own shared-memory file descriptor (a socket connection and an authentication round trip
 each), then the pin-memory thread copies it into pinned memory. Per 2K micro-batch of 8 small
-tensors that was ~2.3 ms on the GPU node (~5 ms on a loaded 2-core machine), all of it on the
+tensors that was the ~2.3 ms of data wait on the GPU node (~6 ms on a loaded 2-core machine), all on the
 graphed step's critical path since the loader prefetches only 2 items per worker; per step it is
 8 tensors, prefetched by the workers while the previous step's replay runs
 (benchmarks/RESULTS_microbatch.md). The statistics the trainer logs are computed here, vectorised,
