@@ -19,7 +19,8 @@ whose shapes must not change between replays.
   the DataLoader's workers while the previous step's replay runs): stacked, THD metadata padded to
   the step's slot count (max_seqlen = data.seq_length), loss count and document statistics already
   computed. The step copies it into static GPU buffers (one asynchronous copy per tensor kind,
-  from the memory the loader pinned). The forward step (training/loss.py `make_static_forward_step`) reads those buffers only.
+  from the memory the loader pinned). The forward step (training/loss.py `make_static_forward_step`)
+  reads those buffers only.
 * The first EAGER_STEPS (2) steps of a shape (THD slot count x micro-batches) run eagerly on the
   buffers: cuDNN graphs, TE's attention backend, the torch.compile'd fusions and the NCCL
   communicators are made there. The next step of that shape is captured - megatron's own schedule, finalize_model_grads
