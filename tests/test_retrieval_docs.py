@@ -183,6 +183,10 @@ def test_write_documents_and_tool(tmp_path, tok):
     assert "; form keyed " in describe_mix(mix) and "; subjects closed " in describe_mix(mix)
     assert len(lines) == docs and sum(x["tokens"] for x in lines) == tokens >= 3000
     assert tokens - lines[-1]["tokens"] < 3000  # stops as soon as the target is reached
+    # Forked workers write the same file and count the same mix.
+    mix2: dict = {}
+    assert write_documents(tmp_path / "w.jsonl", gen, tokens=3000, mix=mix2, workers=2) == (docs, tokens)
+    assert (tmp_path / "w.jsonl").read_text() == (tmp_path / "a.jsonl").read_text() and mix2 == mix
     # The command line writes the same documents.
     out = tmp_path / "b.jsonl"
     r = subprocess.run([sys.executable, "tools/make_retrieval_docs.py", "--filler", str(CORPUS), "--tokenizer",

@@ -146,52 +146,6 @@ def _stage_tokens(ctx: Ctx, name: str, overrides: list[str]) -> tuple[int, float
     return cfg.train.train_iters * cfg.data.global_batch_tokens, share
 
 
-_GEN = None  # the generator the forked workers of _write_parallel share
-
-
-def _docs_chunk(start: int, count: int) -> list[str]:
-    out = []
-    for i in range(start, start + count):
-        doc = _GEN.document(i)
-        doc["tokens"] = len(_GEN.tok.encode(doc["text"])) + 1
-        out.append(json.dumps(doc, ensure_ascii=False))
-    return out
-
-
-def _write_parallel(out: Path, generator, tokens: int, write_documents, mix: dict) -> tuple[int, int]:
-    """write_documents(out, generator, tokens=..., mix=mix) on every core: documents are a function of their
-    index only, so chunks of them are made in forked workers and written in order — the same file, faster."""
-    import multiprocessing as mp
-
-    from megaindex.data.retrieval_docs import count_mix
-
-    workers = min(8, os.cpu_count() or 1)
-    if workers < 2:
-        return write_documents(out, generator, tokens=tokens, mix=mix,
-                               progress=lambda d, t: log(f"  {out.name}: {d} documents, {t / 1e6:.1f}M tokens"))
-    global _GEN
-    _GEN = generator
-    tmp = out.with_name(out.name + ".tmp")
-    docs = total = 0
-    with mp.get_context("fork").Pool(workers) as pool, tmp.open("w", encoding="utf-8") as f:
-        start, chunk = 0, max(20, min(1000, tokens // (workers * 300)))
-        while total < tokens:  # a round of one chunk per worker, written in index order
-            starts = [(start + k * chunk, chunk) for k in range(workers)]
-            start += workers * chunk
-            for lines in pool.starmap(_docs_chunk, starts):
-                for line in lines:
-                    if total >= tokens:
-                        break
-                    f.write(line + "\n")
-                    doc = json.loads(line)
-                    docs += 1
-                    total += doc["tokens"]
-                    count_mix(mix, doc)  # as write_documents(mix=) counts them
-            log(f"  {out.name}: {docs} documents, {total / 1e6:.1f}M tokens")
-    tmp.replace(out)
-    return docs, total
-
-
 def step_retrieval(ctx: Ctx) -> list[Path]:
     from megaindex.data.retrieval_docs import (
         FillerText, RetrievalDocConfig, RetrievalDocGenerator, describe_mix, write_documents,
@@ -210,7 +164,9 @@ def step_retrieval(ctx: Ctx) -> list[Path]:
         out = ctx.p("corpus", f"retrieval_s{seed}.jsonl")
         t0 = time.time()
         mix: dict = {}
-        docs, got = _write_parallel(out, RetrievalDocGenerator(tok, filler, cfg), want, write_documents, mix)
+        docs, got = write_documents(out, RetrievalDocGenerator(tok, filler, cfg), tokens=want, mix=mix,
+                                    workers=min(8, os.cpu_count() or 1),
+                                    progress=lambda d, t: log(f"  {out.name}: {d} documents, {t / 1e6:.1f}M tokens"))
         log(f"{out.name} tokens by kind: {describe_mix(mix)}")
         log(f"{out.name}: {docs} documents, {got} tokens ({share:.0%} of {stage}'s {tokens} x {ctx.scale.margin}) "
             f"in {time.time() - t0:.0f}s")
