@@ -56,20 +56,14 @@ _STREET = ["the railway line", "the stone bridge", "the long hedge", "the tram d
            "the quiet lane", "the parking lot"]
 
 
-def _phrase_en(attr: str, rng: random.Random) -> str:
-    c = rng.choice
-    if attr == "hiding place":
-        return f"the {c(_ORD)} {c(_BOX)} of the {c(_WOOD)} {c(_FURN)}"
-    if attr == "morning habit":
-        return f"{c(_CHORE)} before {c(_MEAL)}"
-    if attr == "plan for the weekend":
-        return f"{c(_PROJECT)} with {c(_WITH)}"
-    if attr == "lost property":
-        return f"a {c(_COLOUR)} {c(_ITEM)} with {c(_DETAIL)}"
-    return f"past the {c(_PLACE)} along {c(_STREET)}"  # route home
-
-
-EN_PHRASE_ATTRS = ["hiding place", "morning habit", "plan for the weekend", "lost property", "route home"]
+# Phrase values: attribute -> (template, the word list of each slot in order); one word drawn per slot.
+EN_PHRASES = {
+    "hiding place": ("the {} {} of the {} {}", (_ORD, _BOX, _WOOD, _FURN)),
+    "morning habit": ("{} before {}", (_CHORE, _MEAL)),
+    "plan for the weekend": ("{} with {}", (_PROJECT, _WITH)),
+    "lost property": ("a {} {} with {}", (_COLOUR, _ITEM, _DETAIL)),
+    "route home": ("past the {} along {}", (_PLACE, _STREET)),
+}
 
 ZH_SURNAME = ["欧阳", "林", "郑", "黄", "何", "宋", "谢", "罗", "许", "冯", "韩", "曹", "彭", "唐", "蒋", "沈"]
 ZH_GIVEN = ["晓明", "雨桐", "子涵", "建国", "思远", "婉清", "浩然", "佳怡", "志强", "若兰", "一鸣", "秋菊", "海燕", "俊杰"]
@@ -101,20 +95,13 @@ _ZH_PLACE = ["面包店", "消防站", "图书馆", "邮局", "石头教堂", "�
 _ZH_STREET = ["铁路线", "石桥", "长长的树篱", "电车总站", "墓园围墙", "安静的小巷", "停车场"]
 
 
-def _phrase_zh(attr: str, rng: random.Random) -> str:
-    c = rng.choice
-    if attr == "藏东西的地方":
-        return f"{c(_ZH_WOOD)}{c(_ZH_FURN)}的第{c(_ZH_NUM)}个{c(_ZH_BOX)}里"
-    if attr == "早上的习惯":
-        return f"{c(_ZH_WHEN)}{c(_ZH_CHORE)}"
-    if attr == "周末的计划":
-        return f"和{c(_ZH_WITH)}一起{c(_ZH_PROJECT)}"
-    if attr == "丢失的东西":
-        return f"一件带{c(_ZH_DETAIL)}的{c(_ZH_COLOUR)}{c(_ZH_ITEM)}"
-    return f"经过{c(_ZH_PLACE)}再沿着{c(_ZH_STREET)}走"  # 回家的路线
-
-
-ZH_PHRASE_ATTRS = ["藏东西的地方", "早上的习惯", "周末的计划", "丢失的东西", "回家的路线"]
+ZH_PHRASES = {
+    "藏东西的地方": ("{}{}的第{}个{}里", (_ZH_WOOD, _ZH_FURN, _ZH_NUM, _ZH_BOX)),
+    "早上的习惯": ("{}{}", (_ZH_WHEN, _ZH_CHORE)),
+    "周末的计划": ("和{}一起{}", (_ZH_WITH, _ZH_PROJECT)),
+    "丢失的东西": ("一件带{}的{}{}", (_ZH_DETAIL, _ZH_COLOUR, _ZH_ITEM)),
+    "回家的路线": ("经过{}再沿着{}走", (_ZH_PLACE, _ZH_STREET)),
+}
 
 # Templates: {s} subject, {S} the same capitalised, {v} value, {V} value capitalised.
 STATEMENTS = {
@@ -245,10 +232,10 @@ def owner(lang: str, rng: random.Random) -> str:
 
 def attributes(lang: str, kind: str) -> list[str]:
     """The attributes whose values are of `kind` ("number", "word" or "phrase")."""
-    table = {"en": (EN_NUMBER_ATTRS, EN_WORD_ATTRS, EN_PHRASE_ATTRS),
-             "zh": (ZH_NUMBER_ATTRS, ZH_WORD_ATTRS, ZH_PHRASE_ATTRS)}
+    table = {"en": (EN_NUMBER_ATTRS, EN_WORD_ATTRS, EN_PHRASES),
+             "zh": (ZH_NUMBER_ATTRS, ZH_WORD_ATTRS, ZH_PHRASES)}
     numbers, words, phrases = table[lang]
-    return {"number": numbers, "word": list(words), "phrase": phrases}[kind]
+    return {"number": numbers, "word": list(words), "phrase": list(phrases)}[kind]
 
 
 def value(lang: str, kind: str, attr: str, rng: random.Random) -> str:
@@ -258,20 +245,21 @@ def value(lang: str, kind: str, attr: str, rng: random.Random) -> str:
         return str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
     if kind == "word":
         return rng.choice((EN_WORD_ATTRS if lang == "en" else ZH_WORD_ATTRS)[attr])
-    return (_phrase_en if lang == "en" else _phrase_zh)(attr, rng)
+    template, slots = (EN_PHRASES if lang == "en" else ZH_PHRASES)[attr]
+    return template.format(*[rng.choice(words) for words in slots])
+
+
+def _strings(obj) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [x for k, v in obj.items() for x in _strings(k) + _strings(v)]
+    if isinstance(obj, (list, tuple)):
+        return [x for item in obj for x in _strings(item)]
+    return []
 
 
 def vocabulary() -> list[str]:
     """Every word-list entry and template (for the disjointness check against the evaluation's needles)."""
-    out: list[str] = []
-    for name, obj in globals().items():
-        if name.isupper() or (name.startswith("_") and not name.startswith("__")):
-            if isinstance(obj, list):
-                out += [x for x in obj if isinstance(x, str)]
-                out += [y for x in obj if isinstance(x, tuple) for y in x]
-            elif isinstance(obj, dict):
-                for k, v in obj.items():
-                    out.append(k)
-                    for x in v:
-                        out += list(x) if isinstance(x, tuple) else [x]
-    return out
+    return [x for name, obj in globals().items() if isinstance(obj, (list, dict))
+            and (name.isupper() or (name.startswith("_") and not name.startswith("__"))) for x in _strings(obj)]
