@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+import result_line
 import same_work
 
 HERE = Path(__file__).resolve().parent
@@ -52,8 +53,7 @@ def run_side(tag: str, cmd: list[str], log: Path, env: dict | None = None) -> di
         for line in proc.stdout:
             f.write(line)
             print(f"[{tag}] {line}", end="", flush=True)
-            if line.startswith("RESULT "):
-                result = json.loads(line[len("RESULT "):])
+            result = result_line.parse(line) or result
     if proc.returncode != 0 or result is None:
         raise SystemExit(f"compare_hf: the {tag} side failed (exit {proc.returncode}); its console is in {log}")
     return result

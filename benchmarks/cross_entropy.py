@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import result_line
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: megaindex from this checkout, installed or not
     sys.path.insert(1, str(REPO))
@@ -99,7 +101,7 @@ def main() -> int:
             "h_grad_rel_diff_vs_none": rel("h_grad"), "w_grad_rel_diff_vs_none": rel("w_grad"),
             "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
         }
-        print("RESULT " + json.dumps(row), flush=True)
+        result_line.emit(row)
         rows.append(row)
         del model, head, h, got
         if gpu:

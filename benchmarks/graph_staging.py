@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import result_line
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -189,10 +191,7 @@ def main() -> int:
            "buffer_load_ms_per_microbatch": statistics.median(r["load_ms"] for r in runs),
            "runs": runs, "load_average": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M"),
            "command": " ".join(sys.argv)}
-    print("RESULT " + json.dumps({k: v for k, v in rec.items() if k != "runs"}), flush=True)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+    result_line.emit(rec, args.json, console_omit=("runs",))
     return 0
 
 

@@ -25,13 +25,13 @@ line to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import result_line
 import same_work
 
 
@@ -142,10 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "loss_first_last": [losses[0], losses[-1]], "rows_file": str(rows_path), **same_work.backend_facts(),
         "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
     }
-    print("RESULT " + json.dumps(result), flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    result_line.emit(result, args.out)
     return 0
 
 

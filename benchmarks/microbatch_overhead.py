@@ -43,6 +43,8 @@ import sys
 import time
 from pathlib import Path
 
+import result_line
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL_34M = ["model.num_layers=8", "model.hidden_size=512", "model.num_attention_heads=4", "model.num_query_groups=4",
              "model.ffn_hidden_size=1472", "model.vocab_size=8000"]
@@ -128,10 +130,7 @@ def main() -> int:
             result["profile_error"] = f"{type(e).__name__}: {e}"
             print(f"[{args.name}] profiling failed: {result['profile_error']}", flush=True)
 
-    print("RESULT " + json.dumps({k: v for k, v in result.items() if k != "steps"}), flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    result_line.emit(result, args.out, console_omit=("steps",))
     destroy_distributed()
     return 0
 

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import result_line
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "examples" / "index_1.9b_long_pt_32k.yaml"
 TOKENIZER = REPO / "tests" / "fixtures" / "tokenizer.model"
@@ -216,8 +218,8 @@ def main() -> int:
     t0 = time.perf_counter()
     meta = write_rows(args, args.write_rows)
     print(f"wrote {meta['rows']} rows of {meta['data.seq_length']} tokens to {args.write_rows}", flush=True)
-    print("RESULT " + json.dumps({"path": str(args.write_rows), "rows": meta["rows"], "seq_length": meta["data.seq_length"],
-                                  "seconds": time.perf_counter() - t0}), flush=True)
+    result_line.emit({"path": str(args.write_rows), "rows": meta["rows"], "seq_length": meta["data.seq_length"],
+                                  "seconds": time.perf_counter() - t0})
     return 0
 
 

@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import result_line
 import same_work
 
 
@@ -112,10 +113,7 @@ def main() -> int:
             "loss_first_last": [rows[0]["loss"], rows[-1]["loss"]],
             "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
         }
-        print("RESULT " + json.dumps(result), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(result) + "\n")
+        result_line.emit(result, args.out)
     destroy_distributed()
     return 0
 
