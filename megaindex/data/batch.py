@@ -43,6 +43,14 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return out
 
 
+def document_stats(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of squared document lengths, real tokens), int64, of packed rows' `cu_seqlens` [..., S+1] (one
+    micro-batch, or a step's rows stacked): what the attention FLOP count and the logs use; the
+    zero-length padding slots of static THD shapes add nothing."""
+    lengths = cu_seqlens.diff(dim=-1).to(torch.int64)
+    return (lengths * lengths).sum(-1), cu_seqlens[..., -1].to(torch.int64)
+
+
 MIN_THD_SLOTS = 32  # cuDNN's THD graphs bucket the sequence count to >= 32 as well
 
 

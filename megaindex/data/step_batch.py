@@ -10,8 +10,8 @@ hands over one item per step instead of one per micro-batch:
   cu_seqlens            int32   [N, slots+1] each row padded with zero-length sequences (its last
   cu_seqlens_padded     int32   [N, slots+1] offset repeated) to the step's slot count (batch.thd_slots)
   count                 int32   [N]         the loss normaliser (training/loss.py batch_count)
-  doc_sq_sum            int64   [N]         sum of squared real document lengths (loss.py document_stats)
-  real_tokens           int64   [N]         tokens that are not padding
+  doc_sq_sum            int64   [N]         sum of squared real document lengths } data/batch.py
+  real_tokens           int64   [N]         tokens that are not padding          } document_stats
 
 Why one item per step: a DataLoader worker hands every tensor of an item to the trainer process
 through its own shared-memory file descriptor (a socket connection and an authentication round trip
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megaindex.data.batch import MIN_THD_SLOTS, collate, thd_slots
+from megaindex.data.batch import MIN_THD_SLOTS, collate, document_stats, thd_slots
 
 TOKEN_KEYS = ("tokens", "labels", "loss_mask")
 THD_KEYS = ("cu_seqlens", "cu_seqlens_padded")
@@ -65,9 +65,7 @@ def collate_step(samples: list[dict[str, torch.Tensor]], *, micro_batch_size: in
         out["count"] = torch.stack([x["num_sequences"] for x in batches]).to(torch.int32)
     else:
         out["count"] = out["loss_mask"].ne(0).sum(1, dtype=torch.int32)
-    lengths = np.diff(cu, axis=1).astype(np.int64)  # the zero-length slots add nothing
-    out["doc_sq_sum"] = torch.from_numpy((lengths * lengths).sum(1))
-    out["real_tokens"] = torch.from_numpy(cu[:, -1].astype(np.int64))
+    out["doc_sq_sum"], out["real_tokens"] = document_stats(out["cu_seqlens"])
     return out
 
 

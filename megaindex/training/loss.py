@@ -23,6 +23,7 @@ import torch
 
 from megatron.core.packed_seq_params import PackedSeqParams
 
+from megaindex.data.batch import document_stats as packed_document_stats
 from megaindex.data.batch import packed_seq_params, slice_batch_for_cp_rank
 from megaindex.distributed import ParallelLayout
 
@@ -65,8 +66,8 @@ def document_stats(batch: dict, cp_rank: int) -> dict[str, torch.Tensor]:
     """DOC_SQ_KEY and REAL_TOKENS_KEY of this rank's (unsliced) micro-batch, on the host."""
     if cp_rank != 0:
         return {DOC_SQ_KEY: torch.zeros((), dtype=torch.int64), REAL_TOKENS_KEY: torch.zeros((), dtype=torch.int64)}
-    lengths = (batch["cu_seqlens"][1:] - batch["cu_seqlens"][:-1]).to(torch.int64)
-    return {DOC_SQ_KEY: (lengths * lengths).sum(), REAL_TOKENS_KEY: batch["cu_seqlens"][-1].to(torch.int64)}
+    doc_sq_sum, real_tokens = packed_document_stats(batch["cu_seqlens"])
+    return {DOC_SQ_KEY: doc_sq_sum, REAL_TOKENS_KEY: real_tokens}
 
 
 def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, layout: ParallelLayout,
