@@ -9,8 +9,10 @@ with every RoPE variant, longpt/ for stage 1, ablation_*/ for the ablations) and
   results.md                the same as tables, plus the thresholds
   heatmaps.png              needle heatmaps side by side: base + naive, base + Dynamic NTK, Long-PT
   score_vs_length.png       needle score vs length, one line per variant
+  probe.png                 training curves of stage 0 and stage 1 (WORK/stage*/metrics.jsonl, when
+                            present): loss, and the in-training probe's exact score and token accuracy
 With publish_to (benchmarks/), replication_summary.json and the PNGs are copied there as
-replication_summary.json, replication_heatmaps.png, replication_score_vs_length.png.
+replication_summary.json, replication_heatmaps.png, replication_score_vs_length.png, replication_probe.png.
 
 The thresholds are the issue's, fixed before the run (README.md "Thresholds"); "Dynamic NTK" is the
 factor most favourable to the baseline at each comparison (the best of 2, 4, 8, 16).
@@ -184,6 +186,48 @@ def plots(variants: dict[str, dict], out: Path) -> list[Path]:
     return [heat, line]
 
 
+def probe_plot(runs: dict[str, Path], out: Path) -> Path | None:
+    """Loss and the in-training probe (exact and forced token accuracy, mean over its lengths) per
+    step, one row per stage whose metrics.jsonl exists; None when no stage logged a probe."""
+    curves = {}
+    for stage, metrics in runs.items():
+        if not metrics.is_file():
+            continue
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+        probe = [r for r in rows if any(k.startswith("probe_") for k in r)]
+        if probe:
+            curves[stage] = (loss, probe)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(curves), 2, figsize=(10, 3.2 * len(curves)), squeeze=False)
+    for (stage, (loss, probe)), (ax_l, ax_p) in zip(curves.items(), axes):
+        ax_l.plot(*zip(*loss), linewidth=0.8)
+        ax_l.set_title(f"{stage}: training loss", fontsize=10)
+        ax_l.set_xlabel("step")
+        ax_l.grid(alpha=0.3)
+        steps = [r["step"] for r in probe]
+        for key, label, style in (("probe_passkey", "passkey exact (%)", "-o"), ("probe_passkey_tokacc", "passkey token acc. (%)", "--o"),
+                                  ("probe_needle", "needle score", "-s"), ("probe_needle_tokacc", "needle token acc. (%)", "--s")):
+            if all(key in r for r in probe):
+                ax_p.plot(steps, [r[key] for r in probe], style, label=label, markersize=3)
+        ax_p.set_ylim(-2, 102)
+        ax_p.set_title(f"{stage}: in-training probe (mean over its lengths)", fontsize=10)
+        ax_p.set_xlabel("step")
+        ax_p.legend(fontsize=7)
+        ax_p.grid(alpha=0.3)
+    path = out / "probe.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def write_report(eval_dir: Path, out: Path, *, publish_to: Path | None = None) -> list[Path]:
     variants = load_variants(eval_dir)
     if not variants:
@@ -206,6 +250,9 @@ def write_report(eval_dir: Path, out: Path, *, publish_to: Path | None = None) -
     md = out / "results.md"
     md.write_text(markdown(variants, thresholds))
     pngs = plots(variants, out)
+    work = eval_dir.parent
+    probe = probe_plot({s: work / s / "metrics.jsonl" for s in ("stage0", "stage1")}, out)
+    pngs += [probe] if probe else []
     for t in thresholds:
         print(f"  {t['status']:<12} {t['threshold']} (value {t['value']}, target {t['target']})")
     if publish_to is not None:
