@@ -5,6 +5,15 @@ For the tiny presets and tests (the real Index tokenizer is not obtainable offli
 Index's: `<unk>`0 `<s>`1 `</s>`2 `reserved_0`3 `reserved_1`4, the reserved ones as control symbols
 (text never encodes to them), byte fallback so any Chinese character round-trips.
 
+Digits are split (`split_digits`, on by default; `--no-split-digits` turns it off), as in Llama's
+and most LLM SentencePiece tokenizers: every digit is its own piece (so is the '▁' before a number),
+never merged with another digit or with punctuation. Without it BPE learns pieces like '99' and '6.',
+so a number tokenises differently by what follows it: the passkey line "The pass key is 90996.
+Remember it." gave '▁9' '0' '99' '6.' while the answer " 90996" is '▁9' '0' '99' '6', and a model
+that copied the key from the text was scored wrong (the mini replication's third stage-0 run: 55 of
+198 passkey answers were the key plus '.'). tests/fixtures/tokenizer.model predates the flag (trained
+without it; many tests pin its ids, so it is kept).
+
     python tools/train_tokenizer.py tests/fixtures/corpus/*.jsonl -o tests/fixtures/tokenizer.model --vocab-size 8000
 """
 
@@ -44,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("inputs", nargs="+", type=Path, help="JSONL files ({'text'} or {'messages'})")
     ap.add_argument("-o", "--output", type=Path, required=True, help="where tokenizer.model goes")
     ap.add_argument("--vocab-size", type=int, default=8000, help="8000 for the tiny presets")
+    ap.add_argument("--no-split-digits", dest="split_digits", action="store_false",
+                    help="let BPE merge digits with each other and with punctuation (the default splits them)")
     ap.add_argument("--max-sentences", type=int, default=2_000_000, help="sample at most this many lines")
     args = ap.parse_args(argv)
 
@@ -55,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             for para in texts(args.inputs):
                 f.write(para + "\n")
                 n += 1
-        print(f"training BPE vocab {args.vocab_size} on {n} lines ...", file=sys.stderr)
+        print(f"training BPE vocab {args.vocab_size} on {n} lines (split_digits={args.split_digits}) ...", file=sys.stderr)
         spm.SentencePieceTrainer.train(
             input=str(corpus),
             model_prefix=str(Path(tmp) / "sp"),
@@ -65,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             normalization_rule_name="identity",  # exact round trips (decode checks in tests)
             remove_extra_whitespaces=False,  # keep code indentation and blank lines
             byte_fallback=True,
+            split_digits=args.split_digits,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             control_symbols=["reserved_0", "reserved_1"],
             input_sentence_size=args.max_sentences,

@@ -1,0 +1,57 @@
+"""tools/train_tokenizer.py: digits split by default, so a number tokenises the same wherever it stands."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from megaindex.data.tokenizer import IndexTokenizer
+from megaindex.eval.passkey import INFO, PasskeyPrompts
+from megaindex.eval.sample import encode_text
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "tests/fixtures/corpus/pretrain.jsonl"
+
+
+def _train(out: Path, *extra: str) -> IndexTokenizer:
+    spec = importlib.util.spec_from_file_location("train_tokenizer", REPO / "tools/train_tokenizer.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    # 4000 pieces: the fixture corpus needs ~2800 for its characters; trains in well under a second
+    assert tool.main([str(CORPUS), "-o", str(out), "--vocab-size", "4000", *extra]) == 0
+    return IndexTokenizer(out)
+
+
+def _key_tokens_match(tok: IndexTokenizer, sample) -> bool:
+    """The answer's tokens occur inside the tokens of the sentence that states the key, "The pass key is
+    {k}." (INFO's first sentence; its second, "{k} is the pass key.", has no '.' after the key)."""
+    first = INFO.split(" Remember")[0]
+    assert first.endswith("{k}.")
+    info, ans = encode_text(tok, "\n" + first.format(k=sample.gold)), sample.answer_ids
+    return any(info[i:i + len(ans)] == ans for i in range(len(info) - len(ans) + 1))
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    return _train(d / "split.model"), _train(d / "merged.model", "--no-split-digits")
+
+
+def test_digits_are_pieces_of_their_own_and_passkey_answers_match_the_info_line(tokenizers):
+    split, merged = tokenizers
+    sp = split.sp
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())
+              if not (sp.is_byte(i) or sp.is_control(i) or sp.is_unknown(i))]
+    assert [p for p in pieces if re.search(r"[0-9]", p) and len(p) > 1] == []  # no '99', '6.', '▁9'
+    assert sorted(p for p in pieces if re.fullmatch(r"[0-9]", p)) == list("0123456789")
+    samples = [PasskeyPrompts(t).sample(length=256, depth=d, repeat=r) for t in (split,) for d in (0, 50, 100)
+               for r in range(20)]
+    assert all(_key_tokens_match(split, s) for s in samples)
+    # Without the flag (the fixture tokenizer's setting) BPE merges the key's last digit with the
+    # line's '.': the defect the flag fixes (tests/fixtures/tokenizer.model predates it).
+    old = [PasskeyPrompts(merged).sample(length=256, depth=d, repeat=r) for d in (0, 50, 100) for r in range(20)]
+    assert not all(_key_tokens_match(merged, s) for s in old)
+    assert any(re.fullmatch(r"[0-9]{2,}|[0-9]\.", merged.sp.id_to_piece(i)) for i in range(merged.sp.get_piece_size()))
