@@ -59,7 +59,8 @@ def test_blended_datasets_never_split_retrieval_documents(tmp_path):
     use: builds (megatron asserted on the test split's size before), and with whole_documents every
     retrieval document lies whole in one row, which plain packing does not give."""
     from megaindex.data.builder import build_datasets
-    from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator, write_documents
+    from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator
+    from megaindex.data.retrieval_writer import write_documents
     from megaindex.data.tokenizer import IndexTokenizer
 
     tok = IndexTokenizer(TOKENIZER)

@@ -42,6 +42,13 @@ def test_recipes_and_ablations_validate():
     assert (s1.data.seq_length, s1.model.rotary_base, s1.data.packing) == (32768, 320000, "reset")
     assert s0.train.train_iters * s0.data.global_batch_tokens == 2 ** 28  # 268M tokens: stage0.yaml (2048 steps since the missed gate)
     assert 30e6 <= s1.train.train_iters * s1.data.global_batch_tokens <= 36e6
+    # Stage 0 replays CUDA graphs on the GPU (validate(1) above ran config_layout.cuda_graph_errors); the
+    # CPU smoke scale runs it eagerly.
+    import run
+
+    assert (s0.train.cuda_graph_impl, s0.data.static_thd_shapes) == ("full_iteration", True)
+    smoke = load_config(HERE / "stage0.yaml", run.SMOKE.stage0)
+    assert (smoke.train.cuda_graph_impl, smoke.data.static_thd_shapes) == ("none", False)
     ablations = yaml.safe_load((HERE / "ablations.yaml").read_text())
     assert set(ablations) == {"rope_10k", "rope_5m", "concat", "ctx_warmup"}
     for name, overrides in ablations.items():

@@ -13,8 +13,8 @@ import pytest
 
 from megaindex.data.retrieval_docs import (
     HELD_OUT_PHRASES, FillerText, HeldOutPhraseError, RetrievalDocConfig, RetrievalDocGenerator, check_held_out,
-    describe_mix, write_documents,
 )
+from megaindex.data.retrieval_writer import describe_mix, write_documents
 from megaindex.data.tokenizer import IndexTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,8 @@ def test_answers_match_the_stated_facts(docs):
 def test_mix_of_languages_haystacks_and_values(docs):
     share = lambda key, val: sum(d[key] == val for d in docs) / len(docs)  # noqa: E731
     assert 0.1 < share("lang", "zh") < 0.32 and 0.18 < share("haystack", "repetitive") < 0.42
-    assert 0.22 < share("kind", "phrase") < 0.5 and 0.08 < share("kind", "word") < 0.32
+    assert 0.45 < share("kind", "open") < 0.75 and 0.12 < share("kind", "number") < 0.38  # v4: 60% / 25%
+    assert 0.08 < share("kind", "phrase") + share("kind", "word") < 0.25  # the tables' 15%
     zh_prose = [d for d in docs if d["lang"] == "zh" and d["haystack"] == "prose"]
     assert zh_prose and all(re.search(r"[\u4e00-\u9fff]", d["text"]) for d in zh_prose)
     for d in docs:
@@ -208,11 +209,11 @@ def _open_span_candidates(subject: str) -> list[str]:
     from megaindex.data import retrieval_words as W
 
     if re.search(r"[\u4e00-\u9fff]", subject):
-        heads = W.attributes("zh", "number") + W.attributes("zh", "word") + W.attributes("zh", "phrase") + W.ZH_SF_NOUN
+        heads = [a for kind in ("number", "word", "phrase", "open") for a in W.attributes("zh", kind)] + W.ZH_SF_NOUN
         return [subject.removesuffix(f"的{h}") for h in heads if subject.endswith(f"的{h}")]
     rest = subject.removeprefix("the ")
     out = [rest]
-    for attr in W.attributes("en", "number") + W.attributes("en", "word") + W.attributes("en", "phrase"):
+    for attr in (a for kind in ("number", "word", "phrase", "open") for a in W.attributes("en", kind)):
         if rest.startswith(f"{attr} of the "):
             out.append(rest.removeprefix(f"{attr} of the "))
     return out
@@ -256,7 +257,9 @@ def test_same_form_documents_hide_the_fact_among_sentences_of_its_form(tok):
         subjects = {s for s, _ in d["facts"]}
         for s, v in d["facts"]:
             stated = SF.sentence(s, v, d["lang"])
-            assert body.count(stated) == 1 and body.count(v) == 1, (stated, body)  # the value once, where stated
+            assert body.count(stated) == 1, (stated, body)
+            if d["kind"] != "open":  # an open value is real text: its words may also occur in the filler
+                assert body.count(v) == 1, (stated, body)  # the value once, where stated
             assert sum(x.endswith(stated) or x.endswith(f"{s} is {v}.") for x in lines) == 1, lines  # asked, answered
             assert body.count(stated.split(" is ")[0] + " is " if not zh else f"{s}是") == 1  # no other "{s} is"
         form = [(s.strip(), v) for s, v in form]
@@ -288,3 +291,87 @@ def test_same_form_sentences_never_held_out_and_drafts_with_a_held_out_phrase_ar
     assert hit and all(not any(p in y["text"].lower() for p in ("gate", "door")) for y in b)
     assert all(x != y for x, y in zip(a, b) if x in hit)  # those drafts were redrawn; spans are checked as drawn,
     assert sum(x == y for x, y in zip(a, b)) >= 0.6 * len(a)  # so a few more differ, most are unchanged
+
+
+# v4: open-vocabulary values, answers that restate the text (issue #16, after the third GPU attempt).
+
+def _stated_forms(s: str, v: str, lang: str) -> list[str]:
+    """How a statement template can hold fact (s, v) in the body (retrieval_words.STATEMENTS, same-form)."""
+    if lang == "zh":
+        return [f"{s}是{v}", f"{v}就是{s}", f"{v}——这就是{s}"]
+    return [f"{s} is {v}", f"{s[0].upper()}{s[1:]} is {v}", f"{v} is {s}", f"{v} — that is {s}"]
+
+
+def test_every_answer_restates_a_fact_stated_verbatim_before_its_question(tok):
+    from megaindex.data.retrieval_docs import contradictions
+
+    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), RetrievalDocConfig(max_tokens=384, min_tokens=64, seed=12))
+    docs = [gen.document(i) for i in range(300)]
+    assert {d["kind"] for d in docs} == {"open", "number", "phrase", "word"}
+    for d in docs:
+        body, lines = _statement_lines(d)
+        for s, v in d["facts"]:
+            assert any(f in body for f in _stated_forms(s, v, d["lang"])), (s, v, body)  # exactly as answered
+            ends = (f"{s}是{v}。",) if d["lang"] == "zh" else (f"{s} is {v}.", f"{s[0].upper()}{s[1:]} is {v}.")
+            assert sum(x.endswith(ends) for x in lines) == 1, (ends, lines)  # "From the text above, {s} is {v}."
+        assert contradictions(d) == [], d["text"]  # and no other sentence gives a subject another value
+    # The check itself: a body that gives the subject a second value, or states it only in the questions.
+    bad = {"text": "The gate is kiwi. Later the gate is locked.\n\nFrom the text above, the gate is kiwi.\n",
+           "facts": [["the gate", "kiwi"]], "lang": "en"}
+    assert contradictions(bad) == ["the gate is locked."]
+    bad_zh = {"text": "北边的钥匙是旧的。北边的钥匙是123。\n\n北边的钥匙是123。\n", "facts": [["北边的钥匙", "123"]], "lang": "zh"}
+    assert len(contradictions(bad_zh)) == 1 and contradictions({**bad, "text": "The gate is kiwi.\n\nx\n"}) == []
+
+
+def test_open_values_are_spans_of_the_filler(tok):
+    from megaindex.data.retrieval_subjects import OPEN_VALUE_CHARS, OPEN_VALUE_WORDS
+
+    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), RetrievalDocConfig(max_tokens=256, min_tokens=64, seed=13))
+    docs = [gen.document(i) for i in range(300)]
+    raw = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines()]
+    words = " " + " ".join(w.lower() for text in raw for w in text.split()) + " "
+    chinese = "".join(raw)
+    values = {"en": [], "zh": []}
+    for d in docs:
+        if d["kind"] == "open":
+            values[d["lang"]] += [v for _, v in d["facts"]]
+    en, zh = values["en"], values["zh"]
+    assert len(en) > 150 and len(zh) > 25
+    lo, hi = OPEN_VALUE_WORDS
+    for v in en:
+        assert re.fullmatch(r"[a-z]+( [a-z]+)*", v) and lo <= len(v.split()) <= hi and f" {v} " in words, v
+        assert " is " not in f" {v} ", v  # the subject/value boundary stays unique
+    lo, hi = OPEN_VALUE_CHARS
+    for v in zh:
+        assert re.fullmatch(r"[\u4e00-\u9fff]+", v) and lo <= len(v) <= hi and v in chinese and "是" not in v, v
+    assert len(set(en)) >= 0.6 * len(en) and len(set(zh)) >= 0.8 * len(zh)  # open: most values are new
+    assert {len(v.split()) for v in en} >= {1, 2, 3, 4}  # single words and multi-word spans
+
+
+def test_open_spans_never_hold_a_needle_word(tok, tmp_path):
+    """Real text can contain a needle's answer ("fresh ginger", "冰糖"): such spans are never a subject or value."""
+    from megaindex.eval import needle_words
+
+    poisoned = tmp_path / "filler.jsonl"
+    en = ("We spent the evening painting the river at sunset with fresh ginger tea and roasted garlic bread. "
+          "Old boats rest quietly near the grey harbour wall. ")
+    zh = "我们去夜市吃烤鱼，又买了冰糖和红枣，然后泡温泉。老船静静地停在灰色的港口墙边。"
+    poisoned.write_text(json.dumps({"text": en * 30}) + "\n" + json.dumps({"text": zh * 30}, ensure_ascii=False) + "\n")
+    cfg = RetrievalDocConfig(max_tokens=256, min_tokens=128, open_value_share=1.0, phrase_value_share=0,
+                             word_value_share=0, open_subject_share=1.0, chinese_share=0.4, seed=14)
+    needles = [w.lower() for table in needle_words.WORDS.values() for words in table.values() for w in words]
+    multi = [w for w in needles if " " in w or re.search(r"[\u4e00-\u9fff]", w)]
+
+    def spans(gen):
+        docs = [gen.document(i) for i in range(60)]
+        return [x.lower().removeprefix("the ") for d in docs for fact in d["facts"] for x in fact if d["kind"] == "open"]
+
+    def touches(x):
+        return any(re.search(rf"(^|\W){re.escape(w)}($|\W)", x) or w in x for w in needles) or \
+            any(len(x) >= 2 and x in w and (" " in x or re.search(r"[\u4e00-\u9fff]", x)) for w in multi)
+
+    got = spans(RetrievalDocGenerator(tok, FillerText([poisoned]), cfg))
+    assert len(got) > 100 and not [x for x in got if touches(x)]
+    unchecked = RetrievalDocGenerator(tok, FillerText([poisoned]), cfg)
+    unchecked._needle_words = {"en": [], "zh": []}  # as without the check: needle words do get drawn
+    assert [x for x in spans(unchecked) if touches(x)]

@@ -19,9 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megaindex import exit_codes  # noqa: E402
-from megaindex.data.retrieval_docs import (  # noqa: E402
-    FillerText, RetrievalDocConfig, RetrievalDocGenerator, write_documents,
-)
+from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator  # noqa: E402
+from megaindex.data.retrieval_writer import write_documents  # noqa: E402
 from megaindex.data.tokenizer import IndexTokenizer, TokenizerError  # noqa: E402
 
 

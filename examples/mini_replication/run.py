@@ -68,7 +68,8 @@ SMOKE = Scale(
     stage0=["model.preset=tiny", "model.max_position_embeddings=256", "data.seq_length=256", "data.micro_batch_size=4",
             "data.global_batch_tokens=2048", "data.whole_documents=256", "data.num_workers=0", "train.train_iters=6",
             "train.eval_interval=6", "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=6",
-            "log.log_interval=1", "data.split=90,10,0", "eval.interval=6", "eval.lengths=[256]", "eval.repeats=1", "eval.tasks=[passkey]"],
+            "log.log_interval=1", "data.split=90,10,0", "eval.interval=6", "eval.lengths=[256]", "eval.repeats=1", "eval.tasks=[passkey]",
+            "train.cuda_graph_impl=none", "data.static_thd_shapes=false"],  # CPU: eager (stage0.yaml graphs the GPU run)
     stage1=["model.preset=tiny", "model.max_position_embeddings=1024", "data.seq_length=1024", "data.global_batch_tokens=2048",
             "data.whole_documents=256", "data.num_workers=0", "train.train_iters=3", "train.eval_interval=3",
             "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=3", "log.log_interval=1",
@@ -147,9 +148,8 @@ def _stage_tokens(ctx: Ctx, name: str, overrides: list[str]) -> tuple[int, float
 
 
 def step_retrieval(ctx: Ctx) -> list[Path]:
-    from megaindex.data.retrieval_docs import (
-        FillerText, RetrievalDocConfig, RetrievalDocGenerator, describe_mix, write_documents,
-    )
+    from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator
+    from megaindex.data.retrieval_writer import describe_mix, write_documents
     from megaindex.data.tokenizer import IndexTokenizer
 
     tok = IndexTokenizer(ctx.p("tokenizer.model"))

@@ -21,8 +21,10 @@ across packed rows so the question could not see its fact):
     tokenizer; pack them with `data.whole_documents` so no row boundary cuts one;
   * several phrasings for statements (some state the value twice or value-first) and for
     question/answer pairs, whose answers end "{subject} is" + " {value}." as the evaluation's do;
-    values are 4-7 digit numbers, single words, or 2-8 word phrases ("the top drawer of the oak
-    desk"), so copying a multi-token span is trained, not only a number;
+    values are spans of the filler (v4, below), 4-7 digit numbers, table words, or 2-8 word table
+    phrases ("the top drawer of the oak desk"); every answer restates, verbatim, a statement of the
+    body (a template holds the value exactly as the answer gives it), and no other sentence of the
+    body gives a fact's subject another value (`contradictions`; a draft with one is redrawn);
   * v2 (after stage 0 of the first GPU run copied "X is Y." garbage instead of the key): a share of
     haystacks is a few generic "The road is long."-style sentences repeated (`repetitive_share`), so
     many "is -> word" continuations compete with the one fact; a share of documents is Chinese
@@ -37,6 +39,17 @@ across packed rows so the question could not see its fact):
     documents is "same-form" (`same_form_share`, megaindex.data.retrieval_same_form): short-subject
     facts "The harbour key is 48213." among many sentences of exactly that form, some sharing a word
     with the fact's subject ("The harbour is quiet."), asked as "The harbour key is";
+  * v4 (after stage 0 of the third GPU attempt answered needles with its own guesses at word starts —
+    '6ack..om.' for 'black cardamom.' — while copying the continuation pieces, and copied random-digit
+    keys well): 85% of v3's values came from closed tables, which a model predicts from its prior after
+    a token or two, so it never had to copy an arbitrary word. Now `open_value_share` 0.6 of documents
+    have open-vocabulary values — 1-6 consecutive words / 2-8 CJK characters of a random filler
+    sentence (megaindex.data.retrieval_subjects.open_value), which only copying can produce — 25% have
+    numbers (copied well already; the passkey's kind) and 15% keep the tables (`phrase_value_share`
+    0.1, `word_value_share` 0.05) so that multi-word phrases of a fixed shape stay in the mix. No
+    open span (subject or value) holds a word of the evaluation's needle lists
+    (megaindex.eval.needle_words; `needle_word_lists`), nor, for 2+ words or CJK characters, lies
+    inside one ("hot springs", "温泉"): real text can contain "fresh ginger" or "冰糖";
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
     the templates, not in the repetitive sentences, and not in the filler, whose sentences
@@ -49,11 +62,9 @@ slice of a stream can be regenerated.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import logging
-import multiprocessing
 import random
 import re
 from collections.abc import Callable
@@ -62,7 +73,7 @@ from pathlib import Path
 
 from megaindex.data import retrieval_same_form as SF
 from megaindex.data import retrieval_words as W
-from megaindex.data.retrieval_subjects import open_subject
+from megaindex.data.retrieval_subjects import open_subject, open_value
 from megaindex.data.tokenizer import IndexTokenizer
 
 log = logging.getLogger(__name__)
@@ -78,6 +89,16 @@ HELD_OUT_PHRASES = (
     "answer with one sentence that starts with", "开头的一句话回答",
     "special magic",  # RULER
 )
+
+
+def needle_word_lists() -> dict[str, list[str]]:
+    """Every word-list entry of the evaluation's needles (megaindex.eval.needle_words, a dependency-free
+    table; read from there so the two never drift), English ones lowercased and space-padded: no
+    open-vocabulary span of a training document may hold one."""
+    from megaindex.eval.needle_words import WORDS
+
+    return {"en": [f" {w.lower()} " for table in WORDS["en"].values() for w in table],
+            "zh": [w for table in WORDS["zh"].values() for w in table]}
 
 
 class HeldOutPhraseError(ValueError):
@@ -105,8 +126,7 @@ class Fact:
     open: bool = False  # the subject is made from a span of the filler (v3), not the closed word lists
 
     def fill(self, template: str) -> str:
-        return template.format(s=self.subject, S=self.subject[0].upper() + self.subject[1:], v=self.value,
-                               V=self.value[0].upper() + self.value[1:])
+        return template.format(s=self.subject, S=self.subject[0].upper() + self.subject[1:], v=self.value)
 
 
 @dataclass
@@ -115,8 +135,9 @@ class RetrievalDocConfig:
     min_tokens: int = 128       # target lengths are drawn log-uniformly in [min_tokens, max_tokens]
     max_facts: int = 8          # facts per document: 1 (single-key) .. max_facts (multi-key)
     single_key_share: float = 0.25  # share of documents with exactly one fact
-    phrase_value_share: float = 0.35  # share of documents whose values are 2-8 word phrases ("the top drawer of ...")
-    word_value_share: float = 0.2     # share of documents whose values are single words; the rest are 4-7 digit numbers
+    open_value_share: float = 0.6     # share of documents whose values are spans of the filler (1-6 words / 2-8 characters)
+    phrase_value_share: float = 0.1   # share of documents whose values are table phrases ("the top drawer of ...")
+    word_value_share: float = 0.05    # share of documents whose values are table words; the rest are 4-7 digit numbers
     repetitive_share: float = 0.25    # share of documents whose haystack is a few "X is Y." sentences repeated
     chinese_share: float = 0.2        # share of documents in Chinese (prose filler from the corpus' Chinese documents)
     same_form_share: float = 0.3      # share of documents stating "The {short subject} is {v}." among same-form sentences
@@ -134,11 +155,11 @@ def _subject(owner: str, attr: str, lang: str, rng: random.Random) -> str:
 
 def draw_facts(n: int, rng: random.Random, lang: str = "en", kind: str = "number",
                open_subject: Callable[[random.Random, str], str | None] | None = None,
-               open_share: float = 0.0) -> list[Fact]:
+               open_share: float = 0.0, open_value: Callable[[random.Random], str | None] | None = None) -> list[Fact]:
     """n facts with distinct subjects and values of one kind; mostly one attribute shared by several owners.
 
     With `open_subject(rng, attr)` (a filler-made subject or None), a share `open_share` of the subjects
-    is open-vocabulary."""
+    is open-vocabulary; values of kind "open" come from `open_value(rng)` (a filler span or None)."""
     facts: list[Fact] = []
     subjects, values = set(), set()
     attrs = W.attributes(lang, kind)
@@ -147,18 +168,21 @@ def draw_facts(n: int, rng: random.Random, lang: str = "en", kind: str = "number
         if len(facts) == n:
             break
         attr = shared if rng.random() < 0.7 else rng.choice(attrs)
-        value = W.value(lang, kind, attr, rng)
+        value = open_value(rng) if kind == "open" else W.value(lang, kind, attr, rng)
         subject = open_subject(rng, attr) if open_subject is not None and rng.random() < open_share else None
         if subject is None:
             owner = W.owner(lang, rng)
             key: object = (owner, attr)
         else:
             key = subject
-        if key in subjects or value in values:  # one answer per question, no repeated value
+        if value is None or key in subjects or value in values:  # one answer per question, no repeated value
+            continue
+        fact = Fact(_subject(owner, attr, lang, rng), value) if subject is None else Fact(subject, value, True)
+        if value in fact.subject or fact.subject in value:  # an open value inside its own subject reads as both
             continue
         subjects.add(key)
         values.add(value)
-        facts.append(Fact(_subject(owner, attr, lang, rng), value) if subject is None else Fact(subject, value, True))
+        facts.append(fact)
     if len(facts) < n:
         raise RuntimeError(f"could not draw {n} distinct facts")
     return facts
@@ -202,7 +226,23 @@ class FillerText:
         return [p for p in parts if p.strip() and not any(h in p.lower() for h in self.phrases)]
 
 
-SHARES = ("single_key_share", "phrase_value_share", "word_value_share", "repetitive_share", "chinese_share",
+def contradictions(doc: dict) -> list[str]:
+    """Places in the body (the text before the questions) where a fact's subject is followed by "is"/"是"
+    and something other than its value — a filler sentence that happens to go on from an open subject's
+    span ("the string value obtained is ..."). Case-insensitive. A document must have none."""
+    body = doc["text"].rpartition("\n\n")[0].lower()
+    out = []
+    for subject, value in doc["facts"]:
+        head, value = subject.lower() + ("是" if doc["lang"] == "zh" else " is "), value.lower()
+        at = body.find(head)
+        while at >= 0:
+            if not body.startswith(value, at + len(head)):
+                out.append(body[at:at + len(head) + 20])
+            at = body.find(head, at + 1)
+    return out
+
+
+SHARES = ("single_key_share", "open_value_share", "phrase_value_share", "word_value_share", "repetitive_share", "chinese_share",
           "same_form_share", "open_subject_share")
 DRAFTS = 16  # a document whose draft holds a held-out phrase (a filler span next to a template) is redrawn
 
@@ -216,10 +256,11 @@ class RetrievalDocGenerator:
         for name in SHARES:
             if not 0 <= getattr(config, name) <= 1:
                 raise ValueError(f"RetrievalDocConfig.{name} must be in [0, 1], got {getattr(config, name)}")
-        if config.phrase_value_share + config.word_value_share > 1:
-            raise ValueError("RetrievalDocConfig: phrase_value_share + word_value_share must be <= 1")
+        if config.open_value_share + config.phrase_value_share + config.word_value_share > 1:
+            raise ValueError("RetrievalDocConfig: open_value_share + phrase_value_share + word_value_share must be <= 1")
         self.tok, self.filler, self.cfg = tokenizer, filler, config
         self._held_out = tuple(p.lower() for p in HELD_OUT_PHRASES)
+        self._needle_words = needle_word_lists()
         if config.chinese_share > 0 and not filler.docs["zh"]:
             log.warning("%s", filler.summary())
 
@@ -229,6 +270,16 @@ class RetrievalDocGenerator:
     def _clean(self, text: str) -> bool:
         low = text.lower()
         return not any(p in low for p in self._held_out)
+
+    def _span_ok(self, span: str) -> bool:
+        """A filler span may be a subject or value: no held-out phrase, and no needle word in it (nor, for
+        a span of 2+ words or CJK characters, the span inside a needle word: "hot springs", "温泉")."""
+        if not self._clean(span):
+            return False
+        low = f" {span.lower()} "
+        if any(w in low or (" " in span and low in w) for w in self._needle_words["en"]):
+            return False
+        return not any(w in span or (CJK.search(span) and span in w) for w in self._needle_words["zh"])
 
     def _haystack(self, rng: random.Random, lang: str, repetitive: bool, room: int,
                   distractors: tuple[list[str], list[str]] | None = None) -> list[str]:
@@ -279,10 +330,11 @@ class RetrievalDocGenerator:
         for draft in range(DRAFTS):
             rng = random.Random(f"{self.cfg.seed}:{index}" + (f":{draft}" if draft else ""))
             doc = self._draft(index, rng)
-            if self._clean(doc["text"]):
+            if self._clean(doc["text"]) and not contradictions(doc):
                 return doc
         check_held_out(doc["text"])  # raises, naming the phrase
-        raise AssertionError("unreachable")
+        raise ValueError(f"document {index}: {DRAFTS} drafts all state a fact's subject with another value: "
+                         f"{contradictions(doc)[:2]}")
 
     def _draft(self, index: int, rng: random.Random) -> dict:
         cfg = self.cfg
@@ -291,8 +343,10 @@ class RetrievalDocGenerator:
         n = 1 if rng.random() < cfg.single_key_share else rng.randint(2, max(2, cfg.max_facts))
         lang = "zh" if rng.random() < cfg.chinese_share else "en"
         r = rng.random()
-        kind = "phrase" if r < cfg.phrase_value_share else "word" if r < cfg.phrase_value_share + cfg.word_value_share \
-            else "number"
+        cuts = itertools.accumulate((cfg.open_value_share, cfg.phrase_value_share, cfg.word_value_share))
+        kind = next((k for k, cut in zip(("open", "phrase", "word"), cuts) if r < cut), "number")
+        if kind == "open" and not self.filler.docs[lang]:
+            kind = "phrase"  # no filler of this language to cut values from: a table phrase
         repetitive = rng.random() < cfg.repetitive_share or not self.filler.docs[lang]
         same_form = rng.random() < cfg.same_form_share
         if same_form:
@@ -302,15 +356,15 @@ class RetrievalDocGenerator:
         distractors = None
         while True:
             if same_form:
-                drawn, hard, other = SF.draw(self.filler, rng, lang, kind, n, cfg.open_subject_share, self._clean)
+                drawn, hard, other = SF.draw(self.filler, rng, lang, kind, n, cfg.open_subject_share, self._span_ok)
                 facts = [Fact(s, v, o) for s, v, o in drawn]
                 distractors = (hard, other)
                 statements = [SF.sentence(f.subject, f.value, lang) for f in facts]
                 questions = W.SAME_FORM_QUESTIONS[lang]
             else:
                 facts = draw_facts(n, rng, lang, kind,
-                                   lambda g, attr: open_subject(self.filler, g, lang, attr, self._clean),
-                                   cfg.open_subject_share)
+                                   lambda g, attr: open_subject(self.filler, g, lang, attr, self._span_ok),
+                                   cfg.open_subject_share, lambda g: open_value(self.filler, g, lang, self._span_ok))
                 statements = [f.fill(rng.choice(W.STATEMENTS[lang])) for f in facts]
                 questions = W.QUESTIONS[lang]
             n = len(facts)
@@ -363,83 +417,3 @@ class RetrievalDocGenerator:
     def documents(self, start: int, count: int):
         for i in range(start, start + count):
             yield self.document(i)
-
-
-_FORKED: RetrievalDocGenerator | None = None  # the generator the forked workers of write_documents use
-
-
-def _counted(generator: RetrievalDocGenerator, index: int) -> dict:
-    """Document `index` with its "tokens" (EOD included), as write_documents writes it."""
-    doc = generator.document(index)
-    doc["tokens"] = len(generator.tok.encode(doc["text"])) + 1
-    return doc
-
-
-def _counted_chunk(start: int, count: int) -> list[dict]:
-    return [_counted(_FORKED, i) for i in range(start, start + count)]
-
-
-def _stream(generator: RetrievalDocGenerator, workers: int, chunk: int):
-    """Documents 0, 1, 2, ... in index order. With workers > 1 they are made by forked processes, in
-    rounds of one `chunk` each: a document depends only on its index, so the stream is the same."""
-    if workers < 2:
-        for i in itertools.count():
-            yield _counted(generator, i)
-    global _FORKED
-    _FORKED = generator
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        for start in itertools.count(0, workers * chunk):
-            for docs in pool.starmap(_counted_chunk, [(start + k * chunk, chunk) for k in range(workers)]):
-                yield from docs
-
-
-def write_documents(path: str | Path, generator: RetrievalDocGenerator, *, tokens: int | None = None,
-                    count: int | None = None, progress=None, mix: dict | None = None,
-                    workers: int = 1) -> tuple[int, int]:
-    """Write documents 0, 1, ... as JSONL until `count` documents or `tokens` tokens (EOD included).
-
-    Each line is a `RetrievalDocGenerator.document` plus its "tokens". Written to
-    PATH.tmp and renamed at the end. Returns (documents, tokens); `mix`, if given, receives the tokens
-    per "lang:zh", "haystack:repetitive", "kind:phrase", ... (see `describe_mix`). `workers` > 1 makes
-    the documents in that many forked processes: the same file, faster.
-    """
-    if (tokens is None) == (count is None):
-        raise ValueError("give exactly one of tokens= or count=")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    docs = total = 0
-    wanted = count if count is not None else tokens // 300  # documents, roughly: a round should not overshoot
-    chunk = max(20, min(1000, wanted // max(workers, 1)))
-    with tmp.open("w", encoding="utf-8") as f, contextlib.closing(_stream(generator, workers, chunk)) as stream:
-        while (count is None or docs < count) and (tokens is None or total < tokens):
-            doc = next(stream)
-            f.write(json.dumps(doc, ensure_ascii=False) + "\n")
-            docs += 1
-            total += doc["tokens"]
-            if mix is not None:
-                count_mix(mix, doc)
-            if progress is not None and docs % 5000 == 0:
-                progress(docs, total)
-    tmp.replace(path)
-    return docs, total
-
-
-MIX_KEYS = ("lang", "haystack", "kind", "form", "subjects")
-
-
-def count_mix(mix: dict, doc: dict) -> None:
-    """Add a written document's tokens to `mix` under "lang:zh", "form:same_form", "subjects:open", ..."""
-    for key in MIX_KEYS:
-        mix[f"{key}:{doc[key]}"] = mix.get(f"{key}:{doc[key]}", 0) + doc["tokens"]
-
-
-def describe_mix(mix: dict) -> str:
-    """One line: the share of tokens per language, haystack, value kind, document form and subject vocabulary."""
-    total = sum(v for k, v in mix.items() if k.startswith("lang:")) or 1
-    groups: dict[str, list[str]] = {}
-    order = {key: i for i, key in enumerate(MIX_KEYS)}
-    for k, v in sorted(mix.items(), key=lambda kv: (order.get(kv[0].split(":")[0], len(order)), kv[0])):
-        key, val = k.split(":")
-        groups.setdefault(key, []).append(f"{val} {v / total:.0%}")
-    return "; ".join(f"{key} " + ", ".join(vals) for key, vals in groups.items())

@@ -16,6 +16,9 @@ facts had long, closed-list subjects unlike the haystack's short sentences, so "
 name was enough; here the fact and its distractors have the same form and often share words, so only
 an exact match of the question's subject finds the value.
 
+With open-vocabulary values (v4, kind "open"), the facts' and the distractors' values are spans of
+the filler alike, so no value is recognisable as the fact's by its vocabulary.
+
 Distractors never repeat a fact's subject and never hold a fact's value; the caller checks the
 whole document against the held-out phrases (the passkey's garbage sentences included).
 """
@@ -27,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from megaindex.data import retrieval_words as W
-from megaindex.data.retrieval_subjects import open_span
+from megaindex.data.retrieval_subjects import open_span, open_value
 
 MAX_FACTS = 3         # facts per same-form document: 1 (half of them) or 2..MAX_FACTS
 MIN_DISTRACTORS = 4   # a same-form document grows (up to max_tokens) to hold at least this many distractors
@@ -88,7 +91,10 @@ def _hard_negatives(s: ShortSubject, lang: str, rng: random.Random) -> list[str]
     return out
 
 
-def _value(lang: str, kind: str, rng: random.Random) -> str:
+def _value(filler, lang: str, kind: str, rng: random.Random, check: Callable[[str], bool]) -> str | None:
+    """A value of `kind`; an "open" one is a span of the filler (None when none passes `check`)."""
+    if kind == "open":
+        return open_value(filler, rng, lang, check)
     return W.value(lang, kind, rng.choice(W.attributes(lang, kind)), rng)
 
 
@@ -117,8 +123,8 @@ def draw(filler, rng: random.Random, lang: str, kind: str, n: int, open_share: f
         if len(facts) == n:
             break
         s = short_subject(filler, rng, lang, open_share, check)
-        v = _value(lang, kind, rng)
-        if any(s.text == f[0] or _clash(v, f[1]) for f in facts):
+        v = _value(filler, lang, kind, rng, check)
+        if v is None or _clash(v, s.text) or any(s.text == f[0] or _clash(v, f[1]) for f in facts):
             continue
         facts.append((s.text, v, s.open))
         subjects.append(s)
@@ -133,8 +139,8 @@ def draw(filler, rng: random.Random, lang: str, kind: str, n: int, open_share: f
         if rng.random() < ADJ_VALUE_SHARE:
             return sentence(subject, rng.choice(adjectives), lang, adjective=True)
         for _ in range(20):
-            v = _value(lang, kind, rng)
-            if not any(_clash(v, x) for x in values):
+            v = _value(filler, lang, kind, rng, check)
+            if v is not None and not any(_clash(v, x) for x in values):
                 return sentence(subject, v, lang)
         return None
 

@@ -1,9 +1,10 @@
-"""Open-vocabulary subjects of the synthetic retrieval documents: keys made from the filler's own text.
+"""Open-vocabulary subjects and values of the synthetic retrieval documents: spans of the filler's own text.
 
-Owns `open_span` (2-5 consecutive lowercase letter-only words of a random filler sentence, or 2-6
-consecutive CJK characters of a Chinese one) and `open_subject`, which turns a span into a fact's
-subject: "the quiet harbour road", "the archive code of the configuration file option",
-"服务器配置的房间号". v3 (after stage 0 of the second GPU attempt still answered the passkey with the
+Owns `open_span` (lo..hi consecutive lowercase letter-only words of a random filler sentence, or
+lo..hi consecutive CJK characters of a Chinese one), `open_subject`, which turns a 2-5 word / 2-6
+character span into a fact's subject: "the quiet harbour road", "the archive code of the
+configuration file option", "服务器配置的房间号", and `open_value`, a 1-6 word / 2-8 character span
+used as a fact's value as it stands ("returns the file descriptor", "内核模块"). v3 (after stage 0 of the second GPU attempt still answered the passkey with the
 haystack's most frequent "is -> X" continuation): with subjects drawn from a closed list of names and
 attributes, a model can key retrieval on memorised names instead of learning to match a novel
 subject exactly, which is what the evaluation asks ("The pass key", "the best thing to do in Kyoto").
@@ -96,3 +97,13 @@ def open_subject(filler, rng: random.Random, lang: str, attr: str,
     if span is None:
         return None
     return f"the {span}" if rng.random() < 0.5 else f"the {attr} of the {span}"
+
+
+OPEN_VALUE_WORDS = (1, 6)  # English open values: 1-6 words
+OPEN_VALUE_CHARS = (2, 8)  # Chinese open values: 2-8 characters
+
+
+def open_value(filler, rng: random.Random, lang: str, check: Callable[[str], bool] = lambda s: True) -> str | None:
+    """A fact's value cut from the filler as it stands: 1-6 words / 2-8 CJK characters (None as open_span)."""
+    lo, hi = OPEN_VALUE_WORDS if lang == "en" else OPEN_VALUE_CHARS
+    return open_span(filler, rng, lang, lo, hi, check)

@@ -56,6 +56,12 @@ _STREET = ["the railway line", "the stone bridge", "the long hedge", "the tram d
            "the quiet lane", "the parking lot"]
 
 
+# v4 open-vocabulary values (a span of the filler, megaindex.data.retrieval_subjects.open_value) belong to
+# attributes that any words can fill.
+EN_OPEN_ATTRS = ["code phrase", "motto", "watchword", "reminder", "caption", "favourite saying", "working title",
+                 "slogan", "note on the door", "label on the folder", "chosen line", "reply"]
+ZH_OPEN_ATTRS = ["口令", "座右铭", "暗语", "提醒", "标题", "备注", "口头禅", "留言", "标签上的字", "回信"]
+
 # Phrase values: attribute -> (template, the word list of each slot in order); one word drawn per slot.
 EN_PHRASES = {
     "hiding place": ("the {} {} of the {} {}", (_ORD, _BOX, _WOOD, _FURN)),
@@ -103,13 +109,14 @@ ZH_PHRASES = {
     "回家的路线": ("经过{}再沿着{}走", (_ZH_PLACE, _ZH_STREET)),
 }
 
-# Templates: {s} subject, {S} the same capitalised, {v} value, {V} value capitalised.
+# Templates: {s} subject, {S} the same capitalised, {v} value. A statement holds {v} exactly as the answer
+# restates it (v4: never capitalised, so a copy of the stated value is the answer, token for token).
 STATEMENTS = {
     "en": [
         "{S} is {v}.", "{S} is {v}.", "For the record, {s} is {v}.", "Note that {s} is {v}.",
         "According to the register, {s} is {v}.", "Please remember: {s} is {v}.",
         "It was written down that {s} is {v}.",
-        "{S} is {v}. Keep it in mind: {v} is {s}.", "{V} — that is {s}.",
+        "{S} is {v}. Keep it in mind: {v} is {s}.", "Mark it: {v} — that is {s}.",
         "Once more, {s} is {v}. Yes, {s} is {v}.", "Write this down: {s} is {v}, nothing else.",
     ],
     "zh": [
@@ -231,15 +238,18 @@ def owner(lang: str, rng: random.Random) -> str:
 
 
 def attributes(lang: str, kind: str) -> list[str]:
-    """The attributes whose values are of `kind` ("number", "word" or "phrase")."""
-    table = {"en": (EN_NUMBER_ATTRS, EN_WORD_ATTRS, EN_PHRASES),
-             "zh": (ZH_NUMBER_ATTRS, ZH_WORD_ATTRS, ZH_PHRASES)}
-    numbers, words, phrases = table[lang]
-    return {"number": numbers, "word": list(words), "phrase": list(phrases)}[kind]
+    """The attributes whose values are of `kind` ("number", "word", "phrase" or "open")."""
+    table = {"en": (EN_NUMBER_ATTRS, EN_WORD_ATTRS, EN_PHRASES, EN_OPEN_ATTRS),
+             "zh": (ZH_NUMBER_ATTRS, ZH_WORD_ATTRS, ZH_PHRASES, ZH_OPEN_ATTRS)}
+    numbers, words, phrases, open_ = table[lang]
+    return {"number": numbers, "word": list(words), "phrase": list(phrases), "open": open_}[kind]
 
 
 def value(lang: str, kind: str, attr: str, rng: random.Random) -> str:
-    """A value for `attr`: a 4-7 digit number, a word of the attribute's list, or a 2-8 word phrase."""
+    """A value for `attr`: a 4-7 digit number, a word of the attribute's list, or a 2-8 word phrase (an "open"
+    value comes from the filler: megaindex.data.retrieval_subjects.open_value)."""
+    if kind == "open":
+        raise ValueError("open values are spans of the filler: retrieval_subjects.open_value draws them")
     if kind == "number":
         digits = rng.randint(4, 7)
         return str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
