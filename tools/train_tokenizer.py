@@ -10,8 +10,8 @@ and most LLM SentencePiece tokenizers: every digit is its own piece (so is the '
 never merged with another digit or with punctuation. Without it BPE learns pieces like '99' and '6.',
 so a number tokenises differently by what follows it: the passkey line "The pass key is 90996.
 Remember it." gave '▁9' '0' '99' '6.' while the answer " 90996" is '▁9' '0' '99' '6', and a model
-that copied the key from the text was scored wrong (the mini replication's third stage-0 run: 55 of
-198 passkey answers were the key plus '.'). tests/fixtures/tokenizer.model predates the flag (trained
+that copied the key from the text was scored wrong (the mini replication's third run: 21 of the
+base's 66 passkey answers at <= 2K were the key plus '.'). tests/fixtures/tokenizer.model predates the flag (trained
 without it; many tests pin its ids, so it is kept).
 
     python tools/train_tokenizer.py tests/fixtures/corpus/*.jsonl -o tests/fixtures/tokenizer.model --vocab-size 8000
