@@ -3,8 +3,8 @@
 Owns: the dataclass sections (model, parallel, data, optim, train, checkpoint, log, eval), each of which
 checks its own fields (`check()`: every number's range, declared beside its doc, and the rules
 inside the section), `Config.validate(world_size)`, which runs them and then the one cross-section
-check of whether the layout can run (its rules are config_layout.py's) and explains why not in
-words, and dumping the resolved config back to YAML. Reading YAML recipes and dotted overrides is config_load.py's (`load_config`,
+check of whether the layout can run (its rules are config_layout.py's; the FP8 ones config_fp8.py's)
+and explains why not in words, and dumping the resolved config back to YAML. Reading YAML recipes and dotted overrides is config_load.py's (`load_config`,
 `from_dict` and `parse_override` stay importable from here).
 
 Field names follow Megatron's (`tensor_model_parallel_size`, `seq_length`, ...) so that grep works
@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from megaindex.config_fp8 import fp8_errors
 from megaindex.config_layout import cuda_graph_errors, data_layout_errors, model_layout_errors
 
 
@@ -238,7 +239,13 @@ class TrainConfig:
     train_tokens: int | None = _f(None, "run length in tokens: train_iters = ceil(train_tokens / data.global_batch_tokens); the schedule follows", ge=1)
     precision: Literal["auto", "bf16", "fp32"] = _f("auto", "auto = bf16 on GPU, fp32 on CPU")
     fp8: Literal[None, "e4m3", "hybrid"] = _f(None, "TE FP8 format; None = off")
-    fp8_recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = _f("delayed", "TE FP8 scaling recipe")
+    fp8_recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = _f(
+        "delayed", "TE FP8 scaling recipe (H100: delayed, tensorwise, blockwise; mxfp8 needs Blackwell, sm100)")
+    fp8_dot_product_attention: bool = _f(
+        False, "FP8 attention (cuDNN FP8 fused attention; megatron's fp8_dot_product_attention): needs train.fp8 and "
+        "data.packing=concat (no FP8 kernel for packed THD rows); on H100 with the delayed recipe (config_fp8.py)")
+    num_layers_at_start_in_bf16: int = _f(0, "FP8 runs: keep this many first transformer layers in bf16 (megatron's; not with delayed)", ge=0)
+    num_layers_at_end_in_bf16: int = _f(0, "FP8 runs: keep this many last transformer layers in bf16 (megatron's; not with delayed)", ge=0)
     recompute_granularity: Literal[None, "selective", "full"] = _f(None, "activation recompute: selective (attention core) or full layers")
     recompute_method: Literal["uniform", "block"] = _f("uniform", "full recompute: how layers are grouped")
     recompute_num_layers: int = _f(1, "full recompute: layers per group (uniform) or layers recomputed (block)", ge=1)
@@ -377,6 +384,7 @@ class Config:
             errors.append(f"world size {world_size!r}; it must be at least 1 GPU (--world-size, or TP x PP x CP x DP).")
         if not errors:
             errors = model_layout_errors(self.model, self.parallel) + data_layout_errors(self, world_size) + cuda_graph_errors(self)
+            errors += fp8_errors(self)
         if errors:
             raise ConfigError("config cannot run:\n  - " + "\n  - ".join(errors))
         m, p = self.model, self.parallel

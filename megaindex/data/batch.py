@@ -7,6 +7,7 @@ Owns what happens between a dataset sample and the model's input on one GPU:
   * `slice_batch_for_cp_rank`: the tokens this CP rank holds: every (padded) piece is cut into 2*CP
     chunks and rank r keeps chunks r and 2*CP-1-r (megaindex.cp_layout, identical to TE's
     `thd_get_partitioned_indices`). cu_seqlens stay global: TE's CP attention wants them whole.
+  * `unpack_rows`: concat rows back as [rows, tokens] for attention without THD (FP8 attention).
   * `broadcast_batch_to_tp`: TP rank 0 loads the batch and the other TP ranks receive it (they
     compute on the same tokens), the way Megatron-LM's get_batch does.
   * `static_thd_shapes`: the THD metadata with shapes that stay the same from micro-batch to
@@ -94,6 +95,20 @@ def slice_batch_for_cp_rank(batch: dict[str, torch.Tensor], cp_size: int, cp_ran
     out = dict(batch)
     for k in TOKEN_KEYS:
         out[k] = batch[k].index_select(1, idx)
+    return out
+
+
+def unpack_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A collated micro-batch of one-piece rows (data.packing=concat) as [rows, tokens per row]: the
+    layout megatron feeds to attention without PackedSeqParams (sbhd, one causal sequence per row).
+    After CP slicing each row keeps its chunks r and 2*CP-1-r in order, megatron's sbhd CP layout."""
+    rows = len(batch["cu_seqlens_padded"]) - 1
+    bounds = batch["cu_seqlens_padded"].tolist()
+    if rows < 1 or len({b - a for a, b in zip(bounds, bounds[1:])}) != 1:
+        raise ValueError(f"unpack_rows needs equal one-piece rows (data.packing=concat); cu_seqlens_padded is {bounds}")
+    out = dict(batch)
+    for k in TOKEN_KEYS:
+        out[k] = batch[k].reshape(rows, -1)
     return out
 
 

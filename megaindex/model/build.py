@@ -2,7 +2,7 @@
 
 Owns: the choice between Transformer Engine modules (TE present and CUDA available) and megatron's
 local modules plus the reference attention (everything else), the TransformerConfig derived from a
-megaindex Config, and the construction of one model chunk per virtual pipeline stage. GPTModel is
+megaindex Config (FP8 fields included; whether this GPU can run them is checked before building), and the construction of one model chunk per virtual pipeline stage. GPTModel is
 constructed only here (megatron 0.19 deprecates it in favour of a newer class: one place to swap).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from megatron.core.transformer.transformer_block import TransformerBlock, Transf
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from megaindex.config import Config, ConfigError
+from megaindex.config_fp8 import fp8_device_errors
 from megaindex.distributed import ParallelLayout, current_layout
 from megaindex.model.lm_loss import configure_lm_loss, megatron_fusion_fields
 from megaindex.model.output_layer import configure_output_layer
@@ -139,8 +141,23 @@ def to_transformer_config(cfg: Config, *, use_te: bool | None = None, world_size
 
         kw["attention_backend"] = AttnBackend[m.attention_backend]
     if t.fp8:
-        kw.update(fp8=t.fp8, fp8_recipe=t.fp8_recipe)
+        start, end = t.num_layers_at_start_in_bf16, t.num_layers_at_end_in_bf16
+        kw.update(fp8=t.fp8, fp8_recipe=t.fp8_recipe, fp8_dot_product_attention=t.fp8_dot_product_attention,
+                  first_last_layers_bf16=bool(start or end), num_layers_at_start_in_bf16=start, num_layers_at_end_in_bf16=end)
     return TransformerConfig(**kw)
+
+
+def check_fp8_can_run(cfg: Config, use_te: bool) -> None:
+    """ConfigError unless this process can run cfg's FP8 settings (config_fp8.py has the rules): without
+    TE megatron's fp8 context is a no-op, so an FP8 run would silently train in bf16/fp32."""
+    if not cfg.train.fp8:
+        return
+    if not use_te:
+        raise ConfigError("train.fp8 needs Transformer Engine on a GPU (this process builds megatron's local modules, "
+                          "where FP8 is silently ignored); run on a GPU node with TE or set train.fp8=null.")
+    errors = fp8_device_errors(cfg, torch.cuda.get_device_capability(), os.environ, torch.version.cuda)
+    if errors:
+        raise ConfigError("config cannot run on this GPU:\n  - " + "\n  - ".join(errors))
 
 
 def build_model(
@@ -155,6 +172,7 @@ def build_model(
 ) -> GPTModel:
     """One GPTModel chunk for this rank (the parallel groups must exist; `layout` defaults to theirs)."""
     use_te = use_transformer_engine(cfg) if use_te is None else use_te
+    check_fp8_can_run(cfg, use_te)
     tf_config = tf_config or to_transformer_config(cfg, use_te=use_te)
     layout = layout or current_layout()
     if pre_process is None:

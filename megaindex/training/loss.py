@@ -24,7 +24,7 @@ import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
 from megaindex.data.batch import document_stats as packed_document_stats
-from megaindex.data.batch import packed_seq_params, slice_batch_for_cp_rank
+from megaindex.data.batch import packed_seq_params, slice_batch_for_cp_rank, unpack_rows
 from megaindex.distributed import ParallelLayout
 
 LOSS_KEY = "lm loss"  # [loss sum, count] of the micro-batch
@@ -74,6 +74,9 @@ def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, la
                       static_max_seqlen: int | None = None):
     """forward_step(data_iterator, model) for megatron's get_forward_backward_func().
 
+    `packed`: the micro-batch goes in as one THD row with PackedSeqParams; otherwise (concat rows
+    only, data/batch.py unpack_rows) as [rows, tokens] with causal attention per row (sbhd).
+
     Statistics of the micro-batch travel in the loss logs (LOSS_KEY, DOC_SQ_KEY, REAL_TOKENS_KEY), which megatron
     returns once per micro-batch, also with virtual pipeline stages (every chunk runs this step).
     `static_max_seqlen` (Transformer Engine path only): pad the THD metadata to run-constant shapes
@@ -85,6 +88,8 @@ def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, la
         stats = document_stats(batch, layout.cp_rank)
         batch = slice_batch_for_cp_rank(batch, layout.cp, layout.cp_rank)
         psp = packed_seq_params(batch, device, static_max_seqlen) if packed else None
+        if not packed:
+            batch = unpack_rows(batch)
         batch = to_device({k: batch[k] for k in ("tokens", "position_ids", "labels", "loss_mask")}, device)
         output = model(
             batch["tokens"], None if packed else batch["position_ids"], None,

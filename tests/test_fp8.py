@@ -1,0 +1,160 @@
+"""FP8 settings (issue #13 item 4), on CPU: which combinations validation refuses and why
+(megaindex/config_fp8.py), what an H100 adds, the fields megatron's TransformerConfig receives,
+FP8 refused where TE is absent (it would silently train without FP8), the sbhd forward path FP8
+attention uses for concat rows against the THD path, and every benchmark variant's dry run."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from megaindex.config import Config, ConfigError, load_config
+from megaindex.config_fp8 import fp8_device_errors
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+ATTN = ("train.fp8=hybrid", "train.fp8_dot_product_attention=true", "data.packing=concat")
+
+
+def cfg_with(*overrides: str) -> Config:
+    base = ["model.preset=tiny", "data.seq_length=256", "data.global_batch_tokens=2048"]
+    return load_config(None, [*base, *overrides])
+
+
+def errors_of(cfg: Config, world: int = 2) -> str:
+    with pytest.raises(ConfigError) as e:
+        cfg.validate(world)
+    return str(e.value)
+
+
+def test_validation_accepts_what_runs_and_names_the_field_of_what_cannot():
+    cfg_with(*ATTN, "parallel.context_parallel_size=2").validate(2)  # delayed (default) FP8 attention, concat rows
+    cfg_with("train.fp8=hybrid", "train.fp8_recipe=tensorwise", "train.num_layers_at_start_in_bf16=1",
+             "train.num_layers_at_end_in_bf16=1").validate(1)
+    cases = {  # tiny: 4 layers
+        ("train.fp8_dot_product_attention=true",): "train.fp8_dot_product_attention=true needs train.fp8",
+        ("train.num_layers_at_end_in_bf16=1",): "apply to FP8 runs only",
+        ("train.fp8=hybrid", "train.num_layers_at_start_in_bf16=1"): "with train.fp8_recipe=delayed: megatron-core refuses",
+        ("train.fp8=hybrid", "train.fp8_recipe=tensorwise", "train.num_layers_at_start_in_bf16=3",
+         "parallel.pipeline_model_parallel_size=2"): "num_layers_at_start_in_bf16 3 is more than the 2 layers of a pipeline stage",
+        ("train.fp8=hybrid", "train.fp8_recipe=tensorwise", "train.num_layers_at_start_in_bf16=2",
+         "train.num_layers_at_end_in_bf16=2"): "leaves none of the 4 layers in FP8",
+        ("train.fp8=hybrid", "model.transformer_impl=local"): "runs in Transformer Engine's modules only",
+        ("train.fp8=hybrid", "train.fp8_dot_product_attention=true"): "data.packing=reset rows are packed documents",
+        ("train.fp8=hybrid", "train.fp8_dot_product_attention=true", "data.kind=sft"): "SFT rows are packed conversations",
+        (*ATTN, "train.fp8_recipe=blockwise"): "does not pass fp8_dpa to Float8BlockScaling",
+    }
+    for overrides, message in cases.items():
+        world = 2 if "parallel.pipeline_model_parallel_size=2" in overrides else 1
+        msg = errors_of(cfg_with(*overrides), world)
+        assert message in msg and msg.count("\n  - ") == 1, (overrides, msg)
+    assert "no THD kernel" in errors_of(cfg_with("train.fp8=hybrid", "train.fp8_dot_product_attention=true"), 1)
+
+
+def test_device_rules_for_hopper_and_blackwell():
+    h100, b200, a100 = (9, 0), (10, 0), (8, 0)
+    tensorwise_attn = cfg_with(*ATTN, "train.fp8_recipe=tensorwise")
+    assert fp8_device_errors(cfg_with(*ATTN), h100, {}, "13.0") == []
+    assert fp8_device_errors(cfg_with(), a100, {}) == []  # no FP8: nothing to check
+    [msg] = fp8_device_errors(tensorwise_attn, h100, {})
+    assert "no FP8 current-scaling attention below sm100 (this GPU is sm90)" in msg and "NVTE_DPA_FP8_RECIPE=DelayedScaling" in msg
+    assert fp8_device_errors(tensorwise_attn, h100, {"NVTE_DPA_FP8_RECIPE": "DelayedScaling"}) == []
+    assert fp8_device_errors(tensorwise_attn, b200, {}) == []
+    assert "turns FP8 attention off" in fp8_device_errors(cfg_with(*ATTN), h100, {"NVTE_DPA_FP8_RECIPE": "F16"})[0]
+    assert "NVTE_FUSED_ATTN=0" in fp8_device_errors(cfg_with(*ATTN), h100, {"NVTE_FUSED_ATTN": "0"})[0]
+    mx = cfg_with("train.fp8=e4m3", "train.fp8_recipe=mxfp8")
+    assert "mxfp8 needs Blackwell" in fp8_device_errors(mx, h100, {})[0]
+    assert fp8_device_errors(mx, b200, {}) == []
+    block = cfg_with("train.fp8=e4m3", "train.fp8_recipe=blockwise")
+    assert fp8_device_errors(block, h100, {}, "12.9") == []
+    assert "CUDA 12.9+" in fp8_device_errors(block, h100, {}, "12.8")[0]
+    assert "compute capability 8.9 or higher" in fp8_device_errors(cfg_with("train.fp8=hybrid"), a100, {})[0]
+
+
+def test_transformer_config_carries_the_fp8_fields():
+    from megatron.core.fp8_utils import is_first_last_bf16_layer
+
+    from megaindex.model.build import to_transformer_config
+
+    tc = to_transformer_config(cfg_with("train.fp8=hybrid", "train.fp8_recipe=tensorwise", "train.num_layers_at_start_in_bf16=1",
+                                        "train.num_layers_at_end_in_bf16=2"), use_te=False)
+    assert (tc.fp8, tc.fp8_recipe, tc.fp8_dot_product_attention) == ("hybrid", "tensorwise", False)
+    assert tc.first_last_layers_bf16 and (tc.num_layers_at_start_in_bf16, tc.num_layers_at_end_in_bf16) == (1, 2)
+    # megatron's meaning: global layer indices 0 and the last two stay outside the FP8 context
+    assert [is_first_last_bf16_layer(tc, i) for i in range(4)] == [True, False, True, True]
+    tc = to_transformer_config(cfg_with(*ATTN), use_te=False)
+    assert (tc.fp8, tc.fp8_recipe, tc.fp8_dot_product_attention, tc.first_last_layers_bf16) == ("hybrid", "delayed", True, False)
+    assert to_transformer_config(cfg_with(), use_te=False).fp8 is None
+
+
+def test_fp8_without_transformer_engine_is_refused(single_process_megatron):
+    # megatron's fp8 context is a no-op without TE: before this check the run trained without FP8, silently
+    from megaindex.model.build import build_model
+
+    with pytest.raises(ConfigError, match="train.fp8 needs Transformer Engine on a GPU"):
+        build_model(cfg_with("train.fp8=hybrid", "train.precision=bf16"), use_te=False)
+
+
+def concat_micro_batch(rows: int, seq: int, vocab: int) -> dict[str, torch.Tensor]:
+    from megaindex.data.batch import collate
+    from megaindex.data.packing import Piece, pack_pieces
+
+    rng = np.random.default_rng(3)
+    samples = []
+    for _ in range(rows):
+        text = rng.integers(5, vocab, seq + 1)
+        piece = Piece(text[:seq], text[1:], np.ones(seq, dtype=np.float32))
+        samples.append(pack_pieces([piece], seq, 4, concat=True))
+    return collate(samples)
+
+
+def test_unpack_rows_keeps_each_rows_cp_chunks():
+    from megaindex.cp_layout import cp_chunk_positions
+    from megaindex.data.batch import slice_batch_for_cp_rank, unpack_rows
+
+    batch = concat_micro_batch(3, 16, 8000)
+    for rank in (0, 1):
+        rows = unpack_rows(slice_batch_for_cp_rank(batch, 2, rank))["tokens"]
+        expect = batch["tokens"].reshape(3, 16)[:, cp_chunk_positions(16, 2, rank)]
+        assert torch.equal(rows, expect)
+    reset = dict(batch, cu_seqlens_padded=torch.tensor([0, 12, 48], dtype=torch.int32))
+    with pytest.raises(ValueError, match="equal one-piece rows"):
+        unpack_rows(reset)
+
+
+def test_sbhd_forward_step_equals_the_thd_one_on_concat_rows(single_process_megatron):
+    from megaindex import distributed
+    from megaindex.distributed import current_layout
+    from megaindex.model.build import build_model
+    from megaindex.training.loss import make_forward_step
+
+    cfg = cfg_with("data.seq_length=64", "data.packing=concat")
+    distributed.seed_everything(5)
+    model = build_model(cfg)
+    batch = concat_micro_batch(2, 64, cfg.model.vocab_size)
+    results = {}
+    for packed in (True, False):
+        step = make_forward_step(packed=packed, longalign=False, device=torch.device("cpu"), layout=current_layout())
+        with torch.no_grad():
+            output, loss_fn = step(iter([batch]), model)
+            loss_sum, count, _ = loss_fn(output)
+        results[packed] = (output, loss_sum.item(), count.item())
+    assert results[False][0].shape == (2, 64) and results[True][0].shape == (1, 128)
+    assert results[True][2] == results[False][2] == 128
+    assert torch.allclose(results[True][0].reshape(2, 64), results[False][0], atol=1e-5)  # fp32, 4 layers: ~1e-6
+    assert results[True][1] == pytest.approx(results[False][1], rel=1e-6)
+
+
+def test_every_benchmark_variant_builds_on_cpu_as_an_h100_sees_it():
+    import fp8_variants
+
+    built = fp8_variants.dry_run()
+    assert set(built) == set(fp8_variants.VARIANTS)
+    assert built["fp8_delayed_attn_concat"]["fp8_dot_product_attention"] and built["fp8_delayed_attn_concat"]["packing"] == "concat"
+    assert built["fp8_tensorwise_ends_bf16_reset"]["first_last_layers_bf16"]
+    assert all(b["context_parallel_size"] == 2 for b in built.values())
+    assert all(fp8_variants.baseline_of({"packing": b["packing"]}) in built for b in built.values())
