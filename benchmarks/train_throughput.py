@@ -8,6 +8,9 @@
     torchrun --nproc-per-node 1 benchmarks/train_throughput.py --name 1gpu_block26_te --data ... \
         parallel.context_parallel_size=1 train.recompute_granularity=full train.recompute_method=block \
         train.recompute_num_layers=26 model.cross_entropy_fusion=te
+    # FP8 variants at CP2 (benchmarks/fp8_h100x2.sh runs them all):
+    torchrun --nproc-per-node 2 benchmarks/train_throughput.py --name fp8_delayed_attn_concat --data ... \
+        parallel.context_parallel_size=2 data.packing=concat train.fp8=hybrid train.fp8_dot_product_attention=true
 
 Runs `--steps` full training steps of Index-1.9B-32K (examples/index_1.9b_long_pt_32k.yaml plus the
 overrides; the work is defined in benchmarks/same_work.py, which benchmarks/hf_baseline.py shares)
@@ -15,7 +18,7 @@ through megaindex.training.Trainer, skips the first `--warmup` steps, and report
 tokens/s/GPU, model TFLOP/s/GPU in both conventions (causal attention over the actual documents,
 the trainer's own count, and NeMo's / torchtitan's full s^2 per row; megaindex/plan.py), MFU
 against 989 TFLOP/s, peak allocated memory, and megaindex.plan's memory estimate for the same
-layout (what `megaindex info` prints). Writes a JSON line to --out. `--data` defaults to the repo's
+layout (what `megaindex info` prints), the FP8 settings and the attention backend TE ran. Writes a JSON line to --out. `--data` defaults to the repo's
 fixture corpus (same_work.py has the command that builds it). One process runs without torchrun.
 """
 
@@ -52,6 +55,18 @@ def memory_by_rank() -> dict:
     keys = ["peak_allocated_gib", "peak_reserved_gib", "static_gib", "outside_torch_gib"]
     return {"per_rank": [dict(zip(keys, (round(v, 2) for v in r))) for r in rows],
             **{k: max(r[i] for r in rows) for i, k in enumerate(keys)}}
+
+
+def te_attention_backend() -> dict | None:
+    """The attention backend Transformer Engine selected last in this process (its module-level
+    `_attention_backends`: FlashAttention, cuDNN fused (F16 or FP8 sub-backend) or unfused); None
+    without TE. Tells whether `train.fp8_dot_product_attention` really ran cuDNN's FP8 kernel."""
+    mod = sys.modules.get("transformer_engine.pytorch.attention.dot_product_attention.dot_product_attention")
+    chosen = getattr(mod, "_attention_backends", None)
+    if not chosen:
+        return None
+    return {k: str(v) if k.endswith("_backend") else v for k, v in chosen.items()
+            if k in ("use_flash_attention", "use_fused_attention", "fused_attention_backend", "use_unfused_attention")}
 
 
 def main() -> int:
@@ -98,6 +113,10 @@ def main() -> int:
             "recompute": cfg.train.recompute_granularity, "recompute_method": cfg.train.recompute_method,
             "recompute_num_layers": cfg.train.recompute_num_layers, "cross_entropy_fusion": cfg.model.cross_entropy_fusion,
             "cross_entropy_kernel_used": lm_loss_kernel(trainer.chunks[-1]),
+            "fp8": cfg.train.fp8, "fp8_recipe": cfg.train.fp8_recipe,
+            "fp8_dot_product_attention": cfg.train.fp8_dot_product_attention,
+            "num_layers_at_start_in_bf16": cfg.train.num_layers_at_start_in_bf16,
+            "num_layers_at_end_in_bf16": cfg.train.num_layers_at_end_in_bf16, "te_attention_backend": te_attention_backend(),
             "packing": cfg.data.packing, "seq_length": cfg.data.seq_length,
             "global_batch_tokens": tokens, "rows_per_step": args.sequences_per_step,
             "dense_params": dense_params(cfg), "model_tflop_per_step": med("model_tflop"), "steps_measured": len(rows),
