@@ -103,6 +103,14 @@ def attention_backend(record: dict) -> str:
     return "?" if not b else "unfused"
 
 
+def recipe_label(record: dict) -> str:
+    """The GEMMs' FP8 recipe, and attention's when NVTE_DPA_FP8_RECIPE gave it another one."""
+    if not record.get("fp8"):
+        return "-"
+    dpa = (record.get("env") or {}).get("NVTE_DPA_FP8_RECIPE")
+    return f"{record.get('fp8_recipe')} (attention: {dpa})" if dpa else str(record.get("fp8_recipe"))
+
+
 def summary_rows(records: list[dict]) -> list[dict]:
     """One row per variant (the last record of each name), with its change against its baseline."""
     last = {r["name"]: r for r in records}
@@ -115,7 +123,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
         base = last.get(baseline_of(r))
         gain = (r["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"] - 1) * 100 if base else None
         rows.append({"name": name, "ran": True, "packing": r.get("packing"), "fp8": r.get("fp8"),
-                     "recipe": r.get("fp8_recipe") if r.get("fp8") else "-", "attention": attention_backend(r),
+                     "recipe": recipe_label(r), "attention": attention_backend(r),
                      "bf16_layers": f"{r.get('num_layers_at_start_in_bf16', 0)}+{r.get('num_layers_at_end_in_bf16', 0)}",
                      "tokens_per_s_per_gpu": r["tokens_per_s_per_gpu"], "tflops": r["tflops_per_gpu"],
                      "gain_pct": gain, "baseline": baseline_of(r), "steps": r.get("steps_measured"),

@@ -158,3 +158,27 @@ def test_every_benchmark_variant_builds_on_cpu_as_an_h100_sees_it():
     assert built["fp8_tensorwise_ends_bf16_reset"]["first_last_layers_bf16"]
     assert all(b["context_parallel_size"] == 2 for b in built.values())
     assert all(fp8_variants.baseline_of({"packing": b["packing"]}) in built for b in built.values())
+
+
+def test_benchmark_summary_compares_each_variant_with_the_bf16_run_of_its_packing(tmp_path):
+    import fp8_variants
+
+    fused = {"use_fused_attention": True, "use_flash_attention": False}
+    records = [
+        {"name": "bf16_reset", "packing": "reset", "fp8": None, "tokens_per_s_per_gpu": 20000.0, "tflops_per_gpu": 450.0,
+         "te_attention_backend": {**fused, "fused_attention_backend": "NVTE_Fused_Attn_Backend.NVTE_F16_arbitrary_seqlen"}},
+        {"name": "bf16_concat", "packing": "concat", "fp8": None, "tokens_per_s_per_gpu": 16000.0, "tflops_per_gpu": 430.0},
+        {"name": "fp8_tensorwise_attn_ds_concat", "packing": "concat", "fp8": "hybrid", "fp8_recipe": "tensorwise",
+         "env": {"NVTE_DPA_FP8_RECIPE": "DelayedScaling"}, "tokens_per_s_per_gpu": 17600.0, "tflops_per_gpu": 473.0,
+         "te_attention_backend": {**fused, "fused_attention_backend": "NVTE_Fused_Attn_Backend.NVTE_FP8"}},
+        {"name": "fp8_delayed_reset", "packing": "reset", "fp8": "hybrid", "fp8_recipe": "delayed",
+         "tokens_per_s_per_gpu": 19000.0, "tflops_per_gpu": 427.5},
+    ]
+    rows = {r["name"]: r for r in fp8_variants.summary_rows(records)}
+    assert rows["fp8_tensorwise_attn_ds_concat"]["gain_pct"] == pytest.approx(10.0)  # against bf16_concat
+    assert rows["fp8_delayed_reset"]["gain_pct"] == pytest.approx(-5.0)  # against bf16_reset
+    assert rows["fp8_tensorwise_attn_ds_concat"]["attention"] == "cuDNN FP8" and rows["bf16_reset"]["attention"] == "cuDNN bf16"
+    assert rows["fp8_tensorwise_attn_ds_concat"]["recipe"] == "tensorwise (attention: DelayedScaling)"
+    assert not rows["fp8_blockwise_reset"]["ran"]
+    text = fp8_variants.summary_markdown(list(rows.values()), "H100")
+    assert "| fp8_delayed_reset | reset | delayed | ? |" in text and "-5.0%" in text and "| fp8_blockwise_reset | not run" in text
