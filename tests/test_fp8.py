@@ -182,3 +182,52 @@ def test_benchmark_summary_compares_each_variant_with_the_bf16_run_of_its_packin
     assert not rows["fp8_blockwise_reset"]["ran"]
     text = fp8_variants.summary_markdown(list(rows.values()), "H100")
     assert "| fp8_delayed_reset | reset | delayed | ? |" in text and "-5.0%" in text and "| fp8_blockwise_reset | not run" in text
+
+
+STUB_PYTHON = """#!/usr/bin/env bash
+# python for benchmarks/fp8_h100x2.sh: the variants table and summary run for real; the data build is
+# skipped and each torchrun is a record of what it was asked (name, packing, FP8 attention's env).
+if [ "$1" = benchmarks/fp8_variants.py ]; then exec {python} "$@"; fi
+if [ "$1" = -c ]; then exit 0; fi
+shift 4  # -m torch.distributed.run --nproc-per-node 2
+{python} - "$@" <<'PY'
+import json, os, sys
+args = sys.argv[1:]
+name, out = args[args.index("--name") + 1], args[args.index("--out") + 1]
+if name == "fp8_blockwise_reset":
+    sys.exit(3)  # one variant fails: the others still run and the summary says so
+packing = "concat" if "data.packing=concat" in args else "reset"
+record = {{"name": name, "packing": packing, "fp8": "hybrid" if any(a.startswith("train.fp8=") for a in args) else None,
+          "fp8_recipe": "delayed", "tokens_per_s_per_gpu": 1000.0, "tflops_per_gpu": 400.0, "steps_measured": 6,
+          "env": {{k: v for k, v in os.environ.items() if k.startswith("NVTE_")}}}}
+open(out, "a").write(json.dumps(record) + "\\n")
+print("RESULT " + json.dumps(record))
+PY
+"""
+
+
+def test_benchmark_script_runs_every_variant_and_writes_four_files(tmp_path):
+    import json
+    import subprocess
+
+    import fp8_variants
+
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON.format(python=sys.executable))
+    stub.chmod(0o755)
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", "benchmarks/fp8_h100x2.sh"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(stub)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["fp8.jsonl", "fp8_runs.log", "fp8_summary.md", "fp8_summary.png"]
+    records = [json.loads(line) for line in (out / "fp8.jsonl").read_text().splitlines()]
+    assert [x["name"] for x in records] == [n for n in fp8_variants.VARIANTS if n != "fp8_blockwise_reset"]
+    env = {x["name"]: x["env"] for x in records}
+    assert env["fp8_tensorwise_attn_ds_concat"] == {"NVTE_DPA_FP8_RECIPE": "DelayedScaling"} and env["bf16_reset"] == {}
+    assert "fp8_blockwise_reset failed (exit 3" in (out / "fp8_runs.log").read_text()
+    assert "| fp8_blockwise_reset | not run" in (out / "fp8_summary.md").read_text()
+    # a subset, and a budget that leaves no room: nothing starts, the summary still comes
+    subset = subprocess.run(["bash", "benchmarks/fp8_h100x2.sh"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "none"), "PYTHON": str(stub),
+                                 "BUDGET_S": "10", "VARIANTS": "bf16_reset fp8_delayed_reset"})
+    assert subset.returncode == 0 and subset.stdout.count("not started") == 2, subset.stdout
