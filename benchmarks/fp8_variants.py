@@ -5,9 +5,10 @@
     python benchmarks/fp8_variants.py summary OUT/fp8.jsonl --md OUT/fp8_summary.md --png OUT/fp8_summary.png
 
 Every variant is Index-1.9B-32K at CP2 on two GPUs through benchmarks/train_throughput.py; it
-differs from its baseline (bf16, same packing) in the FP8 settings only. FP8 attention needs
-data.packing=concat (no FP8 kernel for THD rows: megaindex/config_fp8.py), so the attention
-variants compare with `bf16_concat`, the others with `bf16_reset` (the recipe's packing).
+differs from its baseline (bf16, same rows, same layout) in the FP8 settings only. FP8 attention
+needs concat rows fed as sbhd (no FP8 kernel for THD rows: megaindex/config_fp8.py), so the
+attention variants compare with `bf16_concat_sbhd`, the others with `bf16_reset` (the recipe's
+packing); `bf16_concat` (THD) against `bf16_concat_sbhd` is what the layout itself costs.
 The order is the order of importance: benchmarks/fp8_h100x2.sh stops starting variants when its
 time budget is spent and the summary lists those not run.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 CP2 = ["parallel.context_parallel_size=2"]
 RESET, CONCAT = ["data.packing=reset"], ["data.packing=concat"]
+SBHD = ["data.packing=concat", "data.row_layout=sbhd"]  # what FP8 attention runs on (auto picks it there)
 DELAYED = ["train.fp8=hybrid", "train.fp8_recipe=delayed"]
 TENSORWISE = ["train.fp8=hybrid", "train.fp8_recipe=tensorwise"]
 ATTN = ["train.fp8_dot_product_attention=true"]
@@ -33,21 +35,23 @@ ENDS_BF16 = ["train.num_layers_at_start_in_bf16=1", "train.num_layers_at_end_in_
 VARIANTS: dict[str, tuple[dict[str, str], list[str]]] = {
     "bf16_reset": ({}, CP2 + RESET),
     "fp8_delayed_reset": ({}, CP2 + RESET + DELAYED),
-    "bf16_concat": ({}, CP2 + CONCAT),
-    "fp8_delayed_attn_concat": ({}, CP2 + CONCAT + DELAYED + ATTN),
-    "fp8_delayed_concat": ({}, CP2 + CONCAT + DELAYED),
+    "bf16_concat_sbhd": ({}, CP2 + SBHD),
+    "fp8_delayed_attn_concat_sbhd": ({}, CP2 + SBHD + DELAYED + ATTN),
+    "fp8_delayed_concat_sbhd": ({}, CP2 + SBHD + DELAYED),
     "fp8_tensorwise_reset": ({}, CP2 + RESET + TENSORWISE),
+    "bf16_concat": ({}, CP2 + CONCAT),  # the same rows as THD: what the sbhd layout itself changes
     "fp8_tensorwise_ends_bf16_reset": ({}, CP2 + RESET + TENSORWISE + ENDS_BF16),
     "fp8_blockwise_reset": ({}, CP2 + RESET + ["train.fp8=e4m3", "train.fp8_recipe=blockwise"]),
     # tensorwise GEMMs + delayed-scaling FP8 attention: TE's recipe mix for sm90 (config_fp8.py)
-    "fp8_tensorwise_attn_ds_concat": ({"NVTE_DPA_FP8_RECIPE": "DelayedScaling"}, CP2 + CONCAT + TENSORWISE + ATTN),
+    "fp8_tensorwise_attn_ds_concat_sbhd": ({"NVTE_DPA_FP8_RECIPE": "DelayedScaling"}, CP2 + SBHD + TENSORWISE + ATTN),
 }
-BASELINE = {"reset": "bf16_reset", "concat": "bf16_concat"}
+BASELINE = {("reset", "thd"): "bf16_reset", ("concat", "thd"): "bf16_concat", ("concat", "sbhd"): "bf16_concat_sbhd"}
 H100 = (9, 0)
 
 
 def baseline_of(record: dict) -> str:
-    return BASELINE[record.get("packing", "reset")]
+    """The bf16 variant with the same rows in the same layout."""
+    return BASELINE[record.get("packing", "reset"), record.get("row_layout", "thd")]
 
 
 def cmd_list(_args) -> int:
@@ -85,6 +89,7 @@ def dry_run(recipe: str | None = None, world_size: int = 2, capability: tuple[in
                                                      "num_layers_at_start_in_bf16", "num_layers_at_end_in_bf16",
                                                      "context_parallel_size")}
             out[name]["packing"] = cfg.data.packing
+            out[name]["row_layout"] = "thd" if cfg.rows_as_thd else "sbhd"
     return out
 
 
@@ -122,7 +127,7 @@ def summary_rows(records: list[dict]) -> list[dict]:
             continue
         base = last.get(baseline_of(r))
         gain = (r["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"] - 1) * 100 if base else None
-        rows.append({"name": name, "ran": True, "packing": r.get("packing"), "fp8": r.get("fp8"),
+        rows.append({"name": name, "ran": True, "packing": f"{r.get('packing')} ({r.get('row_layout', 'thd')})", "fp8": r.get("fp8"),
                      "recipe": recipe_label(r), "attention": attention_backend(r),
                      "bf16_layers": f"{r.get('num_layers_at_start_in_bf16', 0)}+{r.get('num_layers_at_end_in_bf16', 0)}",
                      "tokens_per_s_per_gpu": r["tokens_per_s_per_gpu"], "tflops": r["tflops_per_gpu"],
@@ -132,8 +137,8 @@ def summary_rows(records: list[dict]) -> list[dict]:
 
 
 def summary_markdown(rows: list[dict], device: str) -> str:
-    head = ("| variant | packing | FP8 recipe | attention kernel | bf16 layers | tokens/s/GPU | TFLOP/s/GPU (causal) | "
-            "vs bf16 same packing | steps | peak GiB | last loss |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| variant | packing (layout) | FP8 recipe | attention kernel | bf16 layers | tokens/s/GPU | TFLOP/s/GPU (causal) | "
+            "vs bf16, same rows and layout | steps | peak GiB | last loss |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         if not r["ran"]:
@@ -155,7 +160,7 @@ def summary_png(rows: list[dict], path: str, device: str) -> None:
 
     ran = [r for r in rows if r["ran"]]
     fig, ax = plt.subplots(figsize=(11, 4.8))
-    colors = ["#4C72B0" if r["packing"] == "reset" else "#DD8452" for r in ran]
+    colors = ["#4C72B0" if r["packing"].startswith("reset") else "#DD8452" for r in ran]
     ax.bar(range(len(ran)), [r["tflops"] for r in ran], color=colors)
     for i, r in enumerate(ran):
         label = "base" if r["name"] == r["baseline"] else (f"{r['gain_pct']:+.1f}%" if r["gain_pct"] is not None else "")

@@ -9,7 +9,7 @@
         parallel.context_parallel_size=1 train.recompute_granularity=full train.recompute_method=block \
         train.recompute_num_layers=26 model.cross_entropy_fusion=te
     # FP8 variants at CP2 (benchmarks/fp8_h100x2.sh runs them all):
-    torchrun --nproc-per-node 2 benchmarks/train_throughput.py --name fp8_delayed_attn_concat --data ... \
+    torchrun --nproc-per-node 2 benchmarks/train_throughput.py --name fp8_delayed_attn_concat_sbhd --data ... \
         parallel.context_parallel_size=2 data.packing=concat train.fp8=hybrid train.fp8_dot_product_attention=true
 
 Runs `--steps` full training steps of Index-1.9B-32K (examples/index_1.9b_long_pt_32k.yaml plus the
@@ -117,7 +117,7 @@ def main() -> int:
             "fp8_dot_product_attention": cfg.train.fp8_dot_product_attention,
             "num_layers_at_start_in_bf16": cfg.train.num_layers_at_start_in_bf16,
             "num_layers_at_end_in_bf16": cfg.train.num_layers_at_end_in_bf16, "te_attention_backend": te_attention_backend(),
-            "packing": cfg.data.packing, "seq_length": cfg.data.seq_length,
+            "packing": cfg.data.packing, "row_layout": "thd" if cfg.rows_as_thd else "sbhd", "seq_length": cfg.data.seq_length,
             "global_batch_tokens": tokens, "rows_per_step": args.sequences_per_step,
             "dense_params": dense_params(cfg), "model_tflop_per_step": med("model_tflop"), "steps_measured": len(rows),
             "step_time_s": med("step_time_s"), "step_times_s": [r["step_time_s"] for r in every],

@@ -185,6 +185,9 @@ class DataConfig:
     seed: int = _f(1234, "shuffle seed (same seed, same samples)", ge=0)
     pad_to_multiple_of: int | None = _f(None, "pad every packed piece to a multiple of this; None = 2*CP (set e.g. 4 at CP=1 to get CP=2's samples)", ge=1)
     static_thd_shapes: bool = _f(False, "TE path: run-constant cu_seqlens/max_seqlen shapes; saves TE's per-shape backend selection (host) but costs GPU time in THD RoPE")
+    row_layout: Literal["auto", "thd", "sbhd"] = _f(
+        "auto", "how rows reach attention: thd = one packed row + cu_seqlens; sbhd = [rows, tokens], one causal sequence "
+        "per row (packing concat only); auto = sbhd with train.fp8_dot_product_attention (no FP8 THD kernel), else thd")
 
     @property
     def global_batch_size(self) -> int:
@@ -204,6 +207,9 @@ class DataConfig:
             errors.append(str(e))
         if self.loss_weighting == "longalign" and self.kind != "sft":
             errors.append("data.loss_weighting longalign applies to SFT data (data.kind: sft).")
+        if self.row_layout == "sbhd" and (self.kind != "pretrain" or self.packing != "concat"):
+            errors.append("data.row_layout sbhd feeds one causal sequence per row: it needs data.kind pretrain and "
+                          "data.packing concat (packed documents or conversations need thd).")
         return errors
 
 
@@ -350,6 +356,12 @@ class Config:
 
     def num_microbatches(self, world_size: int) -> int:
         return self.data.global_batch_size // (self.data.micro_batch_size * self.data_parallel_size(world_size))
+
+    @property
+    def rows_as_thd(self) -> bool:
+        """data.row_layout resolved: True = THD (PackedSeqParams), False = sbhd [rows, tokens]."""
+        layout = self.data.row_layout
+        return layout == "thd" or (layout == "auto" and not self.train.fp8_dot_product_attention)
 
     @property
     def batch_p2p_comm(self) -> bool:

@@ -74,6 +74,9 @@ def fp8_errors(cfg: Config) -> list[str]:
                 f"{ATTN}=true: {rows} (THD layout, per-document attention), and cuDNN's FP8 attention has no THD kernel "
                 f"(TE 2.20 fused_attn.cpp: bshd/sbhd only; with CP, utils.py disables it for 'FP8 attention and THD "
                 f"format'). Use data.packing=concat (one causal sequence per row, fed as sbhd) or leave FP8 attention off.")
+        elif d.row_layout == "thd":
+            errors.append(f"{ATTN}=true with data.row_layout=thd: cuDNN's FP8 attention has no THD kernel; "
+                          f"use data.row_layout auto or sbhd.")
         if t.fp8_recipe == "blockwise":
             errors.append(f"{ATTN}=true with train.fp8_recipe=blockwise: megatron-core 0.19.2 does not pass fp8_dpa to "
                           f"Float8BlockScaling (attention would silently stay bf16) and TE's Float8BlockScaling refuses "

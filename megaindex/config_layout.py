@@ -119,6 +119,8 @@ def cuda_graph_errors(cfg: Config) -> list[str]:
     if p.overlap_grad_reduce or p.overlap_param_gather:
         errors.append(f"{what} captures the gradient all-reduce at the end of the step: set "
                       f"parallel.overlap_grad_reduce=false and parallel.overlap_param_gather=false.")
+    if not cfg.rows_as_thd:
+        errors.append(f"{what} replays THD rows (static shapes); data.row_layout=sbhd is not captured: leave it auto.")
     if d.context_length_warmup:
         errors.append(f"{what} replays one row length: data.context_length_warmup changes it between phases; "
                       f"leave it empty or use train.cuda_graph_impl=none.")

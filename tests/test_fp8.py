@@ -47,12 +47,19 @@ def test_validation_accepts_what_runs_and_names_the_field_of_what_cannot():
         ("train.fp8=hybrid", "train.fp8_dot_product_attention=true"): "data.packing=reset rows are packed documents",
         ("train.fp8=hybrid", "train.fp8_dot_product_attention=true", "data.kind=sft"): "SFT rows are packed conversations",
         (*ATTN, "train.fp8_recipe=blockwise"): "does not pass fp8_dpa to Float8BlockScaling",
+        (*ATTN, "data.row_layout=thd"): "with data.row_layout=thd: cuDNN's FP8 attention has no THD kernel",
+        ("data.row_layout=sbhd",): "data.row_layout sbhd feeds one causal sequence per row",
+        ("data.row_layout=sbhd", "data.packing=concat", "train.cuda_graph_impl=full_iteration",
+         "data.static_thd_shapes=true"): "data.row_layout=sbhd is not captured",
     }
     for overrides, message in cases.items():
         world = 2 if "parallel.pipeline_model_parallel_size=2" in overrides else 1
         msg = errors_of(cfg_with(*overrides), world)
         assert message in msg and msg.count("\n  - ") == 1, (overrides, msg)
     assert "no THD kernel" in errors_of(cfg_with("train.fp8=hybrid", "train.fp8_dot_product_attention=true"), 1)
+    # which layout the trainer feeds: THD unless FP8 attention (auto) or data.row_layout=sbhd says otherwise
+    assert cfg_with().rows_as_thd and cfg_with("data.packing=concat").rows_as_thd
+    assert not cfg_with(*ATTN).rows_as_thd and not cfg_with("data.packing=concat", "data.row_layout=sbhd").rows_as_thd
 
 
 def test_device_rules_for_hopper_and_blackwell():
@@ -154,10 +161,12 @@ def test_every_benchmark_variant_builds_on_cpu_as_an_h100_sees_it():
 
     built = fp8_variants.dry_run()
     assert set(built) == set(fp8_variants.VARIANTS)
-    assert built["fp8_delayed_attn_concat"]["fp8_dot_product_attention"] and built["fp8_delayed_attn_concat"]["packing"] == "concat"
+    attn = built["fp8_delayed_attn_concat_sbhd"]
+    assert attn["fp8_dot_product_attention"] and (attn["packing"], attn["row_layout"]) == ("concat", "sbhd")
     assert built["fp8_tensorwise_ends_bf16_reset"]["first_last_layers_bf16"]
     assert all(b["context_parallel_size"] == 2 for b in built.values())
-    assert all(fp8_variants.baseline_of({"packing": b["packing"]}) in built for b in built.values())
+    # every variant's bf16 baseline (same rows, same layout) is a variant too
+    assert all(fp8_variants.baseline_of(b) in built for b in built.values())
 
 
 def test_benchmark_summary_compares_each_variant_with_the_bf16_run_of_its_packing(tmp_path):
@@ -167,21 +176,25 @@ def test_benchmark_summary_compares_each_variant_with_the_bf16_run_of_its_packin
     records = [
         {"name": "bf16_reset", "packing": "reset", "fp8": None, "tokens_per_s_per_gpu": 20000.0, "tflops_per_gpu": 450.0,
          "te_attention_backend": {**fused, "fused_attention_backend": "NVTE_Fused_Attn_Backend.NVTE_F16_arbitrary_seqlen"}},
-        {"name": "bf16_concat", "packing": "concat", "fp8": None, "tokens_per_s_per_gpu": 16000.0, "tflops_per_gpu": 430.0},
-        {"name": "fp8_tensorwise_attn_ds_concat", "packing": "concat", "fp8": "hybrid", "fp8_recipe": "tensorwise",
+        {"name": "bf16_concat_sbhd", "packing": "concat", "row_layout": "sbhd", "fp8": None, "tokens_per_s_per_gpu": 16000.0,
+         "tflops_per_gpu": 430.0},
+        {"name": "bf16_concat", "packing": "concat", "row_layout": "thd", "fp8": None, "tokens_per_s_per_gpu": 12000.0,
+         "tflops_per_gpu": 330.0},
+        {"name": "fp8_tensorwise_attn_ds_concat_sbhd", "packing": "concat", "row_layout": "sbhd", "fp8": "hybrid",
+         "fp8_recipe": "tensorwise",
          "env": {"NVTE_DPA_FP8_RECIPE": "DelayedScaling"}, "tokens_per_s_per_gpu": 17600.0, "tflops_per_gpu": 473.0,
          "te_attention_backend": {**fused, "fused_attention_backend": "NVTE_Fused_Attn_Backend.NVTE_FP8"}},
         {"name": "fp8_delayed_reset", "packing": "reset", "fp8": "hybrid", "fp8_recipe": "delayed",
          "tokens_per_s_per_gpu": 19000.0, "tflops_per_gpu": 427.5},
     ]
     rows = {r["name"]: r for r in fp8_variants.summary_rows(records)}
-    assert rows["fp8_tensorwise_attn_ds_concat"]["gain_pct"] == pytest.approx(10.0)  # against bf16_concat
+    assert rows["fp8_tensorwise_attn_ds_concat_sbhd"]["gain_pct"] == pytest.approx(10.0)  # against bf16_concat_sbhd
     assert rows["fp8_delayed_reset"]["gain_pct"] == pytest.approx(-5.0)  # against bf16_reset
-    assert rows["fp8_tensorwise_attn_ds_concat"]["attention"] == "cuDNN FP8" and rows["bf16_reset"]["attention"] == "cuDNN bf16"
-    assert rows["fp8_tensorwise_attn_ds_concat"]["recipe"] == "tensorwise (attention: DelayedScaling)"
+    assert rows["fp8_tensorwise_attn_ds_concat_sbhd"]["attention"] == "cuDNN FP8" and rows["bf16_reset"]["attention"] == "cuDNN bf16"
+    assert rows["fp8_tensorwise_attn_ds_concat_sbhd"]["recipe"] == "tensorwise (attention: DelayedScaling)"
     assert not rows["fp8_blockwise_reset"]["ran"]
     text = fp8_variants.summary_markdown(list(rows.values()), "H100")
-    assert "| fp8_delayed_reset | reset | delayed | ? |" in text and "-5.0%" in text and "| fp8_blockwise_reset | not run" in text
+    assert "| fp8_delayed_reset | reset (thd) | delayed | ? |" in text and "-5.0%" in text and "| fp8_blockwise_reset | not run" in text
 
 
 STUB_PYTHON = """#!/usr/bin/env bash
@@ -223,7 +236,7 @@ def test_benchmark_script_runs_every_variant_and_writes_four_files(tmp_path):
     records = [json.loads(line) for line in (out / "fp8.jsonl").read_text().splitlines()]
     assert [x["name"] for x in records] == [n for n in fp8_variants.VARIANTS if n != "fp8_blockwise_reset"]
     env = {x["name"]: x["env"] for x in records}
-    assert env["fp8_tensorwise_attn_ds_concat"] == {"NVTE_DPA_FP8_RECIPE": "DelayedScaling"} and env["bf16_reset"] == {}
+    assert env["fp8_tensorwise_attn_ds_concat_sbhd"] == {"NVTE_DPA_FP8_RECIPE": "DelayedScaling"} and env["bf16_reset"] == {}
     assert "fp8_blockwise_reset failed (exit 3" in (out / "fp8_runs.log").read_text()
     assert "| fp8_blockwise_reset | not run" in (out / "fp8_summary.md").read_text()
     # a subset, and a budget that leaves no room: nothing starts, the summary still comes

@@ -183,8 +183,8 @@ class Trainer:
         binds the run's own data; benchmarks/sft_throughput.py moves one model from stage-1 to stage-2 data."""
         self.cfg, self.train_ds = cfg, train_ds
         self.forward_step = make_forward_step(
-            # FP8 attention has no THD kernel: its concat rows (config_fp8.py) go in as [rows, tokens] (sbhd)
-            packed=not cfg.train.fp8_dot_product_attention, longalign=cfg.data.loss_weighting == "longalign", device=self.device, layout=self.layout,
+            # data.row_layout: THD, or concat rows as [rows, tokens] (sbhd; FP8 attention has no THD kernel)
+            packed=cfg.rows_as_thd, longalign=cfg.data.loss_weighting == "longalign", device=self.device, layout=self.layout,
             static_max_seqlen=cfg.data.seq_length if cfg.data.static_thd_shapes and use_transformer_engine(cfg) else None)
         self.graph = None  # train.cuda_graph_impl=full_iteration: steps replay a captured forward-backward
         if self.capture_stream is not None:
