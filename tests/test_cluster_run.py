@@ -68,6 +68,14 @@ def test_blend_tokens_wsd_milestones_timers_profile(tmp_path):
     assert configs[0].read_text() == (run / "config.yaml").read_text()
     trace = json.loads((run / "profile" / "trace_steps2-3_rank0.json").read_text())
     assert len(trace["traceEvents"]) > 100
+    names = {e.get("name") for e in trace["traceEvents"]}  # the ranges benchmarks/step_profile.py reads
+    assert {"megaindex.step#2", "megaindex.step#3", "megaindex.forward_backward", "megaindex.optimizer",
+            "megaindex.reduce_loss", "megaindex.norm_head", "megaindex.data_wait", "megaindex.checkpoint"} <= names
+    assert "megaindex.step#4" not in names
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "step_profile.py"), str(run / "profile" / "trace_steps2-3_rank0.json")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr  # a CPU trace: one line, no traceback
+    assert "step ranges: megaindex.step#2, megaindex.step#3, but no GPU kernels" in r.stderr
 
     # packing efficiency and realised blend shares, recomputed from the data the run read
     from megaindex.config import load_config

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO
 
-SHELL_SCRIPTS = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("launch/*.sh"), *REPO.glob("launch/*.slurm"),
+SHELL_SCRIPTS = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("launch/*.sh"), *REPO.glob("launch/*.slurm"), *REPO.glob("benchmarks/*.sh"),
                                                           *(REPO / "tests" / "fake_slurm").glob("s*")])
 
 

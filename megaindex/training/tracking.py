@@ -7,7 +7,9 @@ profiler window, and the resolved config kept per launch.
 * `build_tracker(cfg)`: None unless `log.tracker` is set; the package is imported only then, and a
   missing one is a one-line error that says how to install it or turn it off.
 * `ProfilerWindow`: `train.profile_steps=[first, last]` records those steps with torch.profiler and
-  writes a Chrome/Perfetto trace per rank to RUN_DIR/profile/.
+  writes a Chrome/Perfetto trace per rank to RUN_DIR/profile/. Each step is one `megaindex.step#N`
+  range and its phases `megaindex.<phase>` ranges (`annotate`), so benchmarks/step_profile.py can cut
+  the trace into steps and say what the host did while the GPU idled.
 * `save_launch_config`: RUN_DIR/config.<UTC time>.yaml for every launch (never overwritten) and
   config.yaml = the newest, so a failed resume cannot hide what an earlier launch ran with.
 """
@@ -17,10 +19,12 @@ from __future__ import annotations
 import datetime
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from megaindex.config import Config, ConfigError
+from megaindex.trace_ranges import annotate
 
 
 class PhaseTimers:
@@ -39,10 +43,13 @@ class PhaseTimers:
 
         class _Ctx:
             def __enter__(self):
+                self.range = annotate(name.removesuffix("_s"))
+                self.range.__enter__()
                 self.start = time.perf_counter()
 
             def __exit__(self, *exc):
                 timers.add(name, time.perf_counter() - self.start)
+                self.range.__exit__(*exc)
 
         return _Ctx()
 
@@ -64,7 +71,8 @@ class TimedIterator:
     def __next__(self):
         start = time.perf_counter()
         try:
-            return next(self.it)
+            with annotate("data_wait"):
+                return next(self.it)
         finally:
             self.timers.add("data_wait_s", time.perf_counter() - start)
 
@@ -147,6 +155,11 @@ class ProfilerWindow:
                 acts.append(torch.profiler.ProfilerActivity.CUDA)
             self.prof = torch.profiler.profile(activities=acts, record_shapes=True, with_stack=False)
             self.prof.__enter__()
+
+    def step_range(self, step: int):
+        """The `megaindex.step#<step>` range around a recorded step (benchmarks/step_profile.py cuts the
+        trace into steps at these)."""
+        return annotate(f"step#{step}") if self.prof is not None else nullcontext()
 
     def after_step(self, step: int) -> Path | None:
         if self.prof is not None and step >= self.steps[1]:

@@ -36,6 +36,7 @@ from megaindex.training.nan_guard import NanGuard, NonFiniteStop  # noqa: F401 (
 from megaindex.training.optimizer import build_optimizer, build_scheduler
 from megaindex.training.preemption import PreemptionWatcher
 from megaindex.training.run_length import resolve_after_data, resolve_before_data, steps_in_data
+from megaindex.trace_ranges import annotate
 from megaindex.training.tracking import PhaseTimers, ProfilerWindow, TimedIterator, build_tracker, save_launch_config
 
 
@@ -249,25 +250,28 @@ class Trainer:
         self.optimizer.zero_grad()
         wait0, t0 = self.timers.t.get("data_wait_s", 0.0), time.perf_counter()
         try:
-            if self.graph is not None:
-                losses = self.graph(self.train_iters, self.num_microbatches)
-            else:
-                losses = self._run(self.train_iters, self.num_microbatches, forward_only=False)
+            with annotate("forward_backward"):
+                if self.graph is not None:
+                    losses = self.graph(self.train_iters, self.num_microbatches)
+                else:
+                    losses = self._run(self.train_iters, self.num_microbatches, forward_only=False)
         except StopIteration:  # the loop checks data_end_step first; this is a guard
             raise DataExhausted(f"the training data ran out inside step {self.progress.step + 1}") from None
         self.timers.add("forward_backward_s", time.perf_counter() - t0 - (self.timers.t.get("data_wait_s", 0.0) - wait0))
         t0 = time.perf_counter()
-        loss, doc_sq_sum, real_tokens = self._reduce_loss(losses)
+        with annotate("reduce_loss"):
+            loss, doc_sq_sum, real_tokens = self._reduce_loss(losses)
         grad_norm = None
-        if math.isfinite(loss):
-            self.optimizer.prepare_grads()
-            grad_norm = float(self.optimizer.get_grad_norm())
-        finite = math.isfinite(loss) and grad_norm is not None and math.isfinite(grad_norm)
-        if finite:
-            ok, grad_norm, _ = self.optimizer.step()
-            grad_norm = float(grad_norm)  # a 0-d tensor on GPU
-            if ok:
-                self.scheduler.step(increment=1)
+        with annotate("optimizer"):
+            if math.isfinite(loss):
+                self.optimizer.prepare_grads()
+                grad_norm = float(self.optimizer.get_grad_norm())
+            finite = math.isfinite(loss) and grad_norm is not None and math.isfinite(grad_norm)
+            if finite:
+                ok, grad_norm, _ = self.optimizer.step()
+                grad_norm = float(grad_norm)  # a 0-d tensor on GPU
+                if ok:
+                    self.scheduler.step(increment=1)
         self.timers.add("optimizer_s", time.perf_counter() - t0)
         self.progress.step += 1
         self.progress.consumed_samples += self.cfg.data.global_batch_size
@@ -343,7 +347,8 @@ class Trainer:
                 break
             self.profiler.before_step(self.progress.step + 1)
             start = time.perf_counter()
-            out = self.train_step()
+            with self.profiler.step_range(self.progress.step + 1):
+                out = self.train_step()
             dt = time.perf_counter() - start
             step = self.progress.step
             rec = {
