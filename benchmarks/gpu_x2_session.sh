@@ -21,7 +21,8 @@ OUT="${OUT:?set OUT to a results directory}"
 PY="${PYTHON:-python}"
 mkdir -p "$OUT"
 LOGS=$(mktemp -d /tmp/megaindex-x2-logs.XXXXXX)
-RUN=/tmp/megaindex-bench-cp2_profile
+RUN=${RUN_DIR:-/tmp/megaindex-bench-cp2_profile}   # the run directory (traces under profile/)
+DATA=${DATA:-.bench_data/fixture_pretrain}          # token prefix, built from the fixture corpus if missing
 START=$SECONDS
 BUDGET=${BUDGET_S:-530}           # the whole script, seconds (a device call allows 600)
 status=()
@@ -48,8 +49,8 @@ step() {  # step NAME SECONDS CMD...: run with a timeout, log to $LOGS/NAME.log,
 }
 
 # 0. the benchmark data from the repo's fixture corpus (torchrun's ranks would race to build it)
-if [ ! -f .bench_data/fixture_pretrain.bin ]; then
-  step data 120 "$PY" tools/preprocess_data.py tests/fixtures/corpus/pretrain.jsonl -o .bench_data/fixture_pretrain \
+if [ ! -f "$DATA.bin" ]; then
+  step data 120 "$PY" tools/preprocess_data.py tests/fixtures/corpus/pretrain.jsonl -o "$DATA" \
       --tokenizer tests/fixtures/tokenizer.model --quiet
 fi
 
@@ -57,7 +58,7 @@ fi
 rm -rf "$RUN"
 export BENCH_RUN_DIR=$RUN
 step train 330 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 \
-    benchmarks/train_throughput.py --name cp2_profile --out "$OUT/train.jsonl" "${WORK[@]}"
+    benchmarks/train_throughput.py --name cp2_profile --data "$DATA" --out "$OUT/train.jsonl" "${WORK[@]}"
 grep -h "RESULT" "$LOGS/train.log" | tail -1
 traces=("$RUN/profile/trace_steps$PROFILED-${PROFILED}_rank"*.json)
 if [ -e "${traces[0]}" ]; then

@@ -2,12 +2,14 @@
 and compute, a host gap and a backward kernel found through its forward op gives the answers worked
 out by hand below; bad files are one-line errors. The real CPU trace of a training run, with its step
 and phase ranges, is checked in tests/test_cluster_run.py (the run that makes it): refused with a
-one-line message, not a crash."""
+one-line message, not a crash. benchmarks/gpu_x2_session.sh runs end to end on CPU (SMOKE=1)."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -170,3 +172,23 @@ def test_rules_name_the_kernels_of_an_h100_trace():
     assert got == REAL_NAMES
     # an attention-side copy kernel is claimed through TE's CP attention op that launched it
     assert step_profile.classify("void at::native::elementwise_kernel<128, 2>", "AttnFuncWithCPAndKVP2P")[0] == "attention"
+
+
+def test_gpu_x2_session_runs_end_to_end_on_cpu(tmp_path):
+    """SMOKE=1: the tiny model at CP2 over gloo through train_throughput.py with a profiled step, the
+    profile (a CPU trace: refused in one line), the GPU tests (skipped), the summary and the logs. ~25 s."""
+    out = tmp_path / "out"
+    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "PYTHON": sys.executable, "RUN_DIR": str(tmp_path / "run"),
+           "DATA": str(tmp_path / "data" / "fixture"), "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_x2_session.sh")], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tgz", "summary.txt", "train.jsonl"]
+    summary = (out / "summary.txt").read_text()
+    assert "data: rc=0" in summary and "train: rc=0" in summary and "pytest_layout: rc=0" in summary, summary
+    assert "cp2_profile cpu x 2 tokens/s/GPU" in summary, summary
+    assert "step_profile: rc=1" in summary and "step ranges: megaindex.step#2, but no GPU kernels" in summary, summary
+    assert "test_layout_matches_one_gpu[cp2_p2p_thd] SKIPPED" in summary, summary
+    rec = json.loads((out / "train.jsonl").read_text())
+    assert rec["layout"]["cp"] == 2 and rec["steps_measured"] == 2
+    assert (tmp_path / "run" / "profile" / "trace_steps2-2_rank1.json").is_file()
