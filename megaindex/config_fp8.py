@@ -18,7 +18,8 @@ The attention rules, read in TE 2.20 (main at 2.20.0.dev0, d0067d0) and megatron
   the sbhd layout. (TE PR #2994 "Plumb FP8+THD", after this snapshot, adds FP8 THD attention for
   cuDNN 9.23+; its own support matrix gives H100 delayed scaling forward only, FP8 backward and
   current scaling on Blackwell only. Revisit this rule with the TE pin, setup.py: 2.20.2.)
-* On Hopper (sm90) TE disables FusedAttention "for FP8 current scaling on arch < sm100" and for
+* cuDNN's FP8 attention trains with head dim 128 on sm90 (at most 128 on sm100), cuDNN >= 9.2.1
+  (not 9.10.0), causal or no mask. On Hopper (sm90) TE disables FusedAttention "for FP8 current scaling on arch < sm100" and for
   MXFP8: FP8 attention there means delayed scaling, either the whole recipe
   (fp8_recipe=delayed) or attention only (NVTE_DPA_FP8_RECIPE=DelayedScaling with tensorwise
   GEMMs, TE's documented recipe mix; TE reads the variable when it is imported).
@@ -90,7 +91,8 @@ def fp8_device_errors(cfg: Config, capability: tuple[int, int], env: Mapping[str
     t = cfg.train
     if not t.fp8:
         return []
-    gpu = f"this GPU is sm{capability[0]}{capability[1]}"
+    arch = f"sm{capability[0]}{capability[1]}"
+    gpu = f"this GPU is {arch}"
     errors = []
     if capability < (8, 9):
         errors.append(f"train.fp8 needs compute capability 8.9 or higher (Ada, Hopper, Blackwell); {gpu}.")
@@ -102,6 +104,11 @@ def fp8_device_errors(cfg: Config, capability: tuple[int, int], env: Mapping[str
         errors.append(f"train.fp8_recipe=blockwise needs sm90+ and CUDA 12.9+ (TE's check_fp8_block_scaling_support); "
                       f"{gpu}, CUDA {cuda_version}.")
     if t.fp8_dot_product_attention:
+        d = cfg.model.head_dim
+        if d % 16 or (d != 128 if capability < (10, 0) else d > 128):
+            need = "128" if capability < (10, 0) else "at most 128 and a multiple of 16"
+            errors.append(f"{ATTN}=true: cuDNN's FP8 attention trains with a head dimension of {need} on {arch} "
+                          f"(TE fused_attn.cpp); model head dim is {d} (hidden_size / num_attention_heads).")
         dpa_recipe = env.get(DPA_RECIPE_ENV, "")
         if dpa_recipe == "F16":
             errors.append(f"{ATTN}=true but {DPA_RECIPE_ENV}=F16 in the environment turns FP8 attention off; unset one of them.")

@@ -64,15 +64,16 @@ def test_validation_accepts_what_runs_and_names_the_field_of_what_cannot():
 
 def test_device_rules_for_hopper_and_blackwell():
     h100, b200, a100 = (9, 0), (10, 0), (8, 0)
-    tensorwise_attn = cfg_with(*ATTN, "train.fp8_recipe=tensorwise")
-    assert fp8_device_errors(cfg_with(*ATTN), h100, {}, "13.0") == []
+    attn = cfg_with(*ATTN, "model.hidden_size=512")  # 4 heads of 128, Index's head dim
+    tensorwise_attn = cfg_with(*ATTN, "model.hidden_size=512", "train.fp8_recipe=tensorwise")
+    assert fp8_device_errors(attn, h100, {}, "13.0") == []
     assert fp8_device_errors(cfg_with(), a100, {}) == []  # no FP8: nothing to check
     [msg] = fp8_device_errors(tensorwise_attn, h100, {})
     assert "no FP8 current-scaling attention below sm100 (this GPU is sm90)" in msg and "NVTE_DPA_FP8_RECIPE=DelayedScaling" in msg
     assert fp8_device_errors(tensorwise_attn, h100, {"NVTE_DPA_FP8_RECIPE": "DelayedScaling"}) == []
     assert fp8_device_errors(tensorwise_attn, b200, {}) == []
-    assert "turns FP8 attention off" in fp8_device_errors(cfg_with(*ATTN), h100, {"NVTE_DPA_FP8_RECIPE": "F16"})[0]
-    assert "NVTE_FUSED_ATTN=0" in fp8_device_errors(cfg_with(*ATTN), h100, {"NVTE_FUSED_ATTN": "0"})[0]
+    assert "turns FP8 attention off" in fp8_device_errors(attn, h100, {"NVTE_DPA_FP8_RECIPE": "F16"})[0]
+    assert "NVTE_FUSED_ATTN=0" in fp8_device_errors(attn, h100, {"NVTE_FUSED_ATTN": "0"})[0]
     mx = cfg_with("train.fp8=e4m3", "train.fp8_recipe=mxfp8")
     assert "mxfp8 needs Blackwell" in fp8_device_errors(mx, h100, {})[0]
     assert fp8_device_errors(mx, b200, {}) == []
@@ -80,6 +81,9 @@ def test_device_rules_for_hopper_and_blackwell():
     assert fp8_device_errors(block, h100, {}, "12.9") == []
     assert "CUDA 12.9+" in fp8_device_errors(block, h100, {}, "12.8")[0]
     assert "compute capability 8.9 or higher" in fp8_device_errors(cfg_with("train.fp8=hybrid"), a100, {})[0]
+    narrow = cfg_with(*ATTN)  # tiny: head dim 32
+    assert "head dimension of 128 on sm90 (TE fused_attn.cpp); model head dim is 32" in fp8_device_errors(narrow, h100, {})[0]
+    assert fp8_device_errors(narrow, b200, {}) == []  # sm100: at most 128
 
 
 def test_transformer_config_carries_the_fp8_fields():
