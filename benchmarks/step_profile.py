@@ -63,6 +63,9 @@ RULES: list[tuple[str, str, str | None, str | None]] = [
     ("norm", "RMSNorm / LayerNorm kernels (TE, cuDNN, apex)", r"rmsnorm|layernorm|layer_norm|rms_norm|\bln_(fwd|bwd)|norm_(fwd|bwd)", None),
     ("rope", "rotary embedding kernels", r"(?<![a-z])rope|rotary", None),
     ("swiglu", "gated activation kernels", r"swiglu|silu|gated_act|geglu", None),
+    ("fp8_cast", "TE FP8 quantization: cast(-transpose), amax, scale update (FP8 runs)",
+     r"cast_transpose|cast_fp8|cast_only|quantize|amax|compute_scale_from|partial_cast|delayed_scaling|"
+     r"fp8_block_scaling|transformer_engine::\w*transpose|__nv_fp8_e[45]m[23]", None),
     ("cross_entropy", "cross-entropy kernels (TE triton, torch)", r"cross_?entropy|online_softmax|nll_loss|log_softmax", None),
     ("memcpy", "memory copies", r"^Memcpy", None),
     ("memset", "memory sets", r"^Memset", None),
@@ -81,6 +84,7 @@ CATEGORIES = {
     "norm": "RMSNorm kernels (TE's fused norm in LayerNormLinear)",
     "rope": "rotary position embedding (TE fused RoPE, THD)",
     "swiglu": "SwiGLU activation fwd/bwd",
+    "fp8_cast": "FP8 runs: quantizing GEMM inputs (cast, cast-transpose), amax and scaling-factor kernels",
     "cross_entropy": "cross-entropy: TE's triton kernels or megatron's vocab-parallel pieces",
     "norm_head": "Norm-Head: L2-normalising the LM head's rows and its backward",
     "optimizer": "distributed Adam, grad-norm, param copies in the optimizer phase",

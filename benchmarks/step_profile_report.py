@@ -59,7 +59,7 @@ def markdown(results: list[dict], title: str, order: list[str]) -> str:
 
 
 COLORS = {"attention": "#d62728", "gemm": "#1f77b4", "norm": "#9467bd", "rope": "#8c564b", "swiglu": "#e377c2",
-          "cross_entropy": "#bcbd22", "norm_head": "#17becf", "optimizer": "#ff7f0e", "comm_p2p": "#2ca02c",
+          "fp8_cast": "#ffbb78", "cross_entropy": "#bcbd22", "norm_head": "#17becf", "optimizer": "#ff7f0e", "comm_p2p": "#2ca02c",
           "comm_all_reduce": "#98df8a", "comm_reduce_scatter": "#3d9970", "comm_all_gather": "#b5e7a0",
           "comm_other": "#006400", "memcpy": "#c5b0d5", "memset": "#c49c94", "elementwise": "#aec7e8",
           "other": "#7f7f7f", "idle": "#ffffff"}

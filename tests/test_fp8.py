@@ -216,7 +216,8 @@ if name == "fp8_blockwise_reset":
 packing = "concat" if "data.packing=concat" in args else "reset"
 record = {{"name": name, "packing": packing, "fp8": "hybrid" if any(a.startswith("train.fp8=") for a in args) else None,
           "fp8_recipe": "delayed", "tokens_per_s_per_gpu": 1000.0, "tflops_per_gpu": 400.0, "steps_measured": 6,
-          "env": {{k: v for k, v in os.environ.items() if k.startswith("NVTE_")}}}}
+          "env": {{k: v for k, v in os.environ.items() if k.startswith("NVTE_")}},
+          "profile": [a for a in args if a.startswith("train.profile_steps=")]}}
 open(out, "a").write(json.dumps(record) + "\\n")
 print("RESULT " + json.dumps(record))
 PY
@@ -234,7 +235,7 @@ def test_benchmark_script_runs_every_variant_and_writes_four_files(tmp_path):
     stub.chmod(0o755)
     out = tmp_path / "out"
     r = subprocess.run(["bash", "benchmarks/fp8_h100x2.sh"], cwd=REPO, capture_output=True, text=True, timeout=120,
-                       env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(stub)})
+                       env={"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(stub), "RUN_ROOT": str(tmp_path)})
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["fp8.jsonl", "fp8_runs.log", "fp8_summary.md", "fp8_summary.png"]
     records = [json.loads(line) for line in (out / "fp8.jsonl").read_text().splitlines()]
@@ -245,6 +246,33 @@ def test_benchmark_script_runs_every_variant_and_writes_four_files(tmp_path):
     assert "| fp8_blockwise_reset | not run" in (out / "fp8_summary.md").read_text()
     # a subset, and a budget that leaves no room: nothing starts, the summary still comes
     subset = subprocess.run(["bash", "benchmarks/fp8_h100x2.sh"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "none"), "PYTHON": str(stub),
+                            env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "none"), "PYTHON": str(stub), "RUN_ROOT": str(tmp_path),
                                  "BUDGET_S": "10", "VARIANTS": "bf16_reset fp8_delayed_reset"})
     assert subset.returncode == 0 and subset.stdout.count("not started") == 2, subset.stdout
+    # PROFILE: that variant's last step under the profiler (the stand-in writes no trace: said in the log)
+    prof = subprocess.run(["bash", "benchmarks/fp8_h100x2.sh"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "prof"), "PYTHON": str(stub), "RUN_ROOT": str(tmp_path),
+                               "VARIANTS": "bf16_reset fp8_delayed_reset", "PROFILE": "fp8_delayed_reset"})
+    assert prof.returncode == 0, prof.stderr[-2000:]
+    got = {x["name"]: x["profile"] for x in map(json.loads, (tmp_path / "prof" / "fp8.jsonl").read_text().splitlines())}
+    assert got == {"bf16_reset": [], "fp8_delayed_reset": ["train.profile_steps=[8,8]"]}
+    assert f"fp8_delayed_reset: no profiler trace in {tmp_path}/megaindex-bench-fp8_delayed_reset/profile" in prof.stdout
+
+
+def test_step_profile_names_the_fp8_cast_kernels():
+    # kernel names from TE 2.20's sources (cast/, transpose/, recipe/), in the demangled form of the
+    # bf16 trace's TE kernels; FP8 GEMMs stay GEMMs, a norm or SwiGLU writing FP8 stays what it is
+    import step_profile
+
+    fp8 = [
+        "void transformer_engine::detail::(anonymous namespace)::cast_transpose_general_kernel<8, 8, __nv_bfloat16, __nv_fp8_e4m3>(int)",
+        "void transformer_engine::(anonymous namespace)::amax_kernel<4, __nv_bfloat16>(__nv_bfloat16 const*, float*, unsigned long)",
+        "void transformer_engine::compute_scale_from_amax_kernel(float const*, float*, float, bool, float)",
+        "void transformer_engine::delayed_scaling_recipe::(anonymous namespace)::amax_and_scale_update_impl::kernel_bulk(float*)",
+        "void transformer_engine::multi_cast_transpose_kernel<8, true, __nv_bfloat16, __nv_fp8_e5m2>(int)",
+        "void transformer_engine::unary_kernel<4, transformer_engine::Empty, &transformer_engine::identity, __nv_bfloat16, __nv_fp8_e4m3>(int)",
+    ]
+    assert {step_profile.classify(n, "")[0] for n in fp8} == {"fp8_cast"}
+    assert step_profile.classify("nvjet_qqtst_128x256_64x4_1x2_h_bz_coopA_TNT", "")[0] == "gemm"
+    assert step_profile.classify("rmsnorm_fwd_tuned_kernel<__nv_bfloat16, __nv_fp8_e4m3>", "")[0] == "norm"
+    assert step_profile.classify("void transformer_engine::dgated_act_cast_transpose_kernel<8, __nv_fp8_e5m2>", "")[0] == "swiglu"
