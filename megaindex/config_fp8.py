@@ -19,10 +19,10 @@ The attention rules, read in TE 2.20 (main at 2.20.0.dev0, d0067d0) and megatron
   cuDNN 9.23+; its own support matrix gives H100 delayed scaling forward only, FP8 backward and
   current scaling on Blackwell only. Revisit this rule with the TE pin, setup.py: 2.20.2.)
 * cuDNN's FP8 attention trains with head dim 128 on sm90 (at most 128 on sm100), cuDNN >= 9.2.1
-  (not 9.10.0), causal or no mask. On Hopper (sm90) TE disables FusedAttention "for FP8 current scaling on arch < sm100" and for
-  MXFP8: FP8 attention there means delayed scaling, either the whole recipe
-  (fp8_recipe=delayed) or attention only (NVTE_DPA_FP8_RECIPE=DelayedScaling with tensorwise
-  GEMMs, TE's documented recipe mix; TE reads the variable when it is imported).
+  (not 9.10.0), causal or no mask. On Hopper (sm90) TE disables FusedAttention "for FP8 current
+  scaling on arch < sm100" and for MXFP8: FP8 attention there means delayed scaling, either the
+  whole recipe (fp8_recipe=delayed) or attention only (NVTE_DPA_FP8_RECIPE=DelayedScaling with
+  tensorwise GEMMs, TE's documented recipe mix; TE reads the variable when it is imported).
 * megatron-core's `get_fp8_recipe` (fp8_utils.py) passes `fp8_dpa` to the delayed, tensorwise and
   mxfp8 recipes only (blockwise would silently keep bf16 attention); TE's Float8BlockScaling asserts
   "FP8 attention is not supported".
