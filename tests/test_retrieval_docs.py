@@ -345,7 +345,9 @@ def test_open_values_are_spans_of_the_filler(tok):
     for v in zh:
         assert re.fullmatch(r"[\u4e00-\u9fff]+", v) and lo <= len(v) <= hi and v in chinese and "是" not in v, v
     assert len(set(en)) >= 0.6 * len(en) and len(set(zh)) >= 0.8 * len(zh)  # open: most values are new
-    assert {len(v.split()) for v in en} >= {1, 2, 3, 4}  # single words and multi-word spans
+    assert {len(v.split()) for v in en} >= {1, 2, 3, 4, 5, 6}  # single words and multi-word spans,
+    assert sum(len(v.split()) >= 3 for v in en) >= 0.4 * len(en)  # long ones not crowded out by short ones
+    assert sum(len(v) >= 4 for v in zh) >= 0.4 * len(zh)
 
 
 def test_open_spans_never_hold_a_needle_word(tok, tmp_path):
