@@ -94,6 +94,9 @@ def data_layout_errors(cfg: Config, world_size: int) -> list[str]:
                 f"(micro-batches keep their token count) and be a multiple of 2 x CP = {2 * cp}."
             )
         prev_until = until
+    if d.static_thd_shapes and not cfg.rows_as_thd and cfg.train.cuda_graph_impl == "none":  # graphs: cuda_graph_errors says it
+        errors.append("data.static_thd_shapes pads THD metadata (cu_seqlens, max_seqlen), but these rows go in as sbhd "
+                      "(data.row_layout, train.fp8_dot_product_attention), which has none: set data.static_thd_shapes=false.")
     return errors
 
 

@@ -51,6 +51,8 @@ def test_validation_accepts_what_runs_and_names_the_field_of_what_cannot():
         ("data.row_layout=sbhd",): "data.row_layout sbhd feeds one causal sequence per row",
         ("data.row_layout=sbhd", "data.packing=concat", "train.cuda_graph_impl=full_iteration",
          "data.static_thd_shapes=true"): "data.row_layout=sbhd is not captured",
+        ("data.row_layout=sbhd", "data.packing=concat", "data.static_thd_shapes=true"): "set data.static_thd_shapes=false",
+        (*ATTN, "data.static_thd_shapes=true"): "these rows go in as sbhd",
     }
     for overrides, message in cases.items():
         world = 2 if "parallel.pipeline_model_parallel_size=2" in overrides else 1
