@@ -41,8 +41,9 @@ across packed rows so the question could not see its fact):
     with the fact's subject ("The harbour is quiet."), asked as "The harbour key is";
   * v4 (after stage 0 of the third GPU attempt answered needles with its own guesses at word starts —
     '6ack..om.' for 'black cardamom.' — while copying the continuation pieces, and copied random-digit
-    keys well): 85% of v3's values came from closed tables, which a model predicts from its prior after
-    a token or two, so it never had to copy an arbitrary word. Now `open_value_share` 0.6 of documents
+    keys well): every non-number value of v3 (55% of documents: 36% phrases, 19% words; the rest 4-7
+    digit numbers) came from closed tables, which a model predicts from its prior after a token or
+    two, so it never had to copy an arbitrary word. Now `open_value_share` 0.6 of documents
     have open-vocabulary values — 1-6 consecutive words / 2-8 CJK characters of a random filler
     sentence (megaindex.data.retrieval_subjects.open_value), which only copying can produce — 25% have
     numbers (copied well already; the passkey's kind) and 15% keep the tables (`phrase_value_share`
