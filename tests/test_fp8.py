@@ -1,7 +1,8 @@
 """FP8 settings (issue #13 item 4), on CPU: which combinations validation refuses and why
 (megaindex/config_fp8.py), what an H100 adds, the fields megatron's TransformerConfig receives,
 FP8 refused where TE is absent (it would silently train without FP8), the sbhd forward path FP8
-attention uses for concat rows against the THD path, and every benchmark variant's dry run."""
+attention uses for concat rows against the THD path, every benchmark variant's dry run, and the
+evaluation layout of an FP8 run's checkpoint."""
 
 from __future__ import annotations
 
@@ -62,6 +63,19 @@ def test_validation_accepts_what_runs_and_names_the_field_of_what_cannot():
     # which layout the trainer feeds: THD unless FP8 attention (auto) or data.row_layout=sbhd says otherwise
     assert cfg_with().rows_as_thd and cfg_with("data.packing=concat").rows_as_thd
     assert not cfg_with(*ATTN).rows_as_thd and not cfg_with("data.packing=concat", "data.row_layout=sbhd").rows_as_thd
+
+
+def test_evaluating_a_checkpoint_of_an_fp8_run_drops_every_fp8_field():
+    """`megaindex eval` turns the checkpoint's config into a bf16 evaluation layout; with CP it is
+    validated, and FP8 attention or bf16 end layers without train.fp8 would be refused."""
+    from megaindex.eval.megatron_engine import eval_config
+
+    cfg = cfg_with(*ATTN, "train.fp8_recipe=tensorwise", "train.num_layers_at_start_in_bf16=1", "parallel.context_parallel_size=2")
+    cfg.validate(2)
+    eval_config(cfg, 2)
+    cfg.validate(2)
+    t = cfg.train
+    assert (t.fp8, t.fp8_dot_product_attention, t.num_layers_at_start_in_bf16, t.num_layers_at_end_in_bf16) == (None, False, 0, 0)
 
 
 def test_device_rules_for_hopper_and_blackwell():

@@ -46,7 +46,9 @@ def eval_config(cfg, cp: int):
     if p.cp_comm_type == "a2a+p2p":
         p.cp_comm_type = "p2p"
     cfg.train.recompute_granularity = None
-    cfg.train.fp8 = None
+    cfg.train.fp8 = None  # and the FP8-only fields, which validate() refuses without it
+    cfg.train.fp8_dot_product_attention = False
+    cfg.train.num_layers_at_start_in_bf16 = cfg.train.num_layers_at_end_in_bf16 = 0
     cfg.data.seq_length = 2 * cp
     cfg.data.micro_batch_size = 1
     cfg.data.global_batch_tokens = 2 * cp
