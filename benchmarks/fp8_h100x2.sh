@@ -33,6 +33,7 @@ LOG="$OUT/fp8_runs.log"
 start=$(date +%s)
 expected=90  # seconds one variant takes; then the last one's measured duration
 while IFS=$'\t' read -r name envs overrides; do
+  [ "$envs" = - ] && envs=""  # fp8_variants.py list: '-' = no environment
   if [ -n "${VARIANTS:-}" ] && [[ " $VARIANTS " != *" $name "* ]]; then continue; fi
   left=$(( BUDGET_S - ($(date +%s) - start) ))
   if [ "$left" -lt "$expected" ]; then

@@ -1,6 +1,6 @@
 """The FP8 benchmark at CP2 (issue #13 item 4): its variants, their CPU dry run, and the summary.
 
-    python benchmarks/fp8_variants.py list                      # NAME<TAB>ENV<TAB>OVERRIDES, for fp8_h100x2.sh
+    python benchmarks/fp8_variants.py list                      # NAME<TAB>ENV<TAB>OVERRIDES (ENV '-': none), for fp8_h100x2.sh
     python benchmarks/fp8_variants.py dry-run                   # every variant's config on CPU, as an H100 (sm90) sees it
     python benchmarks/fp8_variants.py summary OUT/fp8.jsonl --md OUT/fp8_summary.md --png OUT/fp8_summary.png
 
@@ -56,7 +56,9 @@ def baseline_of(record: dict) -> str:
 
 def cmd_list(_args) -> int:
     for name, (env, overrides) in VARIANTS.items():
-        print("\t".join([name, " ".join(f"{k}={v}" for k, v in env.items()), " ".join(overrides)]))
+        # '-' for no environment: bash's `read` with IFS=tab merges two tabs into one separator, which
+        # would shift the overrides into ENV (and `env` would take them as variables)
+        print("\t".join([name, " ".join(f"{k}={v}" for k, v in env.items()) or "-", " ".join(overrides)]))
     return 0
 
 

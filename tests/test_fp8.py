@@ -256,6 +256,11 @@ def test_benchmark_script_runs_every_variant_and_writes_four_files(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["fp8.jsonl", "fp8_runs.log", "fp8_summary.md", "fp8_summary.png"]
     records = [json.loads(line) for line in (out / "fp8.jsonl").read_text().splitlines()]
     assert [x["name"] for x in records] == [n for n in fp8_variants.VARIANTS if n != "fp8_blockwise_reset"]
+    # each torchrun got its variant's overrides (an empty ENV column must not swallow them)
+    for x in records:
+        overrides = fp8_variants.VARIANTS[x["name"]][1]
+        assert x["packing"] == ("concat" if "data.packing=concat" in overrides else "reset"), x
+        assert x["fp8"] == ("hybrid" if any(o.startswith("train.fp8=") for o in overrides) else None), x
     env = {x["name"]: x["env"] for x in records}
     assert env["fp8_tensorwise_attn_ds_concat_sbhd"] == {"NVTE_DPA_FP8_RECIPE": "DelayedScaling"} and env["bf16_reset"] == {}
     assert "fp8_blockwise_reset failed (exit 3" in (out / "fp8_runs.log").read_text()
