@@ -203,6 +203,13 @@ def test_write_documents_and_tool(tmp_path, tok):
 
 # v3: open-vocabulary subjects and same-form documents (issue #16, after the second GPU attempt).
 
+def _corpus_words_and_text() -> tuple[str, str]:
+    """The filler corpus as " word word ... " (lowercased, space-padded) and as one string: an open
+    span must be found in one of them."""
+    raw = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines()]
+    return " " + " ".join(w.lower() for text in raw for w in text.split()) + " ", "".join(raw)
+
+
 def _open_span_candidates(subject: str) -> list[str]:
     """The filler span an open subject may be built around: "the {span}", "the {attr} of the {span}",
     "{span}的{attr}"."""
@@ -222,9 +229,7 @@ def _open_span_candidates(subject: str) -> list[str]:
 def test_open_vocabulary_subjects_come_from_the_filler_and_are_diverse(tok):
     gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), RetrievalDocConfig(max_tokens=256, min_tokens=64, seed=8))
     docs = [gen.document(i) for i in range(500)]
-    raw = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines()]
-    words = " " + " ".join(w.lower() for text in raw for w in text.split()) + " "
-    chinese = "".join(raw)
+    words, chinese = _corpus_words_and_text()
     open_subjects = [s for d in docs if d["subjects"] == "open" for s, _ in d["facts"]]
     assert len(open_subjects) > 150
     for s in open_subjects:
@@ -328,9 +333,7 @@ def test_open_values_are_spans_of_the_filler(tok):
 
     gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), RetrievalDocConfig(max_tokens=256, min_tokens=64, seed=13))
     docs = [gen.document(i) for i in range(300)]
-    raw = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines()]
-    words = " " + " ".join(w.lower() for text in raw for w in text.split()) + " "
-    chinese = "".join(raw)
+    words, chinese = _corpus_words_and_text()
     values = {"en": [], "zh": []}
     for d in docs:
         if d["kind"] == "open":
