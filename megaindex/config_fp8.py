@@ -15,7 +15,7 @@ The attention rules, read in TE 2.20 (main at 2.20.0.dev0, d0067d0) and megatron
   FusedAttention for "FP8 attention and THD format", and FlashAttention and the unfused path for FP8
   with CP, so packed per-document rows (data.packing=reset, SFT) have no FP8 attention at all.
   What runs is one causal sequence per row (data.packing=concat), which the trainer then feeds in
-  the sbhd layout. (TE PR #2994 "Plumb FP8+THD", after this snapshot, adds FP8 THD attention for
+  the sbhd layout; the in-training probe (eval.interval), which scores THD rows, is refused with it. (TE PR #2994 "Plumb FP8+THD", after this snapshot, adds FP8 THD attention for
   cuDNN 9.23+; its own support matrix gives H100 delayed scaling forward only, FP8 backward and
   current scaling on Blackwell only. Revisit this rule with the TE pin, setup.py: 2.20.2.)
 * cuDNN's FP8 attention trains with head dim 128 on sm90 (at most 128 on sm100), cuDNN >= 9.2.1
@@ -78,6 +78,10 @@ def fp8_errors(cfg: Config) -> list[str]:
         elif d.row_layout == "thd":
             errors.append(f"{ATTN}=true with data.row_layout=thd: cuDNN's FP8 attention has no THD kernel; "
                           f"use data.row_layout auto or sbhd.")
+        if cfg.eval.interval:
+            errors.append(f"{ATTN}=true with eval.interval={cfg.eval.interval}: the in-training probe scores packed THD "
+                          f"rows (megaindex/eval/probe.py) inside megatron's FP8 context, and FP8 attention has no THD "
+                          f"kernel; set eval.interval=0 and score the checkpoints with `megaindex eval` (bf16).")
         if t.fp8_recipe == "blockwise":
             errors.append(f"{ATTN}=true with train.fp8_recipe=blockwise: megatron-core 0.19.2 does not pass fp8_dpa to "
                           f"Float8BlockScaling (attention would silently stay bf16) and TE's Float8BlockScaling refuses "

@@ -49,6 +49,7 @@ def test_validation_accepts_what_runs_and_names_the_field_of_what_cannot():
         ("train.fp8=hybrid", "train.fp8_dot_product_attention=true", "data.kind=sft"): "SFT rows are packed conversations",
         (*ATTN, "train.fp8_recipe=blockwise"): "does not pass fp8_dpa to Float8BlockScaling",
         (*ATTN, "data.row_layout=thd"): "with data.row_layout=thd: cuDNN's FP8 attention has no THD kernel",
+        (*ATTN, "eval.interval=2"): "eval.interval=2: the in-training probe scores packed THD rows",
         ("data.row_layout=sbhd",): "data.row_layout sbhd feeds one causal sequence per row",
         ("data.row_layout=sbhd", "data.packing=concat", "train.cuda_graph_impl=full_iteration",
          "data.static_thd_shapes=true"): "data.row_layout=sbhd is not captured",
