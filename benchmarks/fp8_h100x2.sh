@@ -9,7 +9,7 @@
 #     # that variant's last step under the torch profiler, broken down by benchmarks/step_profile.py
 #     # (+ step_profile.md/.json/.png: GPU time per kernel category, FP8 casts included; compare with
 #     # benchmarks/gpu_x2_session.sh's bf16 profile)
-# On the GPU node first: bash .gpuw/node_setup.sh && export PYTHONPATH=/tmp/site:$PWD (~1.5 min).
+# Needs Transformer Engine and megatron-core importable on the node (the `gpu` extra or the NGC container).
 # Writes 4 files (7 with PROFILE): $OUT/fp8.jsonl (one record per variant), fp8_summary.md (the table), fp8_summary.png,
 # fp8_runs.log (every variant's console, one after the other). Each variant: 8 steps of 2 x 32K rows,
 # the first 2 left out of the medians (6 measured). Time: the variants share BUDGET_S seconds (default

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue #13 deliverable 1 in ONE device call on a 2-GPU node (< 9 min), from the repo root, after
-# `bash .gpuw/node_setup.sh` and `export PYTHONPATH=/tmp/site:$PWD`:
+# Issue #13 deliverable 1 in ONE device call on a 2-GPU node (< 9 min), from the repo root, where
+# Transformer Engine and megatron-core import (the `gpu` extra or the NGC container; on a node where
+# they were unpacked into /tmp/site, `export PYTHONPATH=/tmp/site:$PWD` first):
 #
 #   OUT=/path/to/results bash benchmarks/gpu_x2_session.sh
 #

@@ -16,7 +16,7 @@ from megaindex.eval import EvalError
 from megaindex.eval.grid import EvalSpec, parse_depths, parse_lengths, parse_tasks
 from megaindex.eval.haystack import Haystack, resolve_haystack
 from megaindex.eval.needle import needle_sample
-from megaindex.eval.needle_words import draw_needle
+from megaindex.data.needle_words import draw_needle
 from megaindex.eval.passkey import GARBAGE, INFO, QUESTION, TASK, PasskeyPrompts
 from megaindex.eval.perplexity import bucket_edges, bucket_nll, ppl_sample
 from megaindex.eval.run import build_samples, check_lengths

@@ -36,7 +36,8 @@ def docs(tok):
 def eval_phrases() -> list[str]:
     """The evaluation's own prompts: the passkey task, garbage sentences and question, the needle
     prompts' fixed sentences, and the fixed words of every needle template (drawn needles)."""
-    from megaindex.eval import needle, needle_words, passkey
+    from megaindex.data import needle_words
+    from megaindex.eval import needle, passkey
 
     out = list(HELD_OUT_PHRASES) + [passkey.TASK, passkey.QUESTION, passkey.INFO.format(k=12345)]
     out += [s.strip() + "." for s in passkey.GARBAGE.split(".") if s.strip()]
@@ -106,7 +107,7 @@ def test_repetitive_sentences_never_held_out():
 
 def test_vocabulary_disjoint_from_needles(docs):
     from megaindex.data import retrieval_words as W
-    from megaindex.eval import needle_words
+    from megaindex.data import needle_words
 
     ours = [x.lower() for x in W.vocabulary()]
     assert len(ours) > 300 and "hiding place" in ours and "藏东西的地方" in ours
@@ -355,7 +356,7 @@ def test_open_values_are_spans_of_the_filler(tok):
 
 def test_open_spans_never_hold_a_needle_word(tok, tmp_path):
     """Real text can contain a needle's answer ("fresh ginger", "冰糖"): such spans are never a subject or value."""
-    from megaindex.eval import needle_words
+    from megaindex.data import needle_words
 
     poisoned = tmp_path / "filler.jsonl"
     en = ("We spent the evening painting the river at sunset with fresh ginger tea and roasted garlic bread. "

@@ -49,7 +49,7 @@ across packed rows so the question could not see its fact):
     numbers (copied well already; the passkey's kind) and 15% keep the tables (`phrase_value_share`
     0.1, `word_value_share` 0.05) so that multi-word phrases of a fixed shape stay in the mix. No
     open span (subject or value) holds a word of the evaluation's needle lists
-    (megaindex.eval.needle_words; `needle_word_lists`), nor, for 2+ words or CJK characters, lies
+    (megaindex.data.needle_words; `needle_word_lists`), nor, for 2+ words or CJK characters, lies
     inside one ("hot springs", "温泉"): real text can contain "fresh ginger" or "冰糖";
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
@@ -74,6 +74,7 @@ from pathlib import Path
 
 from megaindex.data import retrieval_same_form as SF
 from megaindex.data import retrieval_words as W
+from megaindex.data.needle_words import WORDS
 from megaindex.data.retrieval_subjects import open_subject, open_value
 from megaindex.data.tokenizer import IndexTokenizer
 
@@ -84,7 +85,7 @@ HELD_OUT_PHRASES = (
     "pass key", "passkey", "pass-key",  # landmark / LongLoRA passkey prompt and its garbage
     "important info hidden inside", "the grass is green. the sky is blue", "the grass is green", "the sky is blue",
     "the sun is yellow", "here we go", "there and back again",
-    # NeedleBench-style needles and their prompt (megaindex.eval.needle_words, megaindex.eval.needle)
+    # NeedleBench-style needles and their prompt (megaindex.data.needle_words, megaindex.eval.needle)
     "best thing to do in", "secret ingredient", "最值得做的事情", "秘密配料", "one sentence in it answers",
     "其中有一句话回答了", "文末的问题", "the document given to you by the user", "用户给你的文档",
     "answer with one sentence that starts with", "开头的一句话回答",
@@ -93,11 +94,9 @@ HELD_OUT_PHRASES = (
 
 
 def needle_word_lists() -> dict[str, list[str]]:
-    """Every word-list entry of the evaluation's needles (megaindex.eval.needle_words, a dependency-free
-    table; read from there so the two never drift), English ones lowercased and space-padded: no
-    open-vocabulary span of a training document may hold one."""
-    from megaindex.eval.needle_words import WORDS
-
+    """Every word-list entry of the evaluation's needles (megaindex.data.needle_words, the table the
+    evaluation draws from; read from there so the two never drift), English ones lowercased and
+    space-padded: no open-vocabulary span of a training document may hold one."""
     return {"en": [f" {w.lower()} " for table in WORDS["en"].values() for w in table],
             "zh": [w for table in WORDS["zh"].values() for w in table]}
 

@@ -3,7 +3,7 @@
 Owns the vocabulary: owners, attributes and their values (numbers, single words, multi-word
 phrases built from parts), statement and question/answer templates, and the short generic
 sentences of repetitive haystacks, in English and Chinese. None of it may overlap the evaluation:
-no needle word or template of megaindex.eval.needle_words, no passkey sentence (tests check both).
+no needle word or template of megaindex.data.needle_words, no passkey sentence (tests check both).
 """
 
 from __future__ import annotations

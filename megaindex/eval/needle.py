@@ -20,7 +20,7 @@ import random
 from megaindex.data.tokenizer import ASSISTANT, UNK, USER
 from megaindex.eval import EvalError
 from megaindex.eval.haystack import Haystack
-from megaindex.eval.needle_words import draw_needle
+from megaindex.data.needle_words import draw_needle
 from megaindex.eval.sample import Sample, encode_text, split_answer
 
 TEXT = {

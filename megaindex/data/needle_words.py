@@ -4,6 +4,10 @@ Owns the templates and word lists and `draw_needle(lang, rng)`. Every needle is 
 (city x activity, person x dish x ingredient, ...), drawn with a seeded `random.Random`, so a model
 cannot have memorised it and the same seed always gives the same needle. The keyword (the drawn
 answer word) is what NeedleBench's score looks for in the prediction.
+
+It lives in data/ because both sides read it: the evaluation draws its needles from it
+(megaindex.eval.needle) and the training-data generator holds every entry out of its documents
+(megaindex.data.retrieval_docs); dependencies point from eval to data, never back.
 """
 
 from __future__ import annotations
