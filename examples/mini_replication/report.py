@@ -2,8 +2,8 @@
 
 Reads the `summary.json` files `megaindex eval` wrote under EVAL_DIR (base_*/ for the stage-0 model
 with every RoPE variant, longpt/ for stage 1, ablation_*/ for the ablations) and writes into OUT:
-  replication_summary.json  per model variant: mean needle score per length, passkey accuracy per
-                            length, perplexity per length, the forced token accuracy per length of
+  replication_summary.json  per model variant: mean needle score per length and per language,
+                            passkey accuracy per length, perplexity per length, the forced token accuracy per length of
                             both tasks (share of answer tokens right under teacher forcing: partial
                             retrieval that exact match hides); the thresholds, each met or missed
   results.md                the same as tables, plus the thresholds
@@ -52,6 +52,7 @@ def load_variants(eval_dir: Path) -> dict[str, dict]:
                 "needle_token_accuracy_by_length": _num(n.get("token_accuracy_by_length", {})),
                 "passkey_token_accuracy_by_length": _num(p.get("token_accuracy_by_length", {})),
                 "needle_grid": {int(L): {float(d): float(x) for d, x in ds.items()} for L, ds in n.get("grid", {}).items()},
+                "needle_by_lang": {lang: float(x) for lang, x in n.get("by_lang", {}).items()},
                 "train_length": s.get("meta", {}).get("train_length"),
             }
     def order(name: str):  # base + naive, NTK by factor, other RoPE variants, Long-PT, ablations
@@ -134,7 +135,12 @@ def markdown(variants: dict[str, dict], thresholds: list[dict]) -> str:
     tokacc = "".join(table(f"{t.capitalize()} token accuracy (%, forced: answer tokens right under teacher forcing)",
                            f"{t}_token_accuracy_by_length", 100)
                      for t in ("passkey", "needle") if any(v.get(f"{t}_token_accuracy_by_length") for v in variants.values()))
-    return (table("Needle score (0-100) by length (model tokens)", "needle_mean_by_length")
+    langs = sorted({lang for v in variants.values() for lang in v.get("needle_by_lang", {})})
+    by_lang = ("## Needle score by language (mean over lengths)\n\n| variant | " + " | ".join(langs) + " |\n|---|"
+               + "---|" * len(langs) + "\n" + "".join(
+                   f"| {k} | " + " | ".join(fmt(v["needle_by_lang"].get(lang)) for lang in langs) + " |\n"
+                   for k, v in variants.items()) + "\n") if langs else ""
+    return (table("Needle score (0-100) by length (model tokens)", "needle_mean_by_length") + by_lang
             + table("Passkey accuracy (%) by length", "passkey_accuracy_by_length", 100) + tokacc
             + table("Perplexity by length", "ppl_by_length") + f"## Pre-registered thresholds\n\n{th}")
 
@@ -241,7 +247,7 @@ def write_report(eval_dir: Path, out: Path, *, publish_to: Path | None = None) -
         "lengths": _lengths(variants),
         "variants": {k: {f: ({str(L): round(x, 4) for L, x in v[f].items()} if isinstance(v[f], dict) else v[f])
                          for f in ("model", "rope", "needle_mean_by_length", "passkey_accuracy_by_length", "ppl_by_length",
-                                   "needle_token_accuracy_by_length", "passkey_token_accuracy_by_length")}
+                                   "needle_token_accuracy_by_length", "passkey_token_accuracy_by_length", "needle_by_lang")}
                      for k, v in variants.items()},
         "thresholds": thresholds,
     }
