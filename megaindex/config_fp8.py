@@ -3,7 +3,8 @@
 Owns the rules for `train.fp8`, `train.fp8_recipe`, `train.fp8_dot_product_attention` and
 `train.num_layers_at_{start,end}_in_bf16`: `fp8_errors(cfg)` (the config alone; Config.validate runs
 it) and `fp8_device_errors(...)` (what one GPU and the launch environment add; model/build.py runs it
-before building on a GPU). Each rule cites where the library refuses or silently ignores the
+before building on a GPU), and `without_fp8(train)` (every FP8 field off: what the evaluation and the
+converters' parity check run a checkpoint with). Each rule cites where the library refuses or silently ignores the
 combination, so a run fails at validation with the field to change instead of deep inside TE
 ("No dot product attention backend is available") or, worse, running bf16 while claiming FP8.
 
@@ -33,11 +34,12 @@ The attention rules, read in TE 2.20 (main at 2.20.0.dev0, d0067d0) and megatron
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from megaindex.config import Config
+    from megaindex.config import Config, TrainConfig
 
 ATTN = "train.fp8_dot_product_attention"
 DPA_RECIPE_ENV = "NVTE_DPA_FP8_RECIPE"  # TE: the recipe attention uses when it differs from the GEMMs'
@@ -118,12 +120,21 @@ def fp8_device_errors(cfg: Config, capability: tuple[int, int], env: Mapping[str
             errors.append(f"{ATTN}=true but {DPA_RECIPE_ENV}=F16 in the environment turns FP8 attention off; unset one of them.")
         elif env.get("NVTE_FUSED_ATTN", "1") == "0":
             errors.append(f"{ATTN}=true but NVTE_FUSED_ATTN=0: cuDNN fused attention is the only FP8 attention kernel for training.")
+        elif capability < (10, 0) and dpa_recipe and dpa_recipe != "DelayedScaling":
+            errors.append(f"{ATTN}=true with {DPA_RECIPE_ENV}={dpa_recipe}: TE's FP8 attention runs delayed scaling only "
+                          f"below sm100 ({gpu}); set {DPA_RECIPE_ENV}=DelayedScaling or unset it.")
         elif capability < (10, 0) and t.fp8_recipe == "tensorwise" and dpa_recipe != "DelayedScaling":
             errors.append(
                 f"{ATTN}=true with train.fp8_recipe=tensorwise: TE has no FP8 current-scaling attention below sm100 ({gpu}). "
                 f"Launch with {DPA_RECIPE_ENV}=DelayedScaling (attention in delayed scaling, GEMMs tensorwise) or use "
                 f"train.fp8_recipe=delayed.")
     return errors
+
+
+def without_fp8(train: TrainConfig) -> TrainConfig:
+    """`train` with FP8 off and the FP8-only fields reset, which validation refuses without train.fp8."""
+    return dataclasses.replace(train, fp8=None, fp8_dot_product_attention=False,
+                               num_layers_at_start_in_bf16=0, num_layers_at_end_in_bf16=0)
 
 
 def _version(text: str) -> tuple[int, ...]:

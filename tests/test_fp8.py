@@ -90,6 +90,9 @@ def test_device_rules_for_hopper_and_blackwell():
     assert fp8_device_errors(tensorwise_attn, h100, {"NVTE_DPA_FP8_RECIPE": "DelayedScaling"}) == []
     assert fp8_device_errors(tensorwise_attn, b200, {}) == []
     assert "turns FP8 attention off" in fp8_device_errors(attn, h100, {"NVTE_DPA_FP8_RECIPE": "F16"})[0]
+    [msg] = fp8_device_errors(attn, h100, {"NVTE_DPA_FP8_RECIPE": "Float8CurrentScaling"})
+    assert "delayed scaling only below sm100" in msg and "NVTE_DPA_FP8_RECIPE=DelayedScaling" in msg
+    assert fp8_device_errors(attn, b200, {"NVTE_DPA_FP8_RECIPE": "Float8CurrentScaling"}) == []
     assert "NVTE_FUSED_ATTN=0" in fp8_device_errors(attn, h100, {"NVTE_FUSED_ATTN": "0"})[0]
     mx = cfg_with("train.fp8=e4m3", "train.fp8_recipe=mxfp8")
     assert "mxfp8 needs Blackwell" in fp8_device_errors(mx, h100, {})[0]

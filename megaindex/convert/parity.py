@@ -33,12 +33,13 @@ def single_process_config(cfg, *, impl: str = "local", precision: str = "fp32"):
     """A copy of `cfg` for one process (TP=PP=CP=1), with the module layout and precision of the
     check and no recompute or FP8; `cfg` itself is left as loaded."""
     from megaindex.config import ParallelConfig
+    from megaindex.config_fp8 import without_fp8
 
     return dataclasses.replace(
         cfg,
         parallel=ParallelConfig(sequence_parallel=False),
         model=dataclasses.replace(cfg.model, transformer_impl=impl),
-        train=dataclasses.replace(cfg.train, precision=precision, recompute_granularity=None, fp8=None),
+        train=dataclasses.replace(without_fp8(cfg.train), precision=precision, recompute_granularity=None),
     )
 
 

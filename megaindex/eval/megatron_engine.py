@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from megaindex.config_fp8 import without_fp8
 from megaindex.data.tokenizer import EOS, IndexTokenizer
 from megaindex.eval import EvalError
 from megaindex.eval.engine import Forced, LengthLimit, forced_from_argmax, open_tokenizer
@@ -46,9 +47,7 @@ def eval_config(cfg, cp: int):
     if p.cp_comm_type == "a2a+p2p":
         p.cp_comm_type = "p2p"
     cfg.train.recompute_granularity = None
-    cfg.train.fp8 = None  # and the FP8-only fields, which validate() refuses without it
-    cfg.train.fp8_dot_product_attention = False
-    cfg.train.num_layers_at_start_in_bf16 = cfg.train.num_layers_at_end_in_bf16 = 0
+    cfg.train = without_fp8(cfg.train)
     cfg.data.seq_length = 2 * cp
     cfg.data.micro_batch_size = 1
     cfg.data.global_batch_tokens = 2 * cp
