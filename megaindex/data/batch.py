@@ -13,6 +13,8 @@ Owns what happens between a dataset sample and the model's input on one GPU:
   * `static_thd_shapes`: the THD metadata with shapes that stay the same from micro-batch to
     micro-batch (zero-length slots appended to cu_seqlens, a run-wide max_seqlen), so Transformer
     Engine selects its attention backend once per run instead of per new shape.
+  * `packed_seq_params` / `thd_params`: TE's THD attention parameters of a micro-batch (from a host
+    batch) / of cu_seqlens already where they will be used (the CUDA-graph step's static buffers).
 """
 
 from __future__ import annotations
@@ -161,7 +163,13 @@ def packed_seq_params(batch: dict, device: torch.device | None = None, static_ma
         cu_pad = cu if share else cu_pad.to(device, non_blocking=True)
     if share:
         cu_pad = cu  # same object: TE keeps flash attention eligible (padded != real forces cuDNN)
+    return thd_params(cu, cu_pad, max_len)
+
+
+def thd_params(cu_seqlens: torch.Tensor, cu_seqlens_padded: torch.Tensor, max_seqlen: int) -> PackedSeqParams:
+    """Self-attention PackedSeqParams of one THD row (queries and keys share the boundaries); whether
+    `cu_seqlens_padded` is the same object as `cu_seqlens` is the caller's choice (see above)."""
     return PackedSeqParams(
-        qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu_pad,
-        cu_seqlens_kv_padded=cu_pad, max_seqlen_q=max_len, max_seqlen_kv=max_len,
+        qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens, cu_seqlens_q_padded=cu_seqlens_padded,
+        cu_seqlens_kv_padded=cu_seqlens_padded, max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen,
     )

@@ -21,10 +21,8 @@ from functools import partial
 
 import torch
 
-from megatron.core.packed_seq_params import PackedSeqParams
-
 from megaindex.data.batch import document_stats as packed_document_stats
-from megaindex.data.batch import packed_seq_params, slice_batch_for_cp_rank, unpack_rows
+from megaindex.data.batch import packed_seq_params, slice_batch_for_cp_rank, thd_params, unpack_rows
 from megaindex.distributed import ParallelLayout
 
 LOSS_KEY = "lm loss"  # [loss sum, count] of the micro-batch
@@ -108,9 +106,8 @@ def make_static_forward_step(max_seqlen: int):
     (computed on the host before the step); the logs carry LOSS_KEY only."""
     def forward_step(data_iterator, model):
         b = next(data_iterator)
-        cu, cu_pad = b["cu_seqlens"], b["cu_seqlens_padded"]  # two tensors: TE's pad_between_seqs stays fixed
-        psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu_pad,
-                              cu_seqlens_kv_padded=cu_pad, max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
+        # two tensors, never one object: TE's pad_between_seqs stays fixed
+        psp = thd_params(b["cu_seqlens"], b["cu_seqlens_padded"], max_seqlen)
         output = model(b["tokens"], None, None, labels=b["labels"], packed_seq_params=psp)
         return output, partial(loss_func, b["loss_mask"], b["count"], {})
 
