@@ -55,3 +55,23 @@ def test_digits_are_pieces_of_their_own_and_passkey_answers_match_the_info_line(
     old = [PasskeyPrompts(merged).sample(length=256, depth=d, repeat=r) for d in (0, 50, 100) for r in range(20)]
     assert not all(_key_tokens_match(merged, s) for s in old)
     assert any(re.fullmatch(r"[0-9]{2,}|[0-9]\.", merged.sp.id_to_piece(i)) for i in range(merged.sp.get_piece_size()))
+
+
+def test_character_coverage_decides_which_characters_fall_back_to_bytes(tmp_path):
+    """--character-coverage 1.0 gives every character of the training text a piece of its own; the
+    default (0.9995) leaves the corpus's rarest characters (here: its rarer CJK ones) to byte fallback."""
+    import json
+    from collections import Counter
+
+    text = "".join(json.loads(line)["text"] for line in CORPUS.open(encoding="utf-8"))
+    rare = [c for c, n in Counter(text).items() if n <= 2 and "\u4e00" <= c <= "\u9fff"]
+    assert rare, "the fixture corpus has rare CJK characters"
+
+    def byte_share(tok: IndexTokenizer) -> float:
+        ids = tok.sp.encode("".join(rare))
+        return sum(tok.sp.is_byte(i) for i in ids) / len(ids)
+
+    full = _train(tmp_path / "full.model", "--character-coverage", "1.0")
+    default = _train(tmp_path / "default.model")
+    assert byte_share(full) == 0.0
+    assert byte_share(default) > 0.5

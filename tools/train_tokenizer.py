@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab-size", type=int, default=8000, help="8000 for the tiny presets")
     ap.add_argument("--no-split-digits", dest="split_digits", action="store_false",
                     help="let BPE merge digits with each other and with punctuation (the default splits them)")
+    ap.add_argument("--character-coverage", type=float, default=0.9995,
+                    help="share of the corpus's characters that get their own piece (the rest fall back to bytes): "
+                         "SentencePiece's 0.9995 suits one language; a corpus with a small share of CJK text needs "
+                         "more (0.9999) or its rarer CJK characters become 3 byte tokens each")
     ap.add_argument("--max-sentences", type=int, default=2_000_000, help="sample at most this many lines")
     args = ap.parse_args(argv)
 
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             model_prefix=str(Path(tmp) / "sp"),
             model_type="bpe",
             vocab_size=args.vocab_size,
-            character_coverage=0.9995,
+            character_coverage=args.character_coverage,
             normalization_rule_name="identity",  # exact round trips (decode checks in tests)
             remove_extra_whitespaces=False,  # keep code indentation and blank lines
             byte_fallback=True,

@@ -8,7 +8,7 @@ with every RoPE variant, longpt/ for stage 1, ablation_*/ for the ablations) and
                             retrieval that exact match hides); the thresholds, each met or missed
   results.md                the same as tables, plus the thresholds
   heatmaps.png              needle heatmaps side by side: base + naive, base + Dynamic NTK, Long-PT
-  score_vs_length.png       needle score vs length, one line per variant
+  score_vs_length.png       needle score and passkey accuracy vs length, one line per variant
   probe.png                 training curves of stage 0 and stage 1 (WORK/stage*/metrics.jsonl, when
                             present): loss, and the in-training probe's exact score and token accuracy
 With publish_to (benchmarks/), replication_summary.json and the PNGs are copied there as
@@ -175,17 +175,21 @@ def plots(variants: dict[str, dict], out: Path) -> list[Path]:
     heat = out / "heatmaps.png"
     fig.savefig(heat, dpi=80, bbox_inches="tight")
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for name, v in variants.items():
-        xs = sorted(v["needle_mean_by_length"])
-        ax.plot(xs, [v["needle_mean_by_length"][L] for L in xs], marker="o", label=name,
-                linewidth=2.5 if name == "longpt" else 1.2)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("length (model tokens)")
-    ax.set_ylabel("needle score")
-    ax.set_ylim(-2, 102)
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colours = plt.get_cmap("tab20").colors
+    for ax, field, label, scale in ((axes[0], "needle_mean_by_length", "needle score", 1.0),
+                                    (axes[1], "passkey_accuracy_by_length", "passkey accuracy (%)", 100.0)):
+        for i, (name, v) in enumerate(variants.items()):
+            xs = sorted(v[field])
+            ax.plot(xs, [scale * v[field][L] for L in xs], marker="o", markersize=3, label=name, color=colours[i % 20],
+                    linestyle="--" if name.startswith("ablation") else "-",
+                    linewidth=2.5 if name == "longpt" else 1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("length (model tokens)")
+        ax.set_ylabel(label)
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     line = out / "score_vs_length.png"
     fig.savefig(line, dpi=80, bbox_inches="tight")
     plt.close(fig)
