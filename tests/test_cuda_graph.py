@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from megaindex.config import ConfigError, load_config
-from megaindex.data.batch import collate, static_thd_shapes, thd_slots
+from megaindex.data.batch import collate, pad_thd_slots, static_thd_shapes, thd_slots
 from megaindex.data.packing import Piece, pack_pieces
 from megaindex.data.sampler import build_dataloader
-from megaindex.data.step_batch import collate_step, pad_slots
+from megaindex.data.step_batch import collate_step
 from megaindex.training import cuda_graph
 from megaindex.training.cuda_graph import BUFFER_KEYS, FullIterationGraph, check_runtime
 from megaindex.training.loss import DOC_SQ_KEY, LOSS_KEY, REAL_TOKENS_KEY, batch_count, document_stats
@@ -79,12 +79,12 @@ def test_step_batch_errors_and_padding_to_another_ranks_slots(batch):  # noqa: F
         collate_step(samples, micro_batch_size=1, max_seqlen=8, longalign=False)
     step = collate_step(samples, micro_batch_size=1, max_seqlen=S, longalign=False)
     assert step["cu_seqlens"].shape == (2, 33)  # each row <= 32 conversations
-    wide = pad_slots(step, 128)  # what a DP rank whose step needs 128 slots makes every rank replay
+    wide = pad_thd_slots(step, 128)  # what a DP rank whose step needs 128 slots makes every rank replay
     assert wide["cu_seqlens"].shape == (2, 129) and torch.equal(wide["cu_seqlens"][:, :33], step["cu_seqlens"])
     assert (wide["cu_seqlens"][:, 33:] == step["cu_seqlens"][:, -1:]).all()
     assert (wide["cu_seqlens_padded"][:, 33:] == S).all() and wide["tokens"] is step["tokens"]
     with pytest.raises(ValueError, match="already has 128 THD slots, more than 64"):
-        pad_slots(wide, 64)
+        pad_thd_slots(wide, 64)
 
 
 def test_step_loader_reads_the_micro_batch_loaders_samples_in_order(batch):  # noqa: F811

@@ -110,7 +110,7 @@ if __name__ == "__main__":  # run by torchrun: TP=2, rank 0 loads a batch, rank 
 
 
 def test_static_thd_shapes_keep_the_layout_and_fix_the_shapes(batch):
-    from megaindex.data.batch import MIN_THD_SLOTS, static_thd_shapes
+    from megaindex.data.batch import MIN_THD_SLOTS, pad_thd_slots, static_thd_shapes
 
     _, b = batch
     few = dict(b, cu_seqlens=b["cu_seqlens"][:3].clone(), cu_seqlens_padded=torch.tensor([0, S, 2 * S], dtype=torch.int32))
@@ -132,6 +132,8 @@ def test_static_thd_shapes_keep_the_layout_and_fix_the_shapes(batch):
     assert len(static_thd_shapes(dict(b, cu_seqlens=more, cu_seqlens_padded=more), S)["cu_seqlens"]) == 257
     with pytest.raises(ValueError, match="longer than the static max_seqlen"):
         static_thd_shapes(few, S - 1)
+    with pytest.raises(ValueError, match=f"cu_seqlens already has {len(b['cu_seqlens']) - 1} THD slots, more than 32"):
+        pad_thd_slots(b, 32)  # the one padder never drops sequences
 
 
 def test_thd_partition_indices_equal_the_per_document_rule():

@@ -12,7 +12,8 @@ Owns what happens between a dataset sample and the model's input on one GPU:
     compute on the same tokens), the way Megatron-LM's get_batch does.
   * `static_thd_shapes`: the THD metadata with shapes that stay the same from micro-batch to
     micro-batch (zero-length slots appended to cu_seqlens, a run-wide max_seqlen), so Transformer
-    Engine selects its attention backend once per run instead of per new shape.
+    Engine selects its attention backend once per run instead of per new shape; `pad_thd_slots` is
+    the one padder of cu_seqlens (a micro-batch's, or a CUDA-graph step's stacked rows).
   * `packed_seq_params` / `thd_params`: TE's THD attention parameters of a micro-batch (from a host
     batch) / of cu_seqlens already where they will be used (the CUDA-graph step's static buffers).
 """
@@ -25,6 +26,7 @@ from megatron.core.packed_seq_params import PackedSeqParams
 from megaindex.cp_layout import thd_partition_indices
 
 TOKEN_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+THD_KEYS = ("cu_seqlens", "cu_seqlens_padded")
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -70,23 +72,40 @@ def static_thd_shapes(batch: dict[str, torch.Tensor], max_seqlen: int, min_slots
 
     Transformer Engine re-runs its attention backend selection whenever (sequence count, max_seqlen)
     differs from the previous call, i.e. on most micro-batches of packed rows of varying documents.
-    Here cu_seqlens and cu_seqlens_padded get trailing zero-length sequences (the last offset
-    repeated) up to `thd_slots` entries, and max_seqlen becomes `max_seqlen`, a run-wide upper bound
+    Here cu_seqlens and cu_seqlens_padded get trailing zero-length sequences (`pad_thd_slots`) up to
+    `thd_slots` entries, and max_seqlen becomes `max_seqlen`, a run-wide upper bound
     (data.seq_length: no piece crosses a sample), which is all TE's attention and fused THD RoPE need.
     Attention is unchanged: a zero-length sequence has no tokens. The price is GPU time in TE's THD
     RoPE, whose grid is slots x max_seqlen (see benchmarks/RESULTS_microbatch.md). Not for megatron's
     unfused THD RoPE (CPU), which reads a freqs table as long as the row as absolute positions.
     """
-    cu, cu_pad = batch["cu_seqlens"], batch["cu_seqlens_padded"]
-    real_max = int((cu_pad[1:] - cu_pad[:-1]).max())
-    if real_max > max_seqlen:
-        raise ValueError(f"a packed piece of {real_max} tokens is longer than the static max_seqlen {max_seqlen}")
-    extra = thd_slots(len(cu) - 1, min_slots) - (len(cu) - 1)
-    out = dict(batch)
-    out["cu_seqlens"] = torch.cat([cu, cu[-1:].expand(extra)])
-    out["cu_seqlens_padded"] = torch.cat([cu_pad, cu_pad[-1:].expand(extra)])
+    check_static_max_seqlen(batch["cu_seqlens_padded"], max_seqlen)
+    out = pad_thd_slots(batch, thd_slots(len(batch["cu_seqlens"]) - 1, min_slots))
     out["max_seqlen"] = torch.tensor(max_seqlen, dtype=torch.int32)
     return out
+
+
+def pad_thd_slots(batch: dict[str, torch.Tensor], slots: int) -> dict[str, torch.Tensor]:
+    """`batch` (a new dict; the tensors it does not pad are shared) with cu_seqlens and cu_seqlens_padded
+    [..., n+1] - one micro-batch's, or a step's rows stacked [N, n+1] - followed by zero-length
+    sequences (copies of each row's last offset) up to `slots` sequences: the one padder of THD
+    metadata, for static shapes (above), a CUDA-graph step (data/step_batch.py) and a DP rank whose
+    step needs fewer slots than another's (training/cuda_graph.py)."""
+    have = batch["cu_seqlens"].shape[-1] - 1
+    if slots < have:
+        raise ValueError(f"cu_seqlens already has {have} THD slots, more than {slots}")
+    out = dict(batch)
+    for k in THD_KEYS:
+        cu = batch[k]
+        out[k] = torch.cat([cu, cu[..., -1:].expand(*cu.shape[:-1], slots - have)], dim=-1)
+    return out
+
+
+def check_static_max_seqlen(cu_seqlens_padded: torch.Tensor, max_seqlen: int) -> None:
+    """Refuse a packed piece (of any row of `cu_seqlens_padded` [..., n+1]) longer than the static `max_seqlen`."""
+    longest = int(cu_seqlens_padded.diff(dim=-1).max())
+    if longest > max_seqlen:
+        raise ValueError(f"a packed piece of {longest} tokens is longer than the static max_seqlen {max_seqlen}")
 
 
 def slice_batch_for_cp_rank(batch: dict[str, torch.Tensor], cp_size: int, cp_rank: int) -> dict[str, torch.Tensor]:

@@ -1,14 +1,14 @@
 """A whole training step's micro-batches as one stacked batch: what a CUDA-graph step reads.
 
 Owns `collate_step`, the collate function of the step loader that `train.cuda_graph_impl=full_iteration`
-uses (data/sampler.py `build_dataloader(microbatches_per_item=N)`), and `pad_slots`. A graphed step
-needs all its micro-batches before it can queue the replay (training/cuda_graph.py), so the loader
-hands over one item per step instead of one per micro-batch:
+uses (data/sampler.py `build_dataloader(microbatches_per_item=N)`; the THD padding is data/batch.py's
+`pad_thd_slots`). A graphed step needs all its micro-batches before it can queue the replay
+(training/cuda_graph.py), so the loader hands over one item per step instead of one per micro-batch:
 
   tokens, labels        int64   [N, B*S]    micro-batch i = data/batch.collate of its B samples
   loss_mask             float32 [N, B*S]
   cu_seqlens            int32   [N, slots+1] each row padded with zero-length sequences (its last
-  cu_seqlens_padded     int32   [N, slots+1] offset repeated) to the step's slot count (batch.thd_slots)
+  cu_seqlens_padded     int32   [N, slots+1] offset repeated: batch.pad_thd_slots) to the step's slot count (batch.thd_slots)
   count                 int32   [N]         the loss normaliser (training/loss.py batch_count)
   doc_sq_sum            int64   [N]         sum of squared real document lengths } data/batch.py
   real_tokens           int64   [N]         tokens that are not padding          } document_stats
@@ -25,22 +25,13 @@ in the worker, so the trainer process only copies the step into its static buffe
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from megaindex.data.batch import MIN_THD_SLOTS, collate, document_stats, thd_slots
+from megaindex.data.batch import (MIN_THD_SLOTS, THD_KEYS, check_static_max_seqlen, collate, document_stats,
+                                  pad_thd_slots, thd_slots)
 
 TOKEN_KEYS = ("tokens", "labels", "loss_mask")
-THD_KEYS = ("cu_seqlens", "cu_seqlens_padded")
 STAT_KEYS = ("count", "doc_sq_sum", "real_tokens")
-
-
-def _pad_rows(rows: list[np.ndarray], width: int) -> np.ndarray:
-    """[len(rows), width]: each row followed by copies of its last entry (one gather, no row loop)."""
-    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    idx = starts[:, None] + np.minimum(np.arange(width)[None, :], lens[:, None] - 1)
-    return np.concatenate(rows)[idx]
 
 
 def collate_step(samples: list[dict[str, torch.Tensor]], *, micro_batch_size: int, max_seqlen: int, longalign: bool,
@@ -52,30 +43,14 @@ def collate_step(samples: list[dict[str, torch.Tensor]], *, micro_batch_size: in
     if not samples or len(samples) % b:
         raise ValueError(f"a step needs a positive multiple of micro_batch_size {b} samples, got {len(samples)}")
     batches = [collate(samples[i:i + b]) for i in range(0, len(samples), b)]  # the eager path's collate
-    out = {k: torch.cat([x[k] for x in batches]) for k in TOKEN_KEYS}  # [N, B*S]
-    cu = [x["cu_seqlens"].numpy() for x in batches]
-    cu_pad = [x["cu_seqlens_padded"].numpy() for x in batches]
-    slots = max(thd_slots(len(c) - 1, min_slots) for c in cu)
-    cu, cu_pad = _pad_rows(cu, slots + 1), _pad_rows(cu_pad, slots + 1)
-    longest = int(np.diff(cu_pad, axis=1).max())
-    if longest > max_seqlen:
-        raise ValueError(f"a packed piece of {longest} tokens is longer than the static max_seqlen {max_seqlen}")
-    out["cu_seqlens"], out["cu_seqlens_padded"] = torch.from_numpy(cu), torch.from_numpy(cu_pad)
+    slots = max(thd_slots(len(x["cu_seqlens"]) - 1, min_slots) for x in batches)
+    batches = [pad_thd_slots(x, slots) for x in batches]
+    out = {k: torch.stack([x[k] for x in batches]) if k in THD_KEYS else torch.cat([x[k] for x in batches])
+           for k in (*TOKEN_KEYS, *THD_KEYS)}  # tokens [N, B*S], cu_seqlens [N, slots+1]
+    check_static_max_seqlen(out["cu_seqlens_padded"], max_seqlen)
     if longalign:
         out["count"] = torch.stack([x["num_sequences"] for x in batches]).to(torch.int32)
     else:
         out["count"] = out["loss_mask"].ne(0).sum(1, dtype=torch.int32)
     out["doc_sq_sum"], out["real_tokens"] = document_stats(out["cu_seqlens"])
-    return out
-
-
-def pad_slots(step: dict[str, torch.Tensor], slots: int) -> dict[str, torch.Tensor]:
-    """`step` with its THD metadata padded to `slots` (>= its own) sequences: what another DP rank's
-    larger step needs, since all ranks replay one graph shape together."""
-    extra = slots + 1 - step["cu_seqlens"].shape[1]
-    if extra < 0:
-        raise ValueError(f"the step already has {step['cu_seqlens'].shape[1] - 1} THD slots, more than {slots}")
-    out = dict(step)
-    for k in THD_KEYS:
-        out[k] = torch.cat([step[k], step[k][:, -1:].expand(-1, extra)], dim=1)
     return out

@@ -44,7 +44,8 @@ import torch
 import torch.distributed as dist
 
 from megaindex.config import Config, ConfigError
-from megaindex.data.step_batch import THD_KEYS, TOKEN_KEYS, pad_slots
+from megaindex.data.batch import THD_KEYS, pad_thd_slots
+from megaindex.data.step_batch import TOKEN_KEYS
 from megaindex.training.loss import DOC_SQ_KEY, LOSS_KEY, REAL_TOKENS_KEY
 
 # The tensors of one micro-batch that live in the static buffers (make_static_forward_step's inputs).
@@ -141,7 +142,7 @@ class FullIterationGraph:
         own = step["cu_seqlens"].shape[1] - 1
         slots = self._agree(own)
         if slots != own:
-            step = pad_slots(step, slots)
+            step = pad_thd_slots(step, slots)
         key = (slots, num_microbatches)
         shape = self.shapes.get(key)
         if shape is None:
