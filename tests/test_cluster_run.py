@@ -92,6 +92,52 @@ def test_blend_tokens_wsd_milestones_timers_profile(tmp_path):
     assert list(np.bincount(src, minlength=3)) == [20, 12, 8]
 
 
+def test_phase_timers_ranges_feed_one_phase_and_nested_data_wait_counts_once(monkeypatch):
+    """PhaseTimers.time, the trainer's one timing mechanism: the data wait inside the forward-backward
+    counts as data wait only; two profiler ranges (reduce_loss, optimizer) feed optimizer_s side by
+    side, not nested; a block that raises still counts. A fake clock makes the seconds exact."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from megaindex.training import tracking
+
+    now, ranges = [0.0], []
+    monkeypatch.setattr(tracking, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    @contextmanager
+    def annotate(name):
+        ranges.append("+" + name)
+        try:
+            yield
+        finally:
+            ranges.append("-" + name)
+
+    monkeypatch.setattr(tracking, "annotate", annotate)
+
+    def wait(seconds):
+        now[0] += seconds
+        yield "batch"
+
+    timers = tracking.PhaseTimers()
+    with timers.time("forward_backward_s", exclude="data_wait_s"):
+        now[0] += 2.0
+        assert next(tracking.TimedIterator(wait(5.0), timers)) == "batch"
+        now[0] += 1.0
+    with timers.time("optimizer_s", trace_range="reduce_loss"):
+        now[0] += 0.25
+    try:
+        with timers.time("optimizer_s"):
+            now[0] += 0.5
+            raise ValueError
+    except ValueError:
+        pass
+    assert timers.pop() == {"data_wait_s": 5.0, "forward_backward_s": 3.0, "optimizer_s": 0.75, "eval_s": 0.0,
+                            "checkpoint_s": 0.0}
+    assert ranges == ["+forward_backward", "+data_wait", "-data_wait", "-forward_backward",
+                      "+reduce_loss", "-reduce_loss", "+optimizer", "-optimizer"]
+    assert timers.pop()["optimizer_s"] == 0.0  # pop clears
+
+
 def test_every_launch_keeps_its_config(tmp_path):
     from megaindex.config import load_config
     from megaindex.training.tracking import save_launch_config

@@ -36,7 +36,6 @@ from megaindex.training.nan_guard import NanGuard, NonFiniteStop  # noqa: F401 (
 from megaindex.training.optimizer import build_optimizer, build_scheduler
 from megaindex.training.preemption import PreemptionWatcher
 from megaindex.training.run_length import resolve_after_data, resolve_before_data, steps_in_data
-from megaindex.trace_ranges import annotate
 from megaindex.training.tracking import PhaseTimers, ProfilerWindow, TimedIterator, build_tracker, save_launch_config
 
 
@@ -248,21 +247,20 @@ class Trainer:
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        wait0, t0 = self.timers.t.get("data_wait_s", 0.0), time.perf_counter()
-        try:
-            with annotate("forward_backward"):
+        try:  # the data wait inside (TimedIterator) is its own phase
+            with self.timers.time("forward_backward_s", exclude="data_wait_s"):
                 if self.graph is not None:
                     losses = self.graph(self.train_iters, self.num_microbatches)
                 else:
                     losses = self._run(self.train_iters, self.num_microbatches, forward_only=False)
         except StopIteration:  # the loop checks data_end_step first; this is a guard
             raise DataExhausted(f"the training data ran out inside step {self.progress.step + 1}") from None
-        self.timers.add("forward_backward_s", time.perf_counter() - t0 - (self.timers.t.get("data_wait_s", 0.0) - wait0))
-        t0 = time.perf_counter()
-        with annotate("reduce_loss"):
+        # optimizer_s = the loss reduction (its .item() waits for the forward-backward's queued GPU
+        # work) + the optimizer, each in its own profiler range (benchmarks/step_profile.py names them)
+        with self.timers.time("optimizer_s", trace_range="reduce_loss"):
             loss, doc_sq_sum, real_tokens = self._reduce_loss(losses)
         grad_norm = None
-        with annotate("optimizer"):
+        with self.timers.time("optimizer_s"):
             if math.isfinite(loss):
                 self.optimizer.prepare_grads()
                 grad_norm = float(self.optimizer.get_grad_norm())
@@ -272,7 +270,6 @@ class Trainer:
                 grad_norm = float(grad_norm)  # a 0-d tensor on GPU
                 if ok:
                     self.scheduler.step(increment=1)
-        self.timers.add("optimizer_s", time.perf_counter() - t0)
         self.progress.step += 1
         self.progress.consumed_samples += self.cfg.data.global_batch_size
         if not finite:
