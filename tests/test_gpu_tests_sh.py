@@ -1,0 +1,45 @@
+"""benchmarks/gpu_tests.sh on CPU, where every gpu test skips: the script collects the gpu-marked
+tests and finds each in one of its groups (a new gpu test must be given a group and a cost estimate
+there), runs a group as one verbose pytest under a time limit, reports the skips, and writes the log,
+junit XML and summary to $OUT; a wrong group name is one line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+
+from conftest import REPO
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU node the group would really run (use the script there)")
+def test_gpu_tests_script_lists_every_gpu_test_and_reports_skips(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO), "OUT": str(tmp_path / "out")}
+    bad = subprocess.run(["bash", "benchmarks/gpu_tests.sh"], cwd=REPO, env={**env, "ONLY": "te_kernels bogus"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("ONLY: unknown group 'bogus'; the groups are: te_kernels model")
+    assert bad.stderr.count("\n") == 1
+
+    r = subprocess.run(["bash", "benchmarks/gpu_tests.sh"], cwd=REPO, env={**env, "ONLY": "te_kernels"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert summary in r.stdout
+    # every gpu-marked test of the suite is in a group (30+ today), none listed that does not exist
+    assert re.search(r"collect: (\d+) gpu tests collected; every one is in a group\n", summary), summary
+    assert int(re.search(r"(\d+) gpu tests", summary)[1]) >= 30 and "stale" not in summary
+    assert re.search(r"  te_kernels: ok in \d+ s \(2 skipped in [\d.]+s\)", summary), summary
+    assert "skipped:\n  2 x needs a CUDA GPU (run on the GPU node)\n" in summary and "not run" not in summary
+    log = (tmp_path / "out" / "gpu_tests.log").read_text()
+    assert "tests/test_data_batch.py::test_cp_slices_match_transformer_engine SKIPPED" in log
+    assert "slowest durations" in log and "test_tp_broadcast" not in log  # -m gpu: the file's CPU tests stay out
+    suites = ET.parse(tmp_path / "out" / "junit.xml").getroot().findall("testsuite")
+    assert [s.get("name") for s in suites] == ["te_kernels"]
+    cases = suites[0].findall("testcase")
+    assert [c.get("name") for c in cases] == ["test_cp_slices_match_transformer_engine", "test_doctor_sees_transformer_engine"]
+    assert all(c.find("skipped") is not None for c in cases)
