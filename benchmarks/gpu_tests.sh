@@ -155,7 +155,9 @@ for row in "${selected[@]}"; do
   tail -n +"$((mark + 1))" "$LOG" > "$WORK/$name.log"
   counts=$(grep -E '^=+ .* in [0-9.]+s' "$WORK/$name.log" | tail -1 | sed -E 's/^=+ //; s/ =+$//')
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    running=$(grep -E '^tests/.*::' "$WORK/$name.log" | grep -vE ' (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)' | tail -1 | awk '{print $1}')
+    # the last test that started and has no result yet (a faulthandler dump puts its result on a later line)
+    running=$(awk '/^tests\/.*::/ {cur = $1; done = / (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)/; next}
+                   /^ *(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)/ {done = 1} END {if (cur != "" && !done) print cur}' "$WORK/$name.log")
     status+=("$name: TIMEOUT after ${limit} s; running: ${running:-none (still collecting)}; ${counts:-no pytest summary}")
     echo "$name|$limit|${running:-collection}" >> "$WORK/timeouts.txt"
     failed=1
