@@ -7,6 +7,7 @@ import random
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,8 @@ def test_answers_match_the_stated_facts(docs):
 def test_mix_of_languages_haystacks_and_values(docs):
     share = lambda key, val: sum(d[key] == val for d in docs) / len(docs)  # noqa: E731
     assert 0.1 < share("lang", "zh") < 0.32 and 0.18 < share("haystack", "repetitive") < 0.42
-    assert 0.45 < share("kind", "open") < 0.75 and 0.12 < share("kind", "number") < 0.38  # v4: 60% / 25%
+    assert 0.32 < share("kind", "open") < 0.58 and 0.12 < share("kind", "number") < 0.38  # v5: 45% / 25%
+    assert 0.07 < share("kind", "random") < 0.25  # v5: 15%
     assert 0.08 < share("kind", "phrase") + share("kind", "word") < 0.25  # the tables' 15%
     zh_prose = [d for d in docs if d["lang"] == "zh" and d["haystack"] == "prose"]
     assert zh_prose and all(re.search(r"[\u4e00-\u9fff]", d["text"]) for d in zh_prose)
@@ -313,7 +315,7 @@ def test_every_answer_restates_a_fact_stated_verbatim_before_its_question(tok):
 
     gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), RetrievalDocConfig(max_tokens=384, min_tokens=64, seed=12))
     docs = [gen.document(i) for i in range(300)]
-    assert {d["kind"] for d in docs} == {"open", "number", "phrase", "word"}
+    assert {d["kind"] for d in docs} == {"open", "random", "number", "phrase", "word"}
     for d in docs:
         body, lines = _statement_lines(d)
         for s, v in d["facts"]:
@@ -332,7 +334,8 @@ def test_every_answer_restates_a_fact_stated_verbatim_before_its_question(tok):
 def test_open_values_are_spans_of_the_filler(tok):
     from megaindex.data.retrieval_subjects import OPEN_VALUE_CHARS, OPEN_VALUE_WORDS
 
-    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), RetrievalDocConfig(max_tokens=256, min_tokens=64, seed=13))
+    cfg = RetrievalDocConfig(max_tokens=256, min_tokens=64, open_value_share=0.6, random_value_share=0, seed=13)
+    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), cfg)  # v4's mix: these 300 documents hold enough open values
     docs = [gen.document(i) for i in range(300)]
     words, chinese = _corpus_words_and_text()
     values = {"en": [], "zh": []}
@@ -354,30 +357,100 @@ def test_open_values_are_spans_of_the_filler(tok):
     assert sum(len(v) >= 4 for v in zh) >= 0.4 * len(zh)
 
 
-def test_open_spans_never_hold_a_needle_word(tok, tmp_path):
-    """Real text can contain a needle's answer ("fresh ginger", "冰糖"): such spans are never a subject or value."""
+def _touches_needle(x: str) -> bool:
+    """x (lowercased) holds an entry of the evaluation's needle word lists, or, for 2+ words / CJK, lies inside one."""
     from megaindex.data import needle_words
 
+    needles = [w.lower() for table in needle_words.WORDS.values() for words in table.values() for w in words]
+    return any(re.search(rf"(^|\W){re.escape(w)}($|\W)", x) or w in x for w in needles) or \
+        any(len(x) >= 2 and x in w and (" " in x or re.search(r"[\u4e00-\u9fff]", x))
+            for w in needles if " " in w or re.search(r"[\u4e00-\u9fff]", w))
+
+
+def test_open_spans_never_hold_a_needle_word(tok, tmp_path):
+    """Real text can contain a needle's answer ("fresh ginger", "冰糖"): such spans are never a subject or value."""
     poisoned = tmp_path / "filler.jsonl"
     en = ("We spent the evening painting the river at sunset with fresh ginger tea and roasted garlic bread. "
           "Old boats rest quietly near the grey harbour wall. ")
     zh = "我们去夜市吃烤鱼，又买了冰糖和红枣，然后泡温泉。老船静静地停在灰色的港口墙边。"
     poisoned.write_text(json.dumps({"text": en * 30}) + "\n" + json.dumps({"text": zh * 30}, ensure_ascii=False) + "\n")
-    cfg = RetrievalDocConfig(max_tokens=256, min_tokens=128, open_value_share=1.0, phrase_value_share=0,
-                             word_value_share=0, open_subject_share=1.0, chinese_share=0.4, seed=14)
-    needles = [w.lower() for table in needle_words.WORDS.values() for words in table.values() for w in words]
-    multi = [w for w in needles if " " in w or re.search(r"[\u4e00-\u9fff]", w)]
+    cfg = RetrievalDocConfig(max_tokens=256, min_tokens=128, open_value_share=1.0, random_value_share=0,
+                             phrase_value_share=0, word_value_share=0, open_subject_share=1.0, chinese_share=0.4, seed=14)
 
     def spans(gen):
         docs = [gen.document(i) for i in range(60)]
         return [x.lower().removeprefix("the ") for d in docs for fact in d["facts"] for x in fact if d["kind"] == "open"]
 
-    def touches(x):
-        return any(re.search(rf"(^|\W){re.escape(w)}($|\W)", x) or w in x for w in needles) or \
-            any(len(x) >= 2 and x in w and (" " in x or re.search(r"[\u4e00-\u9fff]", x)) for w in multi)
-
     got = spans(RetrievalDocGenerator(tok, FillerText([poisoned]), cfg))
-    assert len(got) > 100 and not [x for x in got if touches(x)]
+    assert len(got) > 100 and not [x for x in got if _touches_needle(x)]
     unchecked = RetrievalDocGenerator(tok, FillerText([poisoned]), cfg)
     unchecked._needle_words = {"en": [], "zh": []}  # as without the check: needle words do get drawn
-    assert [x for x in spans(unchecked) if touches(x)]
+    assert [x for x in spans(unchecked) if _touches_needle(x)]
+
+
+# v5: random-sequence values (issue #16, after the fourth GPU attempt copied Chinese needles badly).
+
+def test_random_values_are_uniform_draws_from_the_filler_vocabulary(tok, docs, tmp_path):
+    from megaindex.data import needle_words
+    from megaindex.data import retrieval_words as W
+    from megaindex.data.retrieval_subjects import RANDOM_VALUE_CHARS, RANDOM_VALUE_WORDS, open_value, random_value
+    from megaindex.data.retrieval_writer import count_mix
+
+    filler = FillerText([CORPUS])
+    gen = RetrievalDocGenerator(tok, filler, RetrievalDocConfig(seed=15))
+    en, zh = filler.vocabulary("en"), filler.vocabulary("zh")
+    assert filler.vocabulary("en") is en and en == sorted(en)  # computed once; sorted, so draws are deterministic
+    # The vocabulary as specified, counted here another way: English words of 2-14 letters seen twice (a
+    # superset count: [a-z]+ also splits "don't"), no copula; every CJK character of the Chinese filler
+    # but 是的了在.
+    counts = Counter(re.findall(r"[a-z]+", " ".join(filler.docs["en"]).lower()))
+    assert len(en) > 1000 and all(re.fullmatch(r"[a-z]{2,14}", w) and counts[w] >= 2 for w in en)
+    assert "the" in en and not set(en) & W.BANNED_WORDS
+    cjk = {c for text in filler.docs["zh"] for c in text if "\u4e00" <= c <= "\u9fff"}
+    assert set(zh) == cjk - set("是的了在") and len(zh) > 1000
+
+    rng = random.Random(0)
+    values = {lang: [random_value(filler, rng, lang, gen._span_ok) for _ in range(400)] for lang in ("en", "zh")}
+    for lang, vocab, (lo, hi) in (("en", set(en), RANDOM_VALUE_WORDS), ("zh", set(zh), RANDOM_VALUE_CHARS)):
+        items = [v.split() if lang == "en" else list(v) for v in values[lang]]
+        assert all(lo <= len(x) <= hi and set(x) <= vocab and len(set(x)) == len(x) for x in items), lang
+        assert {len(x) for x in items} == set(range(lo, hi + 1))  # every length
+        assert len(set(values[lang])) >= 0.95 * len(values[lang])  # random: hardly a value repeats
+        assert not [v for v in values[lang] if _touches_needle(v)]
+    # Uniform over distinct characters makes most draws rare ones, which the tokenizer leaves to byte fallback:
+    # with the fixture tokenizer 40% of these 400 random values' tokens are bytes (39% over 2,000 draws), 1.7%
+    # of these open spans' (the corpus' common characters; the real mini tokenizer: 88% and 6%). The margin
+    # (> 30%, < 10%) leaves room for a retrained fixture tokenizer while still telling the two apart 3:1.
+    def byte_share(texts):
+        ids = [i for t in texts for i in tok.encode(t) if tok.sp.id_to_piece(i) != "\u2581"]
+        return sum(tok.sp.is_byte(i) for i in ids) / len(ids)
+
+    spans = [open_value(filler, rng, "zh", gen._span_ok) for _ in range(200)]
+    assert byte_share(values["zh"]) > 0.3 and byte_share(spans) < 0.1, (byte_share(values["zh"]), byte_share(spans))
+
+    # In documents (the module's 150): the facts of kind "random" hold such values, keyed and same-form alike.
+    random_docs = [d for d in docs if d["kind"] == "random"]
+    assert len(random_docs) >= 10 and {d["lang"] for d in random_docs} == {"en", "zh"}
+    assert {d["form"] for d in random_docs} == {"keyed", "same_form"}
+    for d in random_docs:
+        for _, v in d["facts"]:
+            assert set(v.split()) <= set(en) if d["lang"] == "en" else set(v) <= set(zh), v
+    mix: dict = {}
+    for d in docs:
+        count_mix(mix, {**d, "tokens": len(tok.encode(d["text"])) + 1})
+    assert " random " in describe_mix(mix).split("; kind ")[1].split(";")[0]
+
+    # A filler whose vocabulary holds needle words: they are drawn, and never pass the check.
+    needles = [w for table in needle_words.WORDS["en"].values() for w in table]
+    plain = " ".join(f"word{chr(97 + i)}{chr(97 + j)}" for i in range(6) for j in range(10))  # 60 neutral words
+    zh_needles = "，".join(w for table in needle_words.WORDS["zh"].values() for w in table)
+    poisoned = tmp_path / "filler.jsonl"
+    poisoned.write_text(json.dumps({"text": (". ".join(needles) + ". " + plain + ". ") * 2}) + "\n" +
+                        json.dumps({"text": zh_needles * 2}, ensure_ascii=False) + "\n", encoding="utf-8")
+    small = FillerText([poisoned])
+    for lang in ("en", "zh"):
+        checked = [random_value(small, rng, lang, gen._span_ok) for _ in range(300)]
+        assert sum(v is not None for v in checked) > 200 and not [v for v in checked if v and _touches_needle(v)]
+        assert any(_touches_needle(random_value(small, rng, lang)) for _ in range(2000)), lang  # unchecked: drawn
+    with pytest.raises(ValueError, match="random_value_share"):
+        RetrievalDocGenerator(tok, filler, RetrievalDocConfig(random_value_share=0.5))  # 0.45 + 0.5 + 0.1 + 0.05 > 1

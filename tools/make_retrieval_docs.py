@@ -37,18 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-facts", type=int, default=8, help="facts per multi-key document: 2..this")
     ap.add_argument("--single-key-share", type=float, default=0.25, help="share of one-fact documents")
     defaults = RetrievalDocConfig()
-    for name in ("phrase_value_share", "word_value_share", "repetitive_share", "chinese_share", "same_form_share",
-                 "open_subject_share"):
+    shares = ("open_value_share", "random_value_share", "phrase_value_share", "word_value_share", "repetitive_share",
+              "chinese_share", "same_form_share", "open_subject_share")
+    for name in shares:
         ap.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
                         help=f"RetrievalDocConfig.{name} (default {getattr(defaults, name)})")
     ap.add_argument("--seed", type=int, default=0, help="different seeds give different streams of documents")
     args = ap.parse_args(argv)
     try:
         cfg = RetrievalDocConfig(max_tokens=args.max_tokens, min_tokens=args.min_tokens, max_facts=args.max_facts,
-                                 single_key_share=args.single_key_share, phrase_value_share=args.phrase_value_share,
-                                 word_value_share=args.word_value_share, repetitive_share=args.repetitive_share,
-                                 chinese_share=args.chinese_share, same_form_share=args.same_form_share,
-                                 open_subject_share=args.open_subject_share, seed=args.seed)
+                                 single_key_share=args.single_key_share, seed=args.seed,
+                                 **{name: getattr(args, name) for name in shares})
         filler = FillerText(args.filler)
         print(filler.summary(), file=sys.stderr)
         gen = RetrievalDocGenerator(IndexTokenizer(args.tokenizer), filler, cfg)

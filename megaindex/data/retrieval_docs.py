@@ -21,10 +21,11 @@ across packed rows so the question could not see its fact):
     tokenizer; pack them with `data.whole_documents` so no row boundary cuts one;
   * several phrasings for statements (some state the value twice or value-first) and for
     question/answer pairs, whose answers end "{subject} is" + " {value}." as the evaluation's do;
-    values are spans of the filler (v4, below), 4-7 digit numbers, table words, or 2-8 word table
-    phrases ("the top drawer of the oak desk"); every answer restates, verbatim, a statement of the
-    body (a template holds the value exactly as the answer gives it), and no other sentence of the
-    body gives a fact's subject another value (`contradictions`; a draft with one is redrawn);
+    values are spans of the filler (v4, below), random sequences of its words (v5), 4-7 digit
+    numbers, table words, or 2-8 word table phrases ("the top drawer of the oak desk"); every answer
+    restates, verbatim, a statement of the body (a template holds the value exactly as the answer
+    gives it), and no other sentence of the body gives a fact's subject another value
+    (`contradictions`; a draft with one is redrawn);
   * v2 (after stage 0 of the first GPU run copied "X is Y." garbage instead of the key): a share of
     haystacks is a few generic "The road is long."-style sentences repeated (`repetitive_share`), so
     many "is -> word" continuations compete with the one fact; a share of documents is Chinese
@@ -51,6 +52,18 @@ across packed rows so the question could not see its fact):
     open span (subject or value) holds a word of the evaluation's needle lists
     (megaindex.data.needle_words; `needle_word_lists`), nor, for 2+ words or CJK characters, lies
     inside one ("hot springs", "温泉"): real text can contain "fresh ginger" or "冰糖";
+  * v5 (after the fourth GPU attempt's base copied English needles fairly well, needle 87/71 at 1K/2K
+    and 50 of 66 exact, but Chinese ones badly, 45/31 and 19 of 66): the Chinese needle words are rare
+    in the 2%-Chinese corpus (81% of their tokens in the mini tokenizer are byte fallback, `<0xE4>` ...,
+    7% of held-out Chinese text's), v4's open values mostly common characters: the model rarely copied
+    byte sequences, while random passkey digits it copies almost perfectly. Now `random_value_share`
+    0.15 of documents (from `open_value_share`, 0.6 -> 0.45) have random values (retrieval_subjects.
+    random_value): 1-4 words / 2-6 CJK characters drawn uniformly from the filler's distinct ones
+    (`FillerText.vocabulary`), mostly rare ones no prior predicts: only copying gives them. Tokenizer
+    and data are not chosen by the needle lists; needle words stay held out. On 2,000 stage-0 documents
+    (real filler and tokenizer, benchmarks/retrieval_docs_v5.py): tokens 46% open, 13% random, 26%
+    numbers, 10% phrases, 5% words; byte fallback 88% of the tokens of Chinese random values, 6% of open
+    ones', 81% of needle words'; vocabulary built once in ~4 s; 490 documents per CPU second (v4: 476);
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
     the templates, not in the repetitive sentences, and not in the filler, whose sentences
@@ -75,7 +88,7 @@ from pathlib import Path
 from megaindex.data import retrieval_same_form as SF
 from megaindex.data import retrieval_words as W
 from megaindex.data.needle_words import WORDS
-from megaindex.data.retrieval_subjects import open_subject, open_value
+from megaindex.data.retrieval_subjects import MIN_VOCABULARY, open_subject, open_value, random_value, vocabulary
 from megaindex.data.tokenizer import IndexTokenizer
 
 log = logging.getLogger(__name__)
@@ -135,7 +148,8 @@ class RetrievalDocConfig:
     min_tokens: int = 128       # target lengths are drawn log-uniformly in [min_tokens, max_tokens]
     max_facts: int = 8          # facts per document: 1 (single-key) .. max_facts (multi-key)
     single_key_share: float = 0.25  # share of documents with exactly one fact
-    open_value_share: float = 0.6     # share of documents whose values are spans of the filler (1-6 words / 2-8 characters)
+    open_value_share: float = 0.45    # share of documents whose values are spans of the filler (1-6 words / 2-8 characters)
+    random_value_share: float = 0.15  # share of documents whose values are 1-4 random filler words / 2-6 CJK characters
     phrase_value_share: float = 0.1   # share of documents whose values are table phrases ("the top drawer of ...")
     word_value_share: float = 0.05    # share of documents whose values are table words; the rest are 4-7 digit numbers
     repetitive_share: float = 0.25    # share of documents whose haystack is a few "X is Y." sentences repeated
@@ -155,11 +169,12 @@ def _subject(owner: str, attr: str, lang: str, rng: random.Random) -> str:
 
 def draw_facts(n: int, rng: random.Random, lang: str = "en", kind: str = "number",
                open_subject: Callable[[random.Random, str], str | None] | None = None,
-               open_share: float = 0.0, open_value: Callable[[random.Random], str | None] | None = None) -> list[Fact]:
+               open_share: float = 0.0, filler_value: Callable[[random.Random], str | None] | None = None) -> list[Fact]:
     """n facts with distinct subjects and values of one kind; mostly one attribute shared by several owners.
 
     With `open_subject(rng, attr)` (a filler-made subject or None), a share `open_share` of the subjects
-    is open-vocabulary; values of kind "open" come from `open_value(rng)` (a filler span or None)."""
+    is open-vocabulary; values of kind "open" (a filler span) or "random" (v5: a draw from the filler's
+    vocabulary) come from `filler_value(rng)` (the value or None)."""
     facts: list[Fact] = []
     subjects, values = set(), set()
     attrs = W.attributes(lang, kind)
@@ -168,7 +183,7 @@ def draw_facts(n: int, rng: random.Random, lang: str = "en", kind: str = "number
         if len(facts) == n:
             break
         attr = shared if rng.random() < 0.7 else rng.choice(attrs)
-        value = open_value(rng) if kind == "open" else W.value(lang, kind, attr, rng)
+        value = filler_value(rng) if kind in ("open", "random") else W.value(lang, kind, attr, rng)
         subject = open_subject(rng, attr) if open_subject is not None and rng.random() < open_share else None
         if subject is None:
             owner = W.owner(lang, rng)
@@ -208,6 +223,14 @@ class FillerText:
         if not any(self.docs.values()):
             raise ValueError(f"no filler documents (JSONL with a 'text' field over 200 characters) in {paths}")
         self.phrases = tuple(p.lower() for p in phrases)
+        self._vocabulary: dict[str, list[str]] = {}
+
+    def vocabulary(self, lang: str) -> list[str]:
+        """The distinct words (English) / CJK characters (Chinese) of the `lang` documents, sorted, that v5's
+        random values are drawn from (megaindex.data.retrieval_subjects.vocabulary); computed once, on first use."""
+        if lang not in self._vocabulary:
+            self._vocabulary[lang] = vocabulary(self.docs[lang], lang)
+        return self._vocabulary[lang]
 
     def summary(self) -> str:
         en, zh = len(self.docs["en"]), len(self.docs["zh"])
@@ -242,8 +265,10 @@ def contradictions(doc: dict) -> list[str]:
     return out
 
 
-SHARES = ("single_key_share", "open_value_share", "phrase_value_share", "word_value_share", "repetitive_share", "chinese_share",
-          "same_form_share", "open_subject_share")
+SHARES = ("single_key_share", "open_value_share", "random_value_share", "phrase_value_share", "word_value_share",
+          "repetitive_share", "chinese_share", "same_form_share", "open_subject_share")
+VALUE_SHARES = ("open_value_share", "random_value_share", "phrase_value_share", "word_value_share")
+VALUE_KINDS = ("open", "random", "phrase", "word")  # in VALUE_SHARES' order; the rest of the documents: "number"
 DRAFTS = 16  # a document whose draft holds a held-out phrase (a filler span next to a template) is redrawn
 
 
@@ -256,13 +281,17 @@ class RetrievalDocGenerator:
         for name in SHARES:
             if not 0 <= getattr(config, name) <= 1:
                 raise ValueError(f"RetrievalDocConfig.{name} must be in [0, 1], got {getattr(config, name)}")
-        if config.open_value_share + config.phrase_value_share + config.word_value_share > 1:
-            raise ValueError("RetrievalDocConfig: open_value_share + phrase_value_share + word_value_share must be <= 1")
+        if sum(getattr(config, name) for name in VALUE_SHARES) > 1:
+            raise ValueError(f"RetrievalDocConfig: {' + '.join(VALUE_SHARES)} must be <= 1 (the rest are numbers), got "
+                             f"{' + '.join(str(getattr(config, name)) for name in VALUE_SHARES)}; lower one of them")
         self.tok, self.filler, self.cfg = tokenizer, filler, config
         self._held_out = tuple(p.lower() for p in HELD_OUT_PHRASES)
         self._needle_words = needle_word_lists()
         if config.chinese_share > 0 and not filler.docs["zh"]:
             log.warning("%s", filler.summary())
+        if config.random_value_share > 0:  # built here, before write_documents forks its workers: they share it
+            for lang in ("en", "zh"):
+                filler.vocabulary(lang)
 
     def _ntok(self, text: str) -> int:
         return len(self.tok.encode(text))
@@ -343,14 +372,16 @@ class RetrievalDocGenerator:
         n = 1 if rng.random() < cfg.single_key_share else rng.randint(2, max(2, cfg.max_facts))
         lang = "zh" if rng.random() < cfg.chinese_share else "en"
         r = rng.random()
-        cuts = itertools.accumulate((cfg.open_value_share, cfg.phrase_value_share, cfg.word_value_share))
-        kind = next((k for k, cut in zip(("open", "phrase", "word"), cuts) if r < cut), "number")
-        if kind == "open" and not self.filler.docs[lang]:
-            kind = "phrase"  # no filler of this language to cut values from: a table phrase
+        cuts = itertools.accumulate(getattr(cfg, name) for name in VALUE_SHARES)
+        kind = next((k for k, cut in zip(VALUE_KINDS, cuts) if r < cut), "number")
+        if kind == "open" and not self.filler.docs[lang] or \
+                kind == "random" and len(self.filler.vocabulary(lang)) < MIN_VOCABULARY:
+            kind = "phrase"  # no filler (or too few distinct words) of this language to take values from: a table phrase
         repetitive = rng.random() < cfg.repetitive_share or not self.filler.docs[lang]
         same_form = rng.random() < cfg.same_form_share
         if same_form:
             n = SF.fact_count(rng)
+        filler_value = random_value if kind == "random" else open_value  # used by the "open" and "random" kinds
         intro = rng.choice(W.INTROS[lang])
         sep = JOIN[lang]
         distractors = None
@@ -364,7 +395,7 @@ class RetrievalDocGenerator:
             else:
                 facts = draw_facts(n, rng, lang, kind,
                                    lambda g, attr: open_subject(self.filler, g, lang, attr, self._span_ok),
-                                   cfg.open_subject_share, lambda g: open_value(self.filler, g, lang, self._span_ok))
+                                   cfg.open_subject_share, lambda g: filler_value(self.filler, g, lang, self._span_ok))
                 statements = [f.fill(rng.choice(W.STATEMENTS[lang])) for f in facts]
                 questions = W.QUESTIONS[lang]
             n = len(facts)

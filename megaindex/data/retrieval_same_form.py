@@ -17,7 +17,8 @@ name was enough; here the fact and its distractors have the same form and often 
 an exact match of the question's subject finds the value.
 
 With open-vocabulary values (v4, kind "open"), the facts' and the distractors' values are spans of
-the filler alike, so no value is recognisable as the fact's by its vocabulary.
+the filler alike, so no value is recognisable as the fact's by its vocabulary; so are v5's random
+values (kind "random", words / characters drawn from the filler's vocabulary).
 
 Distractors never repeat a fact's subject and never hold a fact's value; the caller checks the
 whole document against the held-out phrases (the passkey's garbage sentences included).
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from megaindex.data import retrieval_words as W
-from megaindex.data.retrieval_subjects import open_span, open_value
+from megaindex.data.retrieval_subjects import open_span, open_value, random_value
 
 MAX_FACTS = 3         # facts per same-form document: 1 (half of them) or 2..MAX_FACTS
 MIN_DISTRACTORS = 4   # a same-form document grows (up to max_tokens) to hold at least this many distractors
@@ -92,9 +93,10 @@ def _hard_negatives(s: ShortSubject, lang: str, rng: random.Random) -> list[str]
 
 
 def _value(filler, lang: str, kind: str, rng: random.Random, check: Callable[[str], bool]) -> str | None:
-    """A value of `kind`; an "open" one is a span of the filler (None when none passes `check`)."""
-    if kind == "open":
-        return open_value(filler, rng, lang, check)
+    """A value of `kind`; an "open" one is a span of the filler, a "random" one a draw from its vocabulary (None
+    when none passes `check`)."""
+    if kind in ("open", "random"):
+        return (open_value if kind == "open" else random_value)(filler, rng, lang, check)
     return W.value(lang, kind, rng.choice(W.attributes(lang, kind)), rng)
 
 

@@ -1,13 +1,16 @@
-"""Open-vocabulary subjects and values of the synthetic retrieval documents: spans of the filler's own text.
+"""Open-vocabulary subjects and values of the synthetic retrieval documents: the filler's own words.
 
 Owns `open_span` (lo..hi consecutive lowercase letter-only words of a random filler sentence, or
 lo..hi consecutive CJK characters of a Chinese one), `open_subject`, which turns a 2-5 word / 2-6
 character span into a fact's subject: "the quiet harbour road", "the archive code of the
 configuration file option", "服务器配置的房间号", and `open_value`, a 1-6 word / 2-8 character span
-used as a fact's value as it stands ("returns the file descriptor", "内核模块"). v3 (after stage 0 of the second GPU attempt still answered the passkey with the
-haystack's most frequent "is -> X" continuation): with subjects drawn from a closed list of names and
-attributes, a model can key retrieval on memorised names instead of learning to match a novel
-subject exactly, which is what the evaluation asks ("The pass key", "the best thing to do in Kyoto").
+used as a fact's value as it stands ("returns the file descriptor", "内核模块"), and (v5) `random_value`,
+1-4 words / 2-6 CJK characters drawn uniformly from the filler's distinct ones (`vocabulary`, which
+FillerText caches): "aristotle armour", "扫笙退尸". v3 (after stage 0 of the second GPU attempt still
+answered the passkey with the haystack's most frequent "is -> X" continuation): with subjects drawn
+from a closed list of names and attributes, a model can key retrieval on memorised names instead of
+learning to match a novel subject exactly, which is what the evaluation asks ("The pass key", "the
+best thing to do in Kyoto").
 
 `filler` is a megaindex.data.retrieval_docs.FillerText (its `sentences(rng, chars, lang)` and
 `docs`); a span never contains "is"/"是" (the subject/value boundary stays unique) and is checked
@@ -19,7 +22,8 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 
 from megaindex.data import retrieval_words as W
 
@@ -112,3 +116,45 @@ def open_value(filler, rng: random.Random, lang: str, check: Callable[[str], boo
     lo, hi = OPEN_VALUE_WORDS if lang == "en" else OPEN_VALUE_CHARS
     n = rng.randint(lo, hi)
     return open_span(filler, rng, lang, n, n, check) or open_span(filler, rng, lang, lo, hi, check)
+
+
+RANDOM_VALUE_WORDS = (1, 4)  # v5 random values: 1-4 English words ...
+RANDOM_VALUE_CHARS = (2, 6)  # ... or 2-6 CJK characters, each drawn uniformly from the filler's vocabulary
+VOCAB_MIN_COUNT = 2  # an English word joins the vocabulary from this many occurrences (once: typos, split words)
+MIN_VOCABULARY = 50  # fewer distinct items than this: random_value gives None (retrieval_docs uses a table phrase)
+ZH_EXCLUDED = frozenset("是的了在")  # as ZH_SPLIT: the subject/value boundary "{s}是{v}" stays unique
+# A whitespace-separated token, lowercased, that is one 2-14 letter word once the punctuation around it is stripped.
+EN_VOCAB_WORD = re.compile(r"""(?<!\S)["'(\[{“‘«]*([a-z]{2,14})[.,;:!?"')\]}”’»]*(?!\S)""")
+
+
+def vocabulary(texts: Iterable[str], lang: str) -> list[str]:
+    """The distinct items `random_value` draws from, sorted (so a draw depends only on the rng).
+
+    English: lowercase letter-only words of 2-14 letters (a token with the punctuation around it
+    stripped: "end." is "end", "don't" is none) occurring at least VOCAB_MIN_COUNT times, none of
+    BANNED_WORDS ("is", ...); Chinese: every CJK character that occurs, but 是/的/了/在."""
+    if lang == "zh":
+        chars: set[str] = set()
+        for text in texts:
+            chars.update("".join(CJK_RUN.findall(text)))
+        return sorted(chars - ZH_EXCLUDED)
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(EN_VOCAB_WORD.findall(text.lower()))
+    return sorted(w for w, c in counts.items() if c >= VOCAB_MIN_COUNT and w not in W.BANNED_WORDS)
+
+
+def random_value(filler, rng: random.Random, lang: str, check: Callable[[str], bool] = lambda s: True) -> str | None:
+    """v5: a random sequence as a fact's value, 1-4 distinct words (joined by spaces) / 2-6 distinct CJK
+    characters, each drawn uniformly from `filler.vocabulary(lang)` (its distinct items, so most draws are
+    rare ones no prior predicts: only copying gives them). None when the vocabulary is too small or 8
+    draws found none that passes `check`."""
+    vocab = filler.vocabulary(lang)
+    lo, hi = RANDOM_VALUE_WORDS if lang == "en" else RANDOM_VALUE_CHARS
+    if len(vocab) < MIN_VOCABULARY:
+        return None
+    for _ in range(8):
+        text = (" " if lang == "en" else "").join(rng.sample(vocab, rng.randint(lo, hi)))
+        if check(text):
+            return text
+    return None

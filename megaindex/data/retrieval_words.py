@@ -56,8 +56,8 @@ _STREET = ["the railway line", "the stone bridge", "the long hedge", "the tram d
            "the quiet lane", "the parking lot"]
 
 
-# v4 open-vocabulary values (a span of the filler, megaindex.data.retrieval_subjects.open_value) belong to
-# attributes that any words can fill.
+# v4 open-vocabulary values (a span of the filler, megaindex.data.retrieval_subjects.open_value) and v5 random
+# ones (random_value) belong to attributes that any words can fill.
 EN_OPEN_ATTRS = ["code phrase", "motto", "watchword", "reminder", "caption", "favourite saying", "working title",
                  "slogan", "note on the door", "label on the folder", "chosen line", "reply"]
 ZH_OPEN_ATTRS = ["口令", "座右铭", "暗语", "提醒", "标题", "备注", "口头禅", "留言", "标签上的字", "回信"]
@@ -238,18 +238,19 @@ def owner(lang: str, rng: random.Random) -> str:
 
 
 def attributes(lang: str, kind: str) -> list[str]:
-    """The attributes whose values are of `kind` ("number", "word", "phrase" or "open")."""
+    """The attributes whose values are of `kind` ("number", "word", "phrase", "open" or "random": the open ones)."""
     table = {"en": (EN_NUMBER_ATTRS, EN_WORD_ATTRS, EN_PHRASES, EN_OPEN_ATTRS),
              "zh": (ZH_NUMBER_ATTRS, ZH_WORD_ATTRS, ZH_PHRASES, ZH_OPEN_ATTRS)}
     numbers, words, phrases, open_ = table[lang]
-    return {"number": numbers, "word": list(words), "phrase": list(phrases), "open": open_}[kind]
+    return {"number": numbers, "word": list(words), "phrase": list(phrases), "open": open_, "random": open_}[kind]
 
 
 def value(lang: str, kind: str, attr: str, rng: random.Random) -> str:
     """A value for `attr`: a 4-7 digit number, a word of the attribute's list, or a 2-8 word phrase (an "open"
-    value comes from the filler: megaindex.data.retrieval_subjects.open_value)."""
-    if kind == "open":
-        raise ValueError("open values are spans of the filler: retrieval_subjects.open_value draws them")
+    value comes from the filler: megaindex.data.retrieval_subjects.open_value, a "random" one from its vocabulary:
+    random_value)."""
+    if kind in ("open", "random"):
+        raise ValueError(f"{kind} values come from the filler: retrieval_subjects.{kind}_value draws them")
     if kind == "number":
         digits = rng.randint(4, 7)
         return str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
