@@ -101,6 +101,79 @@ def test_report_shows_token_accuracy(tmp_path):
     assert "token accuracy" not in report.markdown({"x": _variant({1024: 5.0}, {1024: 0.0})}, [])
 
 
+def test_training_and_evaluation_run_in_child_processes(tmp_path, monkeypatch):
+    """Every `megaindex train` and `megaindex eval` of run.py is its own `python -m megaindex` process.
+
+    On one H100 the second training of one process died with SIGSEGV (the first had run TE + cuDNN
+    attention). Nothing trains here: subprocess.run is replaced by a fake that records each child and
+    returns a chosen exit status; a child's death by a signal or its exit code stops the command with
+    the step, the signal or code, and how to resume.
+    """
+    import signal
+
+    import megaindex.cli
+    import megaindex.eval.cli
+    import run
+
+    from megaindex import checkpoint
+
+    def in_process(*args, **kwargs):
+        raise AssertionError("run.py trained or evaluated in its own process")
+
+    monkeypatch.setattr(megaindex.cli, "main", in_process)
+    monkeypatch.setattr(megaindex.eval.cli, "main", in_process)
+    monkeypatch.setenv("MINI_CHILD_ENV", "inherited")
+    calls: list[tuple[list[str], dict]] = []
+    exits: list[int] = []  # the next children's return codes (0 when empty)
+    reached = {"step": 3}  # the checkpoint a training child leaves (SMOKE stage 1 trains 3 steps)
+
+    def fake_run(cmd, **kwargs):
+        calls.append(([str(c) for c in cmd], kwargs))
+        return subprocess.CompletedProcess(cmd, exits.pop(0) if exits else 0)
+
+    def fake_resume_point(save_dir):  # nothing before the first child, then the step the child reached
+        return (Path(save_dir) / checkpoint.STEP_DIR.format(reached["step"]) if calls else None), []
+
+    monkeypatch.setattr(run.subprocess, "run", fake_run)
+    monkeypatch.setattr(checkpoint, "resume_point", fake_resume_point)
+    work = tmp_path / "mini"
+    ctx = run.Ctx(work, run.SMOKE, force=False, extra=["log.log_interval=2"])  # --set log.log_interval=2
+
+    ctx.step = "ablation_rope_5m"
+    outs = run.STEPS["ablation_rope_5m"](ctx)
+    assert outs[-1] == work / "eval" / "ablation_rope_5m" / "summary.json"
+    (train, train_kw), (evaluate, eval_kw) = calls
+    for cmd, kw in calls:
+        assert cmd[0] == sys.executable and cmd[cmd.index("-m") + 1] == "megaindex", cmd
+        assert kw["cwd"] == run.REPO and kw["env"]["MINI_CHILD_ENV"] == "inherited"
+        assert kw["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(run.REPO)  # this checkout's megaindex
+    train = train[train.index("-m") + 2:]
+    assert train[:2] == ["train", str(work / "recipes" / "stage1.yaml")]
+    assert {"model.rotary_base=5000000", "log.log_interval=2", "train.overwrite=true",
+            f"train.run_dir={work / 'ablation_rope_5m'}", f"checkpoint.pretrained={work / 'stage0' / 'checkpoints'}"} <= set(train)
+    evaluate = evaluate[evaluate.index("-m") + 2:]
+    assert evaluate[:2] == ["eval", str(work / "ablation_rope_5m" / "checkpoints")]
+    assert evaluate[evaluate.index("--out") + 1] == str(work / "eval" / "ablation_rope_5m")
+
+    calls.clear()
+    exits.append(-signal.SIGSEGV)  # the GPU failure: stage 1's training child segfaults
+    with pytest.raises(SystemExit) as e:
+        run.run_step(ctx, "stage1")
+    assert str(e.value).startswith("step stage1: megaindex train was killed by signal SIGSEGV (11); rerun")
+    assert "resume stage1 from its last checkpoint" in str(e.value)
+    assert not (work / "steps" / "stage1.json").exists()
+
+    calls.clear()
+    exits.append(75)
+    with pytest.raises(SystemExit, match=r"^step eval_longpt: megaindex eval exited with code 75 \(PREEMPTED\); rerun"):
+        run.run_step(ctx, "eval_longpt")
+
+    calls.clear()
+    reached["step"] = 1  # a clean exit before train_iters (train.exit_at_step) is not done: the step is resumable
+    with pytest.raises(SystemExit, match="stage1 stopped at step 1 of 3"):
+        run.run_step(ctx, "stage1")
+
+
 @pytest.mark.slow
 def test_smoke_runs_every_step(tmp_path):
     """`run.py all --smoke`: every step runs and leaves its outputs; the report has every variant."""

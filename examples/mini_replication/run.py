@@ -10,6 +10,11 @@ Steps, in order (each fits one 10-minute command on one H100; a finished step is
   here (needs the package registries): corpus, tokenizer, retrieval, preprocess, stage
   on the GPU node:  unstage, stage0, stage1, eval_base, eval_longpt, ablation_<name>..., report
 
+Every training and every evaluation runs as its own `python -m megaindex train|eval ...` process
+(this environment, output streamed): a process never holds a second training's CUDA, Transformer
+Engine or megatron-core state (on the GPU a second in-process training died with SIGSEGV). A child
+that fails stops the command with the step, the exit code or signal, and how to resume.
+
 `--smoke` runs the same code at toy scale on the CI fixture corpus (no downloads): a tiny model,
 256/1024-token stages, a few steps, 256-1024-token evaluation. Everything goes under WORK
 (default runs/mini_replication, or runs/mini_smoke with --smoke); WORK/steps/STEP.json records
@@ -22,7 +27,9 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -82,6 +89,7 @@ SMOKE = Scale(
 class Ctx:
     def __init__(self, work: Path, scale: Scale, force: bool, extra: list[str] | None = None):
         self.work, self.scale, self.force = work, scale, force
+        self.step = "?"  # the step now running (run_step sets it), for the error of a failed child
         self.extra = list(extra or [])  # --set: overrides for every training step of this command
         self.smoke = scale is SMOKE
 
@@ -101,9 +109,43 @@ def log(msg: str) -> None:
     print(f"[mini {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def sh(*cmd: str | Path) -> None:
-    log("$ " + " ".join(map(str, cmd)))
-    subprocess.run([str(c) for c in cmd], check=True, cwd=REPO)
+def how_it_ended(rc: int) -> str:
+    """'exited with code 75 (PREEMPTED)' or 'was killed by signal SIGSEGV (11)' for a child's return code."""
+    from megaindex import exit_codes
+
+    if rc < 0:  # subprocess reports a death by signal N as -N
+        try:
+            return f"was killed by signal {signal.Signals(-rc).name} ({-rc})"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    names = {v: k for k, v in vars(exit_codes).items() if k.isupper() and isinstance(v, int)}
+    return f"exited with code {rc}" + (f" ({names[rc]})" if rc in names else "")
+
+
+def sh(ctx: Ctx, *cmd: str | Path, what: str = "", hint: str = "") -> None:
+    """Run CMD in REPO as a child process with this environment (output streamed); a failure ends the command.
+
+    The error names the step, WHAT ran (default: the script), its exit code or signal, and HINT (how to go on).
+    """
+    cmd = [str(c) for c in cmd]
+    log("$ " + shlex.join(cmd))
+    # The child imports the megaindex of this checkout, as this script does (sys.path above).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
+    if rc != 0:
+        what = what or Path(cmd[1] if cmd[0] == PY else cmd[0]).name
+        raise SystemExit(f"step {ctx.step}: {what} {how_it_ended(rc)}" + (f"; {hint}" if hint else ""))
+
+
+def megaindex(ctx: Ctx, *args: str | Path, hint: str) -> None:
+    """`python -m megaindex ARGS` in its own process: the only way this script trains or evaluates.
+
+    One process per training or evaluation: on one H100 (2026-11-28) the second `megaindex train`
+    of one process died with SIGSEGV right after it started (the first had run TE + cuDNN attention;
+    stage 0 replays CUDA graphs), while each run alone in its own process worked. `-X faulthandler`:
+    a child killed by SIGSEGV, SIGABRT, SIGBUS, SIGILL or SIGFPE prints its Python stack first.
+    """
+    sh(ctx, PY, "-X", "faulthandler", "-m", "megaindex", *args, what=f"megaindex {args[0]}", hint=hint)
 
 
 def sha256(path: Path) -> str:
@@ -122,7 +164,7 @@ def step_corpus(ctx: Ctx) -> list[Path]:
         for name in ("pretrain.jsonl", "heldout.jsonl"):
             shutil.copyfile(REPO / "tests/fixtures/corpus" / name, out / name)
     else:
-        sh(PY, "tools/prepare_corpus.py", out, "--work", Path.home() / ".cache/megaindex/corpus")
+        sh(ctx, PY, "tools/prepare_corpus.py", out, "--work", Path.home() / ".cache/megaindex/corpus")
     files = [out / "pretrain.jsonl", out / "heldout.jsonl"]
     for f in files:
         if not f.is_file():
@@ -132,7 +174,7 @@ def step_corpus(ctx: Ctx) -> list[Path]:
 
 def step_tokenizer(ctx: Ctx) -> list[Path]:
     out = ctx.p("tokenizer.model")
-    sh(PY, "tools/train_tokenizer.py", ctx.p("corpus/pretrain.jsonl"), "-o", out, "--vocab-size", str(ctx.scale.vocab_size))
+    sh(ctx, PY, "tools/train_tokenizer.py", ctx.p("corpus/pretrain.jsonl"), "-o", out, "--vocab-size", str(ctx.scale.vocab_size))
     return [out]
 
 
@@ -257,7 +299,6 @@ def step_unstage(ctx: Ctx, sources: list[Path] | None = None) -> list[Path]:
 
 # ---- steps on the GPU node: training -----------------------------------------------------------------
 def _train(ctx: Ctx, recipe: str, overrides: list[str], run_name: str) -> list[Path]:
-    from megaindex.cli import main as megaindex
     from megaindex.config import load_config
 
     from megaindex import checkpoint
@@ -270,10 +311,8 @@ def _train(ctx: Ctx, recipe: str, overrides: list[str], run_name: str) -> list[P
         overrides.append("train.overwrite=true")
     if recipe != "stage0":
         overrides.append(f"checkpoint.pretrained={ctx.p('stage0', 'checkpoints')}")
-    log(f"megaindex train {path} {' '.join(overrides)}")
-    rc = megaindex(["train", str(path), *overrides])
-    if rc != 0:
-        raise SystemExit(f"megaindex train {recipe} exited with {rc}; rerun the step to resume from its last checkpoint")
+    megaindex(ctx, "train", path, *overrides,
+              hint=f"rerun `run.py {ctx.step}` to resume {run_name} from its last checkpoint, if it saved one")
     last, _ = checkpoint.resume_point(ctx.p(run_name, "checkpoints"))
     want = load_config(path, overrides).train.train_iters
     got = int(last.name[5:]) if last is not None else 0
@@ -292,8 +331,6 @@ def step_stage1(ctx: Ctx) -> list[Path]:
 
 
 def _eval(ctx: Ctx, run_name: str, out: str, ropes: str, train_length: int) -> Path:
-    from megaindex.eval.cli import main as megaindex_eval
-
     dest = ctx.p("eval", out)
     if (dest / "summary.json").is_file() and not ctx.force:
         log(f"{dest}/summary.json exists; skipped")
@@ -302,10 +339,8 @@ def _eval(ctx: Ctx, run_name: str, out: str, ropes: str, train_length: int) -> P
             "--depths", ctx.scale.depths, "--repeats", str(ctx.scale.repeats), "--rope", ropes,
             "--train-length", str(train_length), "--haystack", str(ctx.p("corpus", "heldout.jsonl")),
             "--out", str(dest)]
-    log("megaindex eval " + " ".join(args))
-    rc = megaindex_eval(args)
-    if rc != 0:
-        raise SystemExit(f"megaindex eval {run_name} exited with {rc}")
+    megaindex(ctx, "eval", *args, hint=f"rerun `run.py {ctx.step}`: it redoes this evaluation of {run_name} "
+                                       f"(its training and finished evaluations are kept)")
     return dest / "summary.json"
 
 
@@ -362,6 +397,7 @@ def run_step(ctx: Ctx, name: str, **kw) -> None:
         log(f"step {name}: done before ({rec}); skipped (--force to redo)")
         return
     log(f"step {name} ...")
+    ctx.step = name
     t0 = time.time()
     outs = STEPS[name](ctx, **kw)
     missing = [str(o) for o in outs if not Path(o).exists()]
