@@ -105,9 +105,9 @@ def test_training_and_evaluation_run_in_child_processes(tmp_path, monkeypatch):
     """Every `megaindex train` and `megaindex eval` of run.py is its own `python -m megaindex` process.
 
     On one H100 the second training of one process died with SIGSEGV (the first had run TE + cuDNN
-    attention). Nothing trains here: subprocess.run is replaced by a fake that records each child and
-    returns a chosen exit status; a child's death by a signal or its exit code stops the command with
-    the step, the signal or code, and how to resume.
+    attention). Nothing trains here: subprocess.Popen is replaced by a fake that records each child
+    and returns a chosen exit status; a child's death by a signal or its exit code stops the command
+    with the step, the signal or code, and how to resume; a SIGTERM to run.py goes on to the child.
     """
     import signal
 
@@ -124,17 +124,31 @@ def test_training_and_evaluation_run_in_child_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(megaindex.eval.cli, "main", in_process)
     monkeypatch.setenv("MINI_CHILD_ENV", "inherited")
     calls: list[tuple[list[str], dict]] = []
+    children: list = []
+    term_handler = signal.getsignal(signal.SIGTERM)
     exits: list[int] = []  # the next children's return codes (0 when empty)
     reached = {"step": 3}  # the checkpoint a training child leaves (SMOKE stage 1 trains 3 steps)
 
-    def fake_run(cmd, **kwargs):
-        calls.append(([str(c) for c in cmd], kwargs))
-        return subprocess.CompletedProcess(cmd, exits.pop(0) if exits else 0)
+    class FakeChild:  # subprocess.Popen: records the command, "exits" with the next code
+        def __init__(self, cmd, **kwargs):
+            calls.append(([str(c) for c in cmd], kwargs))
+            self.signals: list[int] = []
+            children.append(self)
+
+        def send_signal(self, signum):
+            self.signals.append(signum)
+
+        def wait(self):
+            rc = exits.pop(0) if exits else 0
+            if rc == 75:  # a preemption: the job's SIGTERM reaches run.py, which passes it on
+                assert signal.getsignal(signal.SIGTERM) != term_handler, "run.py would die of SIGTERM"
+                os.kill(os.getpid(), signal.SIGTERM)
+            return rc
 
     def fake_resume_point(save_dir):  # nothing before the first child, then the step the child reached
         return (Path(save_dir) / checkpoint.STEP_DIR.format(reached["step"]) if calls else None), []
 
-    monkeypatch.setattr(run.subprocess, "run", fake_run)
+    monkeypatch.setattr(run.subprocess, "Popen", FakeChild)
     monkeypatch.setattr(checkpoint, "resume_point", fake_resume_point)
     work = tmp_path / "mini"
     ctx = run.Ctx(work, run.SMOKE, force=False, extra=["log.log_interval=2"])  # --set log.log_interval=2
@@ -163,9 +177,15 @@ def test_training_and_evaluation_run_in_child_processes(tmp_path, monkeypatch):
     assert "resume stage1 from its last checkpoint" in str(e.value)
     assert not (work / "steps" / "stage1.json").exists()
 
+    exits.append(75)  # preempted: the trainer checkpoints on the SIGTERM run.py passed on
+    with pytest.raises(SystemExit, match=r"^step stage1: megaindex train exited with code 75 \(PREEMPTED\); rerun"):
+        run.run_step(ctx, "stage1")
+    assert children[-1].signals == [signal.SIGTERM]  # forwarded, and run.py itself lived on to report
+    assert signal.getsignal(signal.SIGTERM) == term_handler  # its handler is gone with the child
+
     calls.clear()
-    exits.append(75)
-    with pytest.raises(SystemExit, match=r"^step eval_longpt: megaindex eval exited with code 75 \(PREEMPTED\); rerun"):
+    exits.append(2)
+    with pytest.raises(SystemExit, match=r"^step eval_longpt: megaindex eval exited with code 2 \(BAD_USAGE\); rerun"):
         run.run_step(ctx, "eval_longpt")
 
     calls.clear()

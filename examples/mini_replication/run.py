@@ -46,6 +46,9 @@ sys.path.insert(0, str(HERE))
 PY = sys.executable
 PART_BYTES = 45 * 2**20  # one device call carries at most 64 MiB with the working tree
 STAGE_PREFIX = ".mini"   # REPO/.mini0, .mini1, ... (git-ignored), one per device call
+# Passed on to a running child: training/preemption.py's stop signals (the trainer checkpoints and
+# exits PREEMPTED), as they reached it when it ran in this process.
+FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
 ABLATIONS = yaml.safe_load((HERE / "ablations.yaml").read_text())
 
 
@@ -125,13 +128,24 @@ def how_it_ended(rc: int) -> str:
 def sh(ctx: Ctx, *cmd: str | Path, what: str = "", hint: str = "") -> None:
     """Run CMD in REPO as a child process with this environment (output streamed); a failure ends the command.
 
-    The error names the step, WHAT ran (default: the script), its exit code or signal, and HINT (how to go on).
+    SIGTERM and SIGUSR1 sent to this script while the child runs go on to the child. The error names
+    the step, WHAT ran (default: the script), its exit code or signal, and HINT (how to go on).
     """
     cmd = [str(c) for c in cmd]
     log("$ " + shlex.join(cmd))
     # The child imports the megaindex of this checkout, as this script does (sys.path above).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    rc = subprocess.run(cmd, cwd=REPO, env=env).returncode
+    child = subprocess.Popen(cmd, cwd=REPO, env=env)
+    before = {s: signal.signal(s, lambda signum, frame: child.send_signal(signum)) for s in FORWARDED}
+    try:
+        rc = child.wait()
+    except BaseException:  # Ctrl-C (KeyboardInterrupt) or an error here: no child goes on writing into WORK
+        child.kill()
+        child.wait()
+        raise
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
     if rc != 0:
         what = what or Path(cmd[1] if cmd[0] == PY else cmd[0]).name
         raise SystemExit(f"step {ctx.step}: {what} {how_it_ended(rc)}" + (f"; {hint}" if hint else ""))
