@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from megaindex.data.retrieval_docs import (  # noqa: E402
-    FillerText, RetrievalDocConfig, RetrievalDocGenerator, needle_word_lists,
-)
+from megaindex.data.held_out import needle_word_lists  # noqa: E402
+from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator  # noqa: E402
 from megaindex.data.tokenizer import IndexTokenizer  # noqa: E402
 
 MIXES = {"v4": {"open_value_share": 0.6, "random_value_share": 0.0}, "v5": {}}

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from megaindex.data.retrieval_docs import (
-    HELD_OUT_PHRASES, FillerText, HeldOutPhraseError, RetrievalDocConfig, RetrievalDocGenerator, check_held_out,
-)
+from megaindex.data.held_out import HELD_OUT_PHRASES, HeldOutPhraseError, check_held_out
+from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator
 from megaindex.data.retrieval_writer import describe_mix, write_documents
 from megaindex.data.tokenizer import IndexTokenizer
 

@@ -50,7 +50,7 @@ across packed rows so the question could not see its fact):
     numbers (copied well already; the passkey's kind) and 15% keep the tables (`phrase_value_share`
     0.1, `word_value_share` 0.05) so that multi-word phrases of a fixed shape stay in the mix. No
     open span (subject or value) holds a word of the evaluation's needle lists
-    (megaindex.data.needle_words; `needle_word_lists`), nor, for 2+ words or CJK characters, lies
+    (megaindex.data.needle_words; `held_out.needle_word_lists`), nor, for 2+ words or CJK characters, lies
     inside one ("hot springs", "温泉"): real text can contain "fresh ginger" or "冰糖";
   * v5 (after the fourth GPU attempt's base copied English needles fairly well, needle 87/71 at 1K/2K
     and 50 of 66 exact, but Chinese ones badly, 45/31 and 19 of 66): the Chinese needle words are rare
@@ -67,7 +67,7 @@ across packed rows so the question could not see its fact):
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
     the templates, not in the repetitive sentences, and not in the filler, whose sentences
-    containing one are dropped (`HELD_OUT_PHRASES`, `check_held_out`); the word lists share no
+    containing one are dropped (megaindex.data.held_out: `HELD_OUT_PHRASES`, `check_held_out`); the word lists share no
     string with the needles' (tests/test_retrieval_docs.py).
 
 Deterministic: document i depends only on (seed, i), the filler corpus and the tokenizer, so any
@@ -87,43 +87,11 @@ from pathlib import Path
 
 from megaindex.data import retrieval_same_form as SF
 from megaindex.data import retrieval_words as W
-from megaindex.data.needle_words import WORDS
+from megaindex.data.held_out import HELD_OUT_PHRASES, check_held_out, needle_word_lists
 from megaindex.data.retrieval_subjects import MIN_VOCABULARY, open_subject, open_value, random_value, vocabulary
 from megaindex.data.tokenizer import IndexTokenizer
 
 log = logging.getLogger(__name__)
-
-# Text the evaluation uses; training must never show it (case-insensitive substrings).
-HELD_OUT_PHRASES = (
-    "pass key", "passkey", "pass-key",  # landmark / LongLoRA passkey prompt and its garbage
-    "important info hidden inside", "the grass is green. the sky is blue", "the grass is green", "the sky is blue",
-    "the sun is yellow", "here we go", "there and back again",
-    # NeedleBench-style needles and their prompt (megaindex.data.needle_words, megaindex.eval.needle)
-    "best thing to do in", "secret ingredient", "最值得做的事情", "秘密配料", "one sentence in it answers",
-    "其中有一句话回答了", "文末的问题", "the document given to you by the user", "用户给你的文档",
-    "answer with one sentence that starts with", "开头的一句话回答",
-    "special magic",  # RULER
-)
-
-
-def needle_word_lists() -> dict[str, list[str]]:
-    """Every word-list entry of the evaluation's needles (megaindex.data.needle_words, the table the
-    evaluation draws from; read from there so the two never drift), English ones lowercased and
-    space-padded: no open-vocabulary span of a training document may hold one."""
-    return {"en": [f" {w.lower()} " for table in WORDS["en"].values() for w in table],
-            "zh": [w for table in WORDS["zh"].values() for w in table]}
-
-
-class HeldOutPhraseError(ValueError):
-    """A generated document contains an evaluation-only phrase."""
-
-
-def check_held_out(text: str, phrases: tuple[str, ...] = HELD_OUT_PHRASES) -> None:
-    low = text.lower()
-    for p in phrases:
-        if p.lower() in low:
-            raise HeldOutPhraseError(f"evaluation-only phrase {p!r} in a training document")
-
 
 SENTENCE = re.compile(r"(?<=[.!?。！？])\s+")  # English: split at whitespace after a sentence end
 ZH_SENTENCE = re.compile(r".*?(?:[。！？]|\n)\s*", re.S)  # Chinese: pieces keep their end and line breaks
