@@ -75,3 +75,18 @@ def test_character_coverage_decides_which_characters_fall_back_to_bytes(tmp_path
     default = _train(tmp_path / "default.model")
     assert byte_share(full) == 0.0
     assert byte_share(default) > 0.5
+
+
+def test_character_coverage_out_of_sentencepieces_range_is_one_line_before_any_work(tmp_path, capsys):
+    """SentencePiece accepts 0.98..1.0 and otherwise fails only after reading the corpus, with an internal
+    check ("INTERNAL: src/trainer_interface.cc(94) [...]"): the tool refuses first, naming the option."""
+    spec = importlib.util.spec_from_file_location("train_tokenizer", REPO / "tools/train_tokenizer.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for bad in ("0.9", "1.5"):
+        with pytest.raises(SystemExit) as e:
+            tool.main([str(CORPUS), "-o", str(tmp_path / "t.model"), "--character-coverage", bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"--character-coverage {bad}" in err and "0.98" in err and "1.0" in err, err
+    assert not (tmp_path / "t.model").exists()

@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                          "more (0.9999) or its rarer CJK characters become 3 byte tokens each")
     ap.add_argument("--max-sentences", type=int, default=2_000_000, help="sample at most this many lines")
     args = ap.parse_args(argv)
+    if not 0.98 <= args.character_coverage <= 1.0:  # SentencePiece's own check comes only after reading the corpus
+        ap.error(f"--character-coverage {args.character_coverage}: SentencePiece accepts 0.98 to 1.0 "
+                 f"(0.9995 for one language, 0.9999 or 1.0 for a corpus with a small CJK share)")
 
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
