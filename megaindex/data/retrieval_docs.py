@@ -63,7 +63,7 @@ across packed rows so the question could not see its fact):
     and data are not chosen by the needle lists; needle words stay held out. On 2,000 stage-0 documents
     (real filler and tokenizer, benchmarks/retrieval_docs_v5.py): tokens 46% open, 13% random, 26%
     numbers, 10% phrases, 5% words; byte fallback 88% of the tokens of Chinese random values, 6% of open
-    ones', 81% of needle words'; vocabulary built once in ~4 s; 490 documents per CPU second (v4: 476);
+    ones', 81% of needle words'; vocabulary built once in 5.8 s; 490 documents per CPU second (v4: 476);
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
     the templates, not in the repetitive sentences, and not in the filler, whose sentences
