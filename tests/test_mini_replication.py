@@ -253,3 +253,27 @@ def test_ablations_train_at_their_own_budget_and_the_smoke_scale_keeps_its_own(m
         assert [c.train.train_iters for c in cfg.values()] == [want, want], seen
         assert cfg["ablation_rope_5m"].model.rotary_base == 5_000_000
         assert cfg["ablation_reference"].model.rotary_base == 320_000
+
+
+def test_ablations_compare_with_the_recipe_at_their_own_budget(tmp_path):
+    """report.ablation_table: ablation_reference is the baseline when it ran; else Long-PT, only when its
+    last validation is at the ablations' step (the fourth attempt); else no delta is claimed."""
+    def val(run, *rows):
+        (tmp_path / run).mkdir(parents=True, exist_ok=True)
+        (tmp_path / run / "validation.jsonl").write_text("".join(json.dumps({"step": s, "val_loss": x}) + "\n" for s, x in rows))
+
+    L = {4096: 50.0, 32768: 5.0}
+    variants = {n: _variant(L, {4096: 0.9, 32768: 0.0}, model=n) for n in ("longpt", "ablation_rope_5m")}
+    val("ablation_rope_5m", (64, 1.5), (128, 1.1))
+    val("stage1", (64, 1.4), (128, 1.0))
+    md, out = report.ablation_table(variants, tmp_path)
+    assert "Reference: longpt" in md and out["ablation_rope_5m"]["delta_pct"] == 10.0 and out["longpt"]["delta_pct"] == 0.0
+    val("stage1", (256, 0.9), (512, 0.8))  # a longer stage 1: not the ablations' budget
+    md, out = report.ablation_table(variants, tmp_path)
+    assert out["ablation_rope_5m"]["delta_pct"] is None and "longpt" not in out and "Reference: none" in md
+    variants["ablation_reference"] = _variant(L, {}, model="ablation_reference")
+    val("ablation_reference", (128, 1.0))
+    md, out = report.ablation_table(variants, tmp_path)
+    assert "Reference: ablation_reference" in md and out["ablation_reference"]["delta_pct"] == 0.0
+    assert out["ablation_rope_5m"]["delta_pct"] == 10.0
+    assert "| ablation_rope_5m | 1.1000 (step 128) |" in md and "50.0 / 5.0 | 90 / 0 |" in md

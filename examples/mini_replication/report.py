@@ -6,7 +6,8 @@ with every RoPE variant, longpt/ for stage 1, ablation_*/ for the ablations) and
                             passkey accuracy per length, perplexity per length, the forced token accuracy per length of
                             both tasks (share of answer tokens right under teacher forcing: partial
                             retrieval that exact match hides); the thresholds, each met or missed
-  results.md                the same as tables, plus the thresholds
+  results.md                the same as tables, plus the thresholds and the ablations against their
+                            reference at one training budget (validation loss from WORK/<run>/validation.jsonl)
   heatmaps.png              needle heatmaps side by side: base + naive, base + Dynamic NTK, Long-PT
   score_vs_length.png       needle score and passkey accuracy vs length, one line per variant
   probe.png                 training curves of stage 0 and stage 1 (WORK/stage*/metrics.jsonl, when
@@ -238,6 +239,50 @@ def probe_plot(runs: dict[str, Path], out: Path) -> Path | None:
     return path
 
 
+def validation(run_dir: Path) -> tuple[int, float] | None:
+    """(step, loss) of the last validation a training run logged (its validation.jsonl), or None."""
+    path = run_dir / "validation.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "val_loss" in r]
+    return (int(rows[-1]["step"]), float(rows[-1]["val_loss"])) if rows else None
+
+
+def ablation_table(variants: dict[str, dict], work: Path) -> tuple[str, dict[str, dict]]:
+    """Markdown and {variant: {validation_step, validation_loss, delta_pct}} for every ablation, against
+    `ablation_reference` (the recipe at the ablations' budget) or, without it, Long-PT when its last
+    validation is at the same step (the fourth attempt, whose stage 1 had the ablations' budget)."""
+    runs = {name: validation(work / name) for name in variants if name.startswith("ablation_")}
+    runs = {k: v for k, v in runs.items() if v is not None}
+    if not runs:
+        return "", {}
+    ref_name = "ablation_reference" if "ablation_reference" in runs else "longpt"
+    ref = runs.get(ref_name) or validation(work / "stage1")
+    steps = {step for step, _ in runs.values()}
+    if ref is None or ref[0] not in steps or len(steps) > 1:
+        ref, ref_name = None, None
+    rows = {ref_name: ref} if ref_name == "longpt" else {}
+    rows.update(runs)
+    lengths = [L for L in _lengths(variants) if L > 2048]
+    out: dict[str, dict] = {}
+    what = ref_name or "none logged at the ablations' step count"
+    md = ("## Ablations against the recipe at the same budget\n\n"
+          f"Reference: {what}. Needle score / passkey accuracy (%) at {', '.join(str(L) for L in lengths)} tokens.\n\n"
+          "| variant | validation loss | vs reference | needle | passkey |\n|---|---|---|---|---|\n")
+    for name, (step, loss) in rows.items():
+        delta = None if ref is None else 100 * (loss / ref[1] - 1)
+        out[name] = {"validation_step": step, "validation_loss": round(loss, 4),
+                     "delta_pct": None if delta is None else round(delta, 2)}
+        v = variants.get(name, {})
+        needle = " / ".join(f"{v['needle_mean_by_length'][L]:.1f}" if L in v.get("needle_mean_by_length", {}) else "-" for L in lengths)
+        passkey = " / ".join(f"{100 * v['passkey_accuracy_by_length'][L]:.0f}" if L in v.get("passkey_accuracy_by_length", {}) else "-"
+                             for L in lengths)
+        md += (f"| {name} | {loss:.4f} (step {step}) | " + ("-" if delta is None else f"{delta:+.1f}%")
+               + f" | {needle} | {passkey} |\n")
+    return md + "\n", out
+
+
 def write_report(eval_dir: Path, out: Path, *, publish_to: Path | None = None) -> list[Path]:
     variants = load_variants(eval_dir)
     if not variants:
@@ -255,12 +300,15 @@ def write_report(eval_dir: Path, out: Path, *, publish_to: Path | None = None) -
                      for k, v in variants.items()},
         "thresholds": thresholds,
     }
+    work = eval_dir.parent
+    ablations_md, ablations = ablation_table(variants, work)
+    if ablations:
+        summary["ablations"] = ablations
     js = out / "replication_summary.json"
     js.write_text(json.dumps(summary, indent=1) + "\n")
     md = out / "results.md"
-    md.write_text(markdown(variants, thresholds))
+    md.write_text(markdown(variants, thresholds) + ablations_md)
     pngs = plots(variants, out)
-    work = eval_dir.parent
     probe = probe_plot({s: work / s / "metrics.jsonl" for s in ("stage0", "stage1")}, out)
     pngs += [probe] if probe else []
     for t in thresholds:
