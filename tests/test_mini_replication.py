@@ -121,6 +121,10 @@ def test_training_and_evaluation_run_in_child_processes(tmp_path, monkeypatch):
     import run
 
     from megaindex import checkpoint
+    from megaindex.training.preemption import STOP_SIGNALS
+
+    # run.py keeps its own copy (importing preemption would import torch); the two must not drift
+    assert set(run.FORWARDED) == set(STOP_SIGNALS)
 
     def in_process(*args, **kwargs):
         raise AssertionError("run.py trained or evaluated in its own process")
