@@ -16,7 +16,8 @@
 # faulthandler_timeout, a test running longer dumps every thread's stack into the log and goes on).
 # A group whose estimate does not fit the budget left is not started; the summary prints the command
 # that runs the rest. Exit: 0 every selected group ran and passed (skips included), 1 a group failed
-# or hit its limit, 2 bad GPUS/ONLY, 4 nothing failed but groups were left for another call.
+# or hit its limit or the collection failed, 2 bad GPUS/ONLY, 4 nothing failed but groups were left
+# for another call.
 # pytest-timeout is not in the venv, so the limit is per group (`timeout -s INT`: pytest stops the
 # running test, prints where it was and writes its junit file; the kill follows 30 s later).
 #
@@ -117,6 +118,12 @@ fi
 coverage="$(wc -l < "$WORK/collected.txt") gpu tests collected; every one is in a group"
 [ ${#unlisted[@]} -gt 0 ] && coverage="$(wc -l < "$WORK/collected.txt") gpu tests collected; NOT in any group (run as 'unlisted'; add them to GROUP_TABLE): ${unlisted[*]}"
 [ ${#stale[@]} -gt 0 ] && coverage+="; listed but not collected (stale GROUP_TABLE entries): ${stale[*]}"
+# A test file that does not import is in no group and runs in none: that fails the script (5: no gpu test at all)
+collect_failed=0
+if [ $collect_rc != 0 ] && [ $collect_rc != 5 ]; then
+  collect_failed=1
+  coverage="collection FAILED (pytest rc=$collect_rc; the tests of a file that did not collect ran in no group: see the log); $coverage"
+fi
 say "   $coverage"
 
 # 2. The groups to run
@@ -209,6 +216,6 @@ EOF
 echo
 cat "$OUT/summary.txt"
 rm -rf "$WORK"
-[ $failed = 1 ] && exit 1
+{ [ $failed = 1 ] || [ $collect_failed = 1 ]; } && exit 1
 [ ${#left_over[@]} -gt 0 ] && exit 4
 exit 0

@@ -43,3 +43,25 @@ def test_gpu_tests_script_lists_every_gpu_test_and_reports_skips(tmp_path):
     cases = suites[0].findall("testcase")
     assert [c.get("name") for c in cases] == ["test_cp_slices_match_transformer_engine", "test_doctor_sees_transformer_engine"]
     assert all(c.find("skipped") is not None for c in cases)
+
+
+def test_gpu_tests_script_fails_when_collection_fails(tmp_path):
+    """A gpu test file that does not import is in no group and runs in none: its collection error must fail
+    the script and be in the summary (it was only in the log, and the script exited 0 or 4). The collection
+    error is simulated by a PYTHON that answers `pytest --collect-only` with pytest's collection-error exit
+    status 2 after the real collection; no group runs (BUDGET_S=0), so this costs one collection."""
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+case " $* " in *" --collect-only "*)
+  {sys.executable} "$@"; echo "ERROR tests/test_new_gpu.py - ModuleNotFoundError: No module named 'x'"; exit 2 ;;
+esac
+exec {sys.executable} "$@"
+""")
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "PYTHONPATH": str(REPO), "OUT": str(tmp_path / "out"), "BUDGET_S": "0",
+           "ONLY": "te_kernels"}
+    r = subprocess.run(["bash", "benchmarks/gpu_tests.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert r.returncode == 1, (r.returncode, summary)
+    assert re.search(r"collect: collection FAILED \(pytest rc=2.*\)", summary), summary
+    assert "te_kernels: not run" in summary
