@@ -76,12 +76,12 @@ GROUP_TABLE=(
   "convert_eval 1 50 180 tests/test_convert_gpu.py tests/test_eval_gpu.py"
   "cuda_graph 1 80 240 $T::test_cuda_graph_steps_match_eager_steps"
   "async_ckpt 1 100 240 $T::test_async_checkpoints_and_resume_on_gpu"
-  "train_1gpu 1 230 360 $L[selective_recompute] $L[full_recompute] $L[static_thd_shapes] $L[te_cross_entropy] $L[native_cross_entropy] $L[block_recompute_te_cross_entropy] $T::test_fp8_matches_bf16_within_fp8_precision"
+  "train_1gpu 1 230 360 ${L}[selective_recompute] ${L}[full_recompute] ${L}[static_thd_shapes] ${L}[te_cross_entropy] ${L}[native_cross_entropy] ${L}[block_recompute_te_cross_entropy] $T::test_fp8_matches_bf16_within_fp8_precision"
   "parity_2gpu 2 45 180 tests/test_parallel.py::test_te_parallel_layouts"
   "fp8_attention_2gpu 2 100 240 $T::test_fp8_attention_runs_and_matches_bf16_within_fp8_precision"
-  "layouts_2gpu_tp_pp_dp 2 180 330 $L[tp2_sp] $L[tp2_sp_te_cross_entropy] $L[pp2] $L[pp2_vpp2] $L[dp2]"
-  "layouts_2gpu_cp 2 210 360 $L[cp2_p2p_thd] $L[cp2_a2a_thd] $L[cp2_a2a+p2p_thd] $L[cp2_p2p_unpacked] $L[cp2_p2p_sbhd]"
-  "layouts_4gpu 4 200 400 $L[4gpu_tp2_cp2] $L[4gpu_tp2_pp2] $L[4gpu_pp2_cp2] $L[4gpu_pp2_dp2] $L[4gpu_cp4_a2a+p2p]"
+  "layouts_2gpu_tp_pp_dp 2 180 330 ${L}[tp2_sp] ${L}[tp2_sp_te_cross_entropy] ${L}[pp2] ${L}[pp2_vpp2] ${L}[dp2]"
+  "layouts_2gpu_cp 2 210 360 ${L}[cp2_p2p_thd] ${L}[cp2_a2a_thd] ${L}[cp2_a2a+p2p_thd] ${L}[cp2_p2p_unpacked] ${L}[cp2_p2p_sbhd]"
+  "layouts_4gpu 4 200 400 ${L}[4gpu_tp2_cp2] ${L}[4gpu_tp2_pp2] ${L}[4gpu_pp2_cp2] ${L}[4gpu_pp2_dp2] ${L}[4gpu_cp4_a2a+p2p]"
 )
 
 say() { echo "$*" | tee -a "$LOG"; }
