@@ -281,3 +281,12 @@ def test_ablations_compare_with_the_recipe_at_their_own_budget(tmp_path):
     assert "Reference: ablation_reference" in md and out["ablation_reference"]["delta_pct"] == 0.0
     assert out["ablation_rope_5m"]["delta_pct"] == 10.0
     assert "| ablation_rope_5m | 1.1000 (step 128) |" in md and "50.0 / 5.0 | 90 / 0 |" in md
+
+
+def test_evaluation_train_length_follows_set_overrides(tmp_path):
+    """--set data.seq_length=... changes the length the model trained at, so the evaluation's
+    --train-length (what Dynamic NTK and YaRN scale from) must follow it."""
+    import run
+
+    assert run._seq(run.Ctx(tmp_path, run.FULL, False), "stage1", []) == 32768
+    assert run._seq(run.Ctx(tmp_path, run.FULL, False, ["data.seq_length=16384"]), "stage1", []) == 16384

@@ -363,9 +363,10 @@ def _eval(ctx: Ctx, run_name: str, out: str, ropes: str, train_length: int) -> P
 
 
 def _seq(ctx: Ctx, recipe: str, overrides: list[str]) -> int:
+    """The training length the run had: the recipe with the scale's overrides and this command's --set."""
     from megaindex.config import load_config
 
-    return load_config(HERE / f"{recipe}.yaml", overrides).data.seq_length
+    return load_config(HERE / f"{recipe}.yaml", [*overrides, *ctx.extra]).data.seq_length
 
 
 def step_eval_base(ctx: Ctx) -> list[Path]:
