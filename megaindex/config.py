@@ -63,7 +63,7 @@ def range_errors(section: str, obj: Any, skip: tuple[str, ...] = ()) -> list[str
 
 @dataclass
 class ModelConfig:
-    preset: str | None = _f(None, "named architecture filled in first (index-1.9b, index-1.9b-32k, llama, mini-index, tiny, tiny-llama)")
+    preset: str | None = _f(None, "named architecture filled in first (index-1.9b, index-1.9b-32k, llama, mini-index, mini-index-m, tiny, tiny-llama)")
     num_layers: int = _f(0, "transformer layers", ge=1)
     hidden_size: int = _f(0, "model width", ge=1)
     num_attention_heads: int = _f(0, "query heads", ge=1)

@@ -74,6 +74,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         rotary_base=10000,
         max_position_embeddings=2048,
     ),
+    # "mini-index-m": mini-index grown 1.5x in width for the fifth attempt's miss (its base got the
+    # *first* answer token wrong, the question-to-fact lookup, and its probe plateaued from step
+    # ~1280; examples/mini_replication/stage0.yaml). Same depth, head dim 128 and 2.875x SwiGLU:
+    # 8 x (4 x 768^2 + 3 x 768 x 2208) = 59.57M in layers + 2 x 768 x 8064 (vocabulary padded to a
+    # multiple of 128) = 12.39M embedding and head + 13K norms = 71.97M parameters (mini-index: 34.7M).
+    "mini-index-m": dict(
+        num_layers=8,
+        hidden_size=768,
+        num_attention_heads=6,
+        num_query_groups=6,
+        ffn_hidden_size=2208,
+        vocab_size=8000,
+        norm_epsilon=1e-6,
+        norm_head=True,
+        untie_embeddings_and_output_weights=True,
+        rotary_base=10000,
+        max_position_embeddings=2048,
+    ),
     # Llama-shaped toy model with grouped-query attention and a plain head (converter tests).
     "tiny-llama": {**_TINY, "num_query_groups": 2, "norm_epsilon": 1e-5, "norm_head": False, "rotary_base": 10000},
 }
