@@ -33,17 +33,25 @@ def test_recipes_and_ablations_validate():
     for cfg in (s0, s1):
         cfg.validate(1)
         m = cfg.model
-        assert (m.num_layers, m.hidden_size, m.head_dim, m.norm_head, m.untie_embeddings_and_output_weights) == (8, 512, 128, True, True)
+        # mini-index-m since the sixth attempt: 1.5x mini-index's width, Index's head dim and FFN ratio
+        assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.head_dim, m.ffn_hidden_size,
+                m.norm_head, m.untie_embeddings_and_output_weights) == (8, 768, 6, 6, 128, 2208, True, True)
         assert cfg.data.whole_documents == 2048 <= s0.data.seq_length  # retrieval documents: whole, never longer than stage 0
     params = s0.model.num_layers * (4 * s0.model.hidden_size ** 2 + 3 * s0.model.hidden_size * s0.model.ffn_hidden_size)
     params += 2 * s0.model.hidden_size * s0.padded_vocab_size
-    assert 33e6 < params < 36e6  # the issue's ~34M
+    from megaindex.plan import parameter_counts
+
+    assert 71.9e6 < params < 72e6 and abs(parameter_counts(s0).total - params) < 20e3  # presets.py's ~72M (+ norms)
     assert (s0.data.seq_length, s0.model.rotary_base) == (2048, 10000)
     assert (s1.data.seq_length, s1.model.rotary_base, s1.data.packing) == (32768, 320000, "reset")
     assert s0.train.train_iters * s0.data.global_batch_tokens == 2 ** 28  # 268M tokens: stage0.yaml (2048 steps since the missed gate)
-    # stage 1: 134M tokens since the fifth attempt (the fourth's 33.5M left the 32K end under-trained);
-    # the ablations keep the pre-registered ~30M budget, with the recipe itself at that budget as `reference`
-    assert s1.train.train_iters * s1.data.global_batch_tokens == 512 * 2 ** 18
+    # stage 1: the issue's ~30M again since the sixth attempt (512 steps were no better than 128), on
+    # the corpus' long documents only; stage 0 reads the whole corpus (run.py writes out its parts)
+    assert s1.train.train_iters * s1.data.global_batch_tokens == 128 * 2 ** 18
+    assert [e.split()[1] for e in s1.data.data_path] == ["WORK/data/corpus_long", "WORK/data/retrieval_s1"]
+    assert [e.split()[1] for e in s0.data.data_path] == ["WORK/data/corpus", "WORK/data/retrieval_s0"]
+    # a killed stage 1 loses at most 32 steps (README), and the probe and validation see 4 points
+    assert s1.checkpoint.save_interval == s1.eval.interval == s1.train.eval_interval == 32
     # Stage 0 replays CUDA graphs on the GPU (validate(1) above ran config_layout.cuda_graph_errors); the
     # CPU smoke scale runs it eagerly.
     import run
@@ -52,11 +60,10 @@ def test_recipes_and_ablations_validate():
     smoke = load_config(HERE / "stage0.yaml", run.SMOKE.stage0)
     assert (smoke.train.cuda_graph_impl, smoke.data.static_thd_shapes) == ("none", False)
     ablations = yaml.safe_load((HERE / "ablations.yaml").read_text())
-    assert set(ablations) == {"reference", "rope_10k", "rope_5m", "concat", "ctx_warmup"}
-    assert ablations["reference"] == {}
+    assert set(ablations) == {"rope_10k", "rope_5m", "concat", "ctx_warmup"}  # Long-PT is their reference
+    assert run.FULL.ablation_iters is None  # stage1.yaml's steps: the same budget as Long-PT
     for name, overrides in ablations.items():
-        cfg = load_config(HERE / "stage1.yaml", [f"train.train_iters={run.FULL.ablation_iters}",
-                                                  *(f"{k}={json.dumps(v)}" for k, v in overrides.items())])
+        cfg = load_config(HERE / "stage1.yaml", [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
         cfg.validate(1)
         assert 30e6 <= cfg.train.train_iters * cfg.data.global_batch_tokens <= 36e6  # the issue's ~30M
     assert load_config(HERE / "stage1.yaml", ["model.rotary_base=5000000"]).model.rotary_base == 5_000_000
@@ -104,6 +111,37 @@ def test_report_shows_token_accuracy(tmp_path):
     assert "## Passkey token accuracy (%" in md and "| base+naive | 60.0 | 40.0 |" in md
     assert "## Needle token accuracy (%" in md and "| base+naive | 25.0 | 12.5 |" in md
     assert "token accuracy" not in report.markdown({"x": _variant({1024: 5.0}, {1024: 0.0})}, [])
+
+
+def _write_parts(work: Path, short: tuple[int, int], long: tuple[int, int]) -> None:
+    """WORK/data/corpus_parts.json as `run.py preprocess` writes it: (documents, tokens) per part."""
+    (work / "data").mkdir(parents=True, exist_ok=True)
+    parts = {"corpus_short": dict(zip(("documents", "tokens"), short)), "corpus_long": dict(zip(("documents", "tokens"), long))}
+    (work / "data" / "corpus_parts.json").write_text(json.dumps(
+        {"min_tokens": 16384, "documents": short[0] + long[0], "tokens": short[1] + long[1], **parts}))
+
+
+def test_recipes_read_the_corpus_by_length_parts(tmp_path):
+    """Stage 0's "0.7 WORK/data/corpus" is written out as both length parts, each 0.7 x its share of the
+    corpus' tokens (the corpus mix one dataset gave); a part with no documents is left out of it, and a
+    recipe that trains on an empty part (stage 1 on corpus_long) is refused in one line."""
+    import run
+
+    work = tmp_path / "w"
+    ctx = run.Ctx(work, run.FULL, force=False)
+    with pytest.raises(SystemExit, match=r"corpus_parts.json missing: .*run `run.py preprocess`"):
+        ctx.recipe("stage0", [])
+    _write_parts(work, short=(2079, 7_757_420), long=(380, 19_897_369))  # the v5 corpus (2026-11-28)
+    data = load_config(ctx.recipe("stage0", [])[0]).data.data_path
+    assert data == [f"0.1964 {work}/data/corpus_short", f"0.5036 {work}/data/corpus_long", f"0.3 {work}/data/retrieval_s0"]
+    assert load_config(ctx.recipe("stage1", [])[0]).data.data_path == [f"0.85 {work}/data/corpus_long",
+                                                                        f"0.15 {work}/data/retrieval_s1"]
+    _write_parts(work, short=(0, 0), long=(21, 400_000))
+    assert load_config(ctx.recipe("stage0", [])[0]).data.data_path == [f"0.7 {work}/data/corpus_long",
+                                                                        f"0.3 {work}/data/retrieval_s0"]
+    _write_parts(work, short=(21, 400_000), long=(0, 0))
+    with pytest.raises(SystemExit, match=r"stage1.yaml trains on corpus_long, which has no documents .* >= 16384 tokens"):
+        ctx.recipe("stage1", [])
 
 
 def test_training_and_evaluation_run_in_child_processes(tmp_path, monkeypatch):
@@ -160,6 +198,7 @@ def test_training_and_evaluation_run_in_child_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(run.subprocess, "Popen", FakeChild)
     monkeypatch.setattr(checkpoint, "resume_point", fake_resume_point)
     work = tmp_path / "mini"
+    _write_parts(work, short=(3, 100), long=(2, 900))
     ctx = run.Ctx(work, run.SMOKE, force=False, extra=["log.log_interval=2"])  # --set log.log_interval=2
 
     ctx.step = "ablation_rope_5m"
@@ -229,6 +268,16 @@ def test_smoke_runs_every_step(tmp_path):
         assert set(v["needle_mean_by_length"]) == {"256", "512", "1024"}
         assert set(v["passkey_accuracy_by_length"]) == {"256", "512", "1024"}
         assert set(v["passkey_token_accuracy_by_length"]) == {"256", "512", "1024"}
+    # the corpus, split by document length: a partition; stage 0 reads both parts, stage 1 the long one
+    parts = json.loads((work / "data" / "corpus_parts.json").read_text())
+    assert parts["corpus_short"]["documents"] > 0 and parts["corpus_long"]["documents"] > 0, parts
+    assert parts["corpus_short"]["tokens"] + parts["corpus_long"]["tokens"] == parts["tokens"]
+    s0 = load_config(work / "recipes" / "stage0.yaml").data.data_path
+    assert [e.split()[1] for e in s0] == [str(work / "data" / n) for n in ("corpus_short", "corpus_long", "retrieval_s0")]
+    assert math.isclose(sum(float(e.split()[0]) for e in s0[:2]), 0.7, abs_tol=1e-3)
+    # the ablations train stage 1's steps and compare with Long-PT
+    assert summary["ablations"]["longpt"]["delta_pct"] == 0.0
+    assert all(summary["ablations"][f"ablation_{a}"]["delta_pct"] is not None for a in run.ABLATIONS), summary["ablations"]
     assert {t["status"] for t in summary["thresholds"]} <= {"met", "missed", "not measured"}
     assert len(summary["thresholds"]) == 8
     for png in ("heatmaps.png", "score_vs_length.png"):
@@ -240,8 +289,8 @@ def test_smoke_runs_every_step(tmp_path):
 
 
 def test_ablations_train_at_their_own_budget_and_the_smoke_scale_keeps_its_own(monkeypatch, tmp_path):
-    """FULL: every ablation (reference included) trains run.FULL.ablation_iters steps, whatever stage1.yaml
-    says; its own override comes after the budget. SMOKE: the smoke scale's stage-1 steps stand."""
+    """Every ablation trains stage 1's steps (run.FULL.ablation_iters is None; a number would override
+    them, before the ablation's own override); SMOKE: the smoke scale's stage-1 steps stand."""
     import run
 
     seen = {}
@@ -250,37 +299,48 @@ def test_ablations_train_at_their_own_budget_and_the_smoke_scale_keeps_its_own(m
     for scale in (run.FULL, run.SMOKE):
         seen.clear()
         ctx = run.Ctx(tmp_path / "w", scale, force=False)
-        for name in ("reference", "rope_5m"):
+        for name in ("concat", "rope_5m"):
             run.STEPS[f"ablation_{name}"](ctx)
         cfg = {n: load_config(HERE / "stage1.yaml", o) for n, o in seen.items()}
-        want = 128 if scale is run.FULL else 3
+        want = 128 if scale is run.FULL else 3  # stage 1's own steps at either scale
         assert [c.train.train_iters for c in cfg.values()] == [want, want], seen
         assert cfg["ablation_rope_5m"].model.rotary_base == 5_000_000
-        assert cfg["ablation_reference"].model.rotary_base == 320_000
+        assert cfg["ablation_concat"].model.rotary_base == 320_000
 
 
 def test_ablations_compare_with_the_recipe_at_their_own_budget(tmp_path):
-    """report.ablation_table: ablation_reference is the baseline when it ran; else Long-PT, only when its
-    last validation is at the ablations' step (the fourth attempt); else no delta is claimed."""
+    """report.ablation_table: Long-PT is the baseline (stage 1 trains the ablations' steps); a run whose
+    last validation is at another step gets no delta and its row says so (it was blank before);
+    `ablation_reference`, where one ran (the fifth attempt), is the baseline instead."""
     def val(run, *rows):
         (tmp_path / run).mkdir(parents=True, exist_ok=True)
         (tmp_path / run / "validation.jsonl").write_text("".join(json.dumps({"step": s, "val_loss": x}) + "\n" for s, x in rows))
 
     L = {4096: 50.0, 32768: 5.0}
-    variants = {n: _variant(L, {4096: 0.9, 32768: 0.0}, model=n) for n in ("longpt", "ablation_rope_5m")}
+    variants = {n: _variant(L, {4096: 0.9, 32768: 0.0}, model=n) for n in ("longpt", "ablation_rope_5m", "ablation_concat")}
     val("ablation_rope_5m", (64, 1.5), (128, 1.1))
+    val("ablation_concat", (64, 1.6), (96, 1.2))  # stopped early (killed, not resumed)
     val("stage1", (64, 1.4), (128, 1.0))
     md, out = report.ablation_table(variants, tmp_path)
-    assert "Reference: longpt" in md and out["ablation_rope_5m"]["delta_pct"] == 10.0 and out["longpt"]["delta_pct"] == 0.0
-    val("stage1", (256, 0.9), (512, 0.8))  # a longer stage 1: not the ablations' budget
+    assert "Reference: longpt, validation at step 128" in md
+    assert out["ablation_rope_5m"]["delta_pct"] == 10.0 and out["longpt"]["delta_pct"] == 0.0
+    assert out["ablation_concat"]["delta_pct"] is None
+    assert out["ablation_concat"]["note"] == "not compared: step 96, reference at step 128"
+    assert "| ablation_concat | 1.2000 (step 96) | not compared: step 96, reference at step 128 |" in md
+    val("stage1", (256, 0.9), (512, 0.8))  # a longer stage 1 (the fifth attempt): no ablation compares
     md, out = report.ablation_table(variants, tmp_path)
-    assert out["ablation_rope_5m"]["delta_pct"] is None and "longpt" not in out and "Reference: none" in md
+    assert out["ablation_rope_5m"]["delta_pct"] is None and out["longpt"]["validation_step"] == 512
+    assert "| ablation_rope_5m | 1.1000 (step 128) | not compared: step 128, reference at step 512 |" in md
     variants["ablation_reference"] = _variant(L, {}, model="ablation_reference")
     val("ablation_reference", (128, 1.0))
     md, out = report.ablation_table(variants, tmp_path)
     assert "Reference: ablation_reference" in md and out["ablation_reference"]["delta_pct"] == 0.0
-    assert out["ablation_rope_5m"]["delta_pct"] == 10.0
-    assert "| ablation_rope_5m | 1.1000 (step 128) |" in md and "50.0 / 5.0 | 90 / 0 |" in md
+    assert out["ablation_rope_5m"]["delta_pct"] == 10.0 and "longpt" not in out
+    assert "| ablation_rope_5m | 1.1000 (step 128) | +10.0% | 50.0 / 5.0 | 90 / 0 |" in md
+    (tmp_path / "stage1" / "validation.jsonl").unlink()
+    (tmp_path / "ablation_reference" / "validation.jsonl").unlink()
+    md, out = report.ablation_table(variants, tmp_path)
+    assert "Reference: none (stage1/validation.jsonl missing)" in md and "| no reference |" in md
 
 
 def test_evaluation_train_length_follows_set_overrides(tmp_path):

@@ -7,7 +7,8 @@ with every RoPE variant, longpt/ for stage 1, ablation_*/ for the ablations) and
                             both tasks (share of answer tokens right under teacher forcing: partial
                             retrieval that exact match hides); the thresholds, each met or missed
   results.md                the same as tables, plus the thresholds and the ablations against their
-                            reference at one training budget (validation loss from WORK/<run>/validation.jsonl)
+                            reference, Long-PT at the same training budget (validation loss from
+                            WORK/<run>/validation.jsonl)
   heatmaps.png              needle heatmaps side by side: base + naive, base + Dynamic NTK, Long-PT
   score_vs_length.png       needle score and passkey accuracy vs length, one line per variant
   probe.png                 training curves of stage 0 and stage 1 (WORK/stage*/metrics.jsonl, when
@@ -250,36 +251,40 @@ def validation(run_dir: Path) -> tuple[int, float] | None:
 
 
 def ablation_table(variants: dict[str, dict], work: Path) -> tuple[str, dict[str, dict]]:
-    """Markdown and {variant: {validation_step, validation_loss, delta_pct}} for every ablation, against
-    `ablation_reference` (the recipe at the ablations' budget) or, without it, Long-PT when its last
-    validation is at the same step (the fourth attempt, whose stage 1 had the ablations' budget)."""
+    """Markdown and {variant: {validation_step, validation_loss, delta_pct[, note]}} for every ablation
+    against the recipe at the same budget: Long-PT (WORK/stage1/validation.jsonl; stage 1 and the
+    ablations train the same steps), or `ablation_reference` where one ran (the fifth attempt, whose
+    stage 1 was 4x the ablations'). A run whose last validation is at another step than the
+    reference's gets no delta, and its row says so."""
     runs = {name: validation(work / name) for name in variants if name.startswith("ablation_")}
     runs = {k: v for k, v in runs.items() if v is not None}
     if not runs:
         return "", {}
     ref_name = "ablation_reference" if "ablation_reference" in runs else "longpt"
     ref = runs.get(ref_name) or validation(work / "stage1")
-    steps = {step for step, _ in runs.values()}
-    if ref is None or ref[0] not in steps or len(steps) > 1:
-        ref, ref_name = None, None
-    rows = {ref_name: ref} if ref_name == "longpt" else {}
+    rows = {ref_name: ref} if ref_name == "longpt" and ref is not None else {}
     rows.update(runs)
     lengths = [L for L in _lengths(variants) if L > 2048]
     out: dict[str, dict] = {}
-    what = ref_name or "none logged at the ablations' step count"
+    what = f"{ref_name}, validation at step {ref[0]}" if ref else "none (stage1/validation.jsonl missing): no deltas"
     md = ("## Ablations against the recipe at the same budget\n\n"
           f"Reference: {what}. Needle score / passkey accuracy (%) at {', '.join(str(L) for L in lengths)} tokens.\n\n"
           "| variant | validation loss | vs reference | needle | passkey |\n|---|---|---|---|---|\n")
     for name, (step, loss) in rows.items():
-        delta = None if ref is None else 100 * (loss / ref[1] - 1)
-        out[name] = {"validation_step": step, "validation_loss": round(loss, 4),
-                     "delta_pct": None if delta is None else round(delta, 2)}
+        out[name] = {"validation_step": step, "validation_loss": round(loss, 4), "delta_pct": None}
+        if ref is None:
+            cell = "no reference"
+        elif step != ref[0]:  # stopped early, or another budget: a loss at another step is no comparison
+            cell = f"not compared: step {step}, reference at step {ref[0]}"
+            out[name]["note"] = cell
+        else:
+            out[name]["delta_pct"] = round(100 * (loss / ref[1] - 1), 2)
+            cell = f"{100 * (loss / ref[1] - 1):+.1f}%"
         v = variants.get(name, {})
         needle = " / ".join(f"{v['needle_mean_by_length'][L]:.1f}" if L in v.get("needle_mean_by_length", {}) else "-" for L in lengths)
         passkey = " / ".join(f"{100 * v['passkey_accuracy_by_length'][L]:.0f}" if L in v.get("passkey_accuracy_by_length", {}) else "-"
                              for L in lengths)
-        md += (f"| {name} | {loss:.4f} (step {step}) | " + ("-" if delta is None else f"{delta:+.1f}%")
-               + f" | {needle} | {passkey} |\n")
+        md += f"| {name} | {loss:.4f} (step {step}) | {cell} | {needle} | {passkey} |\n"
     return md + "\n", out
 
 

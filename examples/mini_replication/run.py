@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -63,10 +64,10 @@ class Scale:
     stage0: list[str] = field(default_factory=list)   # overrides of stage0.yaml
     stage1: list[str] = field(default_factory=list)   # overrides of stage1.yaml (and every ablation)
     ablations: dict[str, list[str]] = field(default_factory=dict)  # per-ablation extra overrides
-    # Steps of every ablation (None: stage1.yaml's). The recipe's stage 1 trains 512 steps since the
-    # fifth attempt; the ablations keep the fourth attempt's 128 and compare with ablation_reference,
-    # the recipe itself at 128, so each comparison is at one budget (benchmarks/RESULTS_replication.md).
-    ablation_iters: int | None = 128
+    # Steps of every ablation (None: stage1.yaml's, so that the report compares each with Long-PT at
+    # one budget). The fifth attempt trained stage 1 for 512 steps and the ablations for 128, with an
+    # extra run of the recipe at 128 as their reference; since the sixth, stage 1 is 128 steps again.
+    ablation_iters: int | None = None
     lengths: str = "1k,2k,4k,8k,16k,32k"
     depths: str = "0:100:11"
     repeats: int = 3
@@ -74,6 +75,10 @@ class Scale:
     # (megaindex eval refuses a length no requested variant holds; naive then runs it as the baseline).
     base_ropes: tuple[str, ...] = ("naive,dynamic:2,dynamic:16", "dynamic:4,dynamic:8,yarn:16")
     margin: float = 1.1               # synthetic tokens generated over the share the recipe needs
+    # The corpus' split by document length (tokens, EOD included): documents with at least this many
+    # go to data/corpus_long, stage 1's corpus part; the rest to data/corpus_short. 16384 = half of
+    # stage 1's 32K window (step_preprocess says why).
+    long_min_tokens: int = 16384
 
 
 FULL = Scale(corpus="prepare", vocab_size=8000, retrieval_max_tokens=2048, retrieval_min_tokens=128)
@@ -88,8 +93,12 @@ SMOKE = Scale(
             "data.whole_documents=256", "data.num_workers=0", "train.train_iters=3", "train.eval_interval=3",
             "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=3", "log.log_interval=1",
             "data.split=90,10,0", "eval.interval=3", "eval.lengths=[1024]", "eval.tasks=[passkey]"],
-    ablations={"ctx_warmup": ["data.context_length_warmup=[[1,256],[2,512]]"]}, ablation_iters=None,
+    ablations={"ctx_warmup": ["data.context_length_warmup=[[1,256],[2,512]]"]},
     lengths="256,512,1024", depths="0:100:3", repeats=1, base_ropes=("naive,dynamic:4", "dynamic:2,yarn:4"),
+    # The fixture's 21 documents are all longer than half the smoke's 1024-token window, so half of it
+    # would leave corpus_short empty; the full run's 16384 puts about half of them in each part,
+    # so CI runs the two-part blend of stage 0 and the long-only corpus of stage 1.
+    long_min_tokens=16384,
 )
 
 
@@ -104,8 +113,29 @@ class Ctx:
         return self.work.joinpath(*parts)
 
     def recipe(self, name: str, overrides: list[str]) -> tuple[Path, list[str]]:
-        """The shipped recipe with WORK filled in, written to WORK/recipes/NAME.yaml (what was run)."""
+        """The shipped recipe with WORK filled in, written to WORK/recipes/NAME.yaml (what was run).
+
+        A blend entry "W WORK/data/corpus" is the whole corpus: it is written out as the corpus' length
+        parts (`preprocess`), "W x s WORK/data/corpus_short" and "W x (1 - s) WORK/data/corpus_long"
+        with s the short part's share of the corpus' tokens (data/corpus_parts.json), so that stage
+        reads the corpus mix one dataset of it gave (a part with no documents is left out). A recipe
+        that names a part with no documents is refused in one line.
+        """
         text = (HERE / f"{name.split('.')[0]}.yaml").read_text().replace("WORK/", f"{self.work}/")
+        whole = re.compile(r'"(\S+) ' + re.escape(str(self.p("data", "corpus"))) + '"')
+        named = [n for n in CORPUS_PARTS if f'{self.p("data", n)}"' in text]
+        if whole.search(text) or named:
+            parts = corpus_parts(self)
+            empty = [n for n in named if not parts[n]["documents"]]
+            if empty:
+                raise SystemExit(f"{HERE / name.split('.')[0]}.yaml trains on {empty[0]}, which has no documents "
+                                 f"({self.p('data', 'corpus_parts.json')}: none of the corpus' documents has "
+                                 f"{'>=' if empty[0] == 'corpus_long' else '<'} {parts['min_tokens']} tokens); "
+                                 f"change Scale.long_min_tokens and rerun `run.py preprocess stage`")
+            total = sum(p["tokens"] for n, p in parts.items() if n in CORPUS_PARTS)
+            text = whole.sub(lambda m: ", ".join(
+                f'"{float(m[1]) * parts[n]["tokens"] / total:.4g} {self.p("data", n)}"'
+                for n in CORPUS_PARTS if parts[n]["documents"]), text)
         out = self.p("recipes", f"{name}.yaml")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
@@ -234,23 +264,74 @@ def step_retrieval(ctx: Ctx) -> list[Path]:
     return outs
 
 
+CORPUS_PARTS = ("corpus_short", "corpus_long")
+
+
+def corpus_parts(ctx: Ctx) -> dict:
+    """data/corpus_parts.json: the length threshold and each part's documents and tokens."""
+    path = ctx.p("data", "corpus_parts.json")
+    if not path.is_file():
+        raise SystemExit(f"{path} missing: the corpus is split by document length since the sixth attempt; "
+                         f"run `run.py preprocess` (then `stage`) again")
+    return json.loads(path.read_text())
+
+
+def _up_to_date(prefix: Path, *sources: Path) -> bool:
+    idx, bin_ = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
+    return idx.is_file() and bin_.is_file() and min(idx.stat().st_mtime, bin_.stat().st_mtime) >= max(
+        s.stat().st_mtime for s in sources)
+
+
 def step_preprocess(ctx: Ctx) -> list[Path]:
+    """Token files: both retrieval sets, and the corpus split by document length into data/corpus_short
+    (< Scale.long_min_tokens tokens) and data/corpus_long, a partition (the staged data does not grow).
+
+    Why split: stage 1 trains on the long documents only (the report's "curated long corpus"). Mixed
+    with short ones, few of its tokens sat far into the 32K window (the fifth attempt's recipe: 8.5% at
+    positions >= 24K; 11.8% now, stage1.yaml), though documents of >= 16K tokens hold 72% of the tokens. The threshold, half the
+    window: every such document fills at least half a row with one context, and the part keeps most of
+    the corpus (~1.4 passes in stage 1's 128 steps, where >= 32K would leave 57% for more repeats).
+    A retrieval dataset newer than its JSONL and the tokenizer is kept (delete it to rebuild it).
+    """
+    from megaindex.data.length_split import split_by_length
     from megaindex.data.preprocess import preprocess
 
+    data, tok = ctx.p("data"), ctx.p("tokenizer.model")
+    data.mkdir(parents=True, exist_ok=True)
+    workers = min(2, os.cpu_count() or 1)
     outs = []
-    for src, name in (("pretrain.jsonl", "corpus"), ("retrieval_s0.jsonl", "retrieval_s0"),
-                      ("retrieval_s1.jsonl", "retrieval_s1")):
-        prefix = ctx.p("data", name)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-        st = preprocess([str(ctx.p("corpus", src))], str(prefix), str(ctx.p("tokenizer.model")), kind="pretrain",
-                        workers=min(2, os.cpu_count() or 1), progress=False)
-        log(f"{name}: {st.documents} documents, {st.tokens} tokens")
+    for name in ("retrieval_s0", "retrieval_s1"):
+        prefix, src = data / name, ctx.p("corpus", f"{name}.jsonl")
+        if _up_to_date(prefix, src, tok):
+            log(f"{name}: newer than {src.name} and the tokenizer; kept")
+        else:
+            st = preprocess([str(src)], str(prefix), str(tok), kind="pretrain", workers=workers, progress=False)
+            log(f"{name}: {st.documents} documents, {st.tokens} tokens")
         outs += [Path(f"{prefix}.bin"), Path(f"{prefix}.idx")]
-    return outs
+    whole = data / "corpus_whole"  # tokenised once, then split; removed
+    st = preprocess([str(ctx.p("corpus", "pretrain.jsonl"))], str(whole), str(tok), kind="pretrain", workers=workers,
+                    progress=False)
+    parts = split_by_length(whole, ctx.scale.long_min_tokens, data / "corpus_short", data / "corpus_long")
+    for old in ("corpus_whole", "corpus"):  # "corpus": the single dataset before the split
+        for ext in (".bin", ".idx"):
+            (data / f"{old}{ext}").unlink(missing_ok=True)
+    record = {"min_tokens": ctx.scale.long_min_tokens, "documents": st.documents, "tokens": st.tokens,
+              **{f"corpus_{k}": {"documents": v["documents"], "tokens": v["tokens"]} for k, v in parts.items()}}
+    ctx.p("data", "corpus_parts.json").write_text(json.dumps(record, indent=1) + "\n")
+    for name in CORPUS_PARTS:
+        p = record[name]
+        log(f"{name}: {p['documents']} documents, {p['tokens']} tokens ({p['tokens'] / max(st.tokens, 1):.1%} of the "
+            f"corpus' {st.tokens})" + ("" if p["documents"] else "; none: not written"))
+        outs += [data / f"{name}{ext}" for ext in (".bin", ".idx")] if p["documents"] else []
+    return [*outs, ctx.p("data", "corpus_parts.json")]
 
 
-STAGED = ["tokenizer.model", "corpus/heldout.jsonl", "data/corpus.bin", "data/corpus.idx", "data/retrieval_s0.bin",
-          "data/retrieval_s0.idx", "data/retrieval_s1.bin", "data/retrieval_s1.idx"]
+def staged_files(ctx: Ctx) -> list[str]:
+    """What the GPU node needs (relative to WORK): the corpus parts that have documents, retrieval sets."""
+    parts = corpus_parts(ctx)
+    corpus = [f"data/{n}{ext}" for n in CORPUS_PARTS if parts[n]["documents"] for ext in (".bin", ".idx")]
+    return ["tokenizer.model", "corpus/heldout.jsonl", "data/corpus_parts.json", *corpus, "data/retrieval_s0.bin",
+            "data/retrieval_s0.idx", "data/retrieval_s1.bin", "data/retrieval_s1.idx"]
 
 
 def step_stage(ctx: Ctx) -> list[Path]:
@@ -259,10 +340,11 @@ def step_stage(ctx: Ctx) -> list[Path]:
     for old in dest.glob(f"{STAGE_PREFIX}[0-9]*"):
         shutil.rmtree(old)
     tar = ctx.p("mini_data.tar.gz")
+    staged = staged_files(ctx)
     with tarfile.open(tar, "w:gz", compresslevel=6) as t:
-        for rel in STAGED:
+        for rel in staged:
             t.add(ctx.p(rel), arcname=rel)
-    manifest = {"sha256": sha256(tar), "bytes": tar.stat().st_size, "files": STAGED, "parts": []}
+    manifest = {"sha256": sha256(tar), "bytes": tar.stat().st_size, "files": staged, "parts": []}
     outs = []
     with tar.open("rb") as f:
         for k in range(1 << 10):
