@@ -144,6 +144,34 @@ def test_recipes_read_the_corpus_by_length_parts(tmp_path):
         ctx.recipe("stage1", [])
 
 
+def test_a_stop_signal_while_the_child_starts_reaches_the_child(monkeypatch, tmp_path):
+    """run.py installs its forwarding handler before Popen: a SIGTERM that arrives while the child is
+    being started is passed on once the child exists (it went to the old handler before the fix)."""
+    import signal
+
+    import run
+
+    seen: list[int] = []
+    sent: list[int] = []
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))  # stands in for the default (death)
+    try:
+        class StartingChild:
+            def __init__(self, cmd, **kwargs):
+                os.kill(os.getpid(), signal.SIGTERM)  # the job's stop signal, mid-start
+
+            def send_signal(self, signum):
+                sent.append(signum)
+
+            def wait(self):
+                return 0
+
+        monkeypatch.setattr(run.subprocess, "Popen", StartingChild)
+        run.sh(run.Ctx(tmp_path, run.SMOKE, False), sys.executable, "-c", "pass")
+        assert sent == [signal.SIGTERM] and seen == []
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def test_training_and_evaluation_run_in_child_processes(tmp_path, monkeypatch):
     """Every `megaindex train` and `megaindex eval` of run.py is its own `python -m megaindex` process.
 

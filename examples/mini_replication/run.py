@@ -169,13 +169,27 @@ def sh(ctx: Ctx, *cmd: str | Path, what: str = "", hint: str = "") -> None:
     log("$ " + shlex.join(cmd))
     # The child imports the megaindex of this checkout, as this script does (sys.path above).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    child = subprocess.Popen(cmd, cwd=REPO, env=env)
-    before = {s: signal.signal(s, lambda signum, frame: child.send_signal(signum)) for s in FORWARDED}
+    child: subprocess.Popen | None = None
+    pending: list[int] = []  # stop signals that came while the child was being started
+
+    def forward(signum, frame):
+        if child is None:
+            pending.append(signum)
+        else:
+            child.send_signal(signum)
+
+    # Installed before the child starts: a stop signal during Popen reaches the child, not this
+    # script's default action (which would kill run.py and leave the child running unsupervised).
+    before = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
+        child = subprocess.Popen(cmd, cwd=REPO, env=env)
+        for signum in pending:
+            child.send_signal(signum)
         rc = child.wait()
     except BaseException:  # Ctrl-C (KeyboardInterrupt) or an error here: no child goes on writing into WORK
-        child.kill()
-        child.wait()
+        if child is not None:
+            child.kill()
+            child.wait()
         raise
     finally:
         for s, handler in before.items():
