@@ -1,23 +1,35 @@
 #!/usr/bin/env python3
-"""Retrieval documents v5 against v4 on one filler and tokenizer: mix, byte fallback, generation speed.
+"""Retrieval documents v5 against v4, and v6 against v5, on one filler and tokenizer.
 
     python benchmarks/retrieval_docs_v5.py --filler runs/mini_replication/corpus/pretrain.jsonl \\
         --tokenizer runs/mini_replication/tokenizer.model --count 2000 -o benchmarks/retrieval_docs_v5.json
+    python benchmarks/retrieval_docs_v5.py --filler ... --tokenizer ... --count 3000 --mixes v5 v6 --rounds 1 \\
+        -o benchmarks/retrieval_docs_v6.json --plot benchmarks/retrieval_docs_v6.png
 
 Generates documents 0..count-1 with the stage-0 settings (max_tokens 2048, min_tokens 128, seed 0)
---rounds times each, alternating v4 (the v5 code with random_value_share 0 and open_value_share 0.6,
-which gives v4's documents byte for byte) and v5 (the defaults), in one process, so the speeds compare
-on the same machine and load (per wall second and per CPU second of the process; the latter is
-steadier on a shared machine). Reports the v5 mix by value kind (tokens, EOD included) and the
-byte-fallback share of the tokens of Chinese fact values per kind and of the evaluation's Chinese
-needle words (each encoded on its own, a lone leading '▁' piece not counted: after "是" in a
-document there is none).
+--rounds times each, the --mixes in turn: v4 (the v5 code with random_value_share 0 and
+open_value_share 0.6, which gives v4's documents byte for byte), v5 (the defaults), v6 (length_draw
+"uniform"), in one process, so the speeds compare on the same machine and load (per wall second and
+per CPU second of the process; the latter is steadier on a shared machine). With v5 among them:
+the v5 mix by value kind (tokens, EOD included) and the byte-fallback share of the tokens of Chinese
+fact values per kind and of the evaluation's Chinese needle words (each encoded on its own, a lone
+leading '▁' piece not counted: after "是" in a document there is none).
+
+For every mix: document lengths (tokens, EOD included), facts per 1M tokens, the distance in tokens
+from each fact's statement to its answer (v6's question: how often does a document train retrieval
+over ~1.5-2K tokens?), and the share of real tokens in stage 0's 2048-token rows packed whole
+(`row_fill_2048`, megaindex.data.pretrain.whole_document_rows). The statement is the body's last
+occurrence of the value with the subject within 80 characters (a statement's own value, not a filler
+span that happens to equal it); the answer is "{subject} is {value}" / "{subject}是{value}" in the
+questions; the distance is the tokens of the text before the answer's value minus those before the
+statement's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,7 +39,8 @@ from megaindex.data.held_out import needle_word_lists  # noqa: E402
 from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator  # noqa: E402
 from megaindex.data.tokenizer import IndexTokenizer  # noqa: E402
 
-MIXES = {"v4": {"open_value_share": 0.6, "random_value_share": 0.0}, "v5": {}}
+MIXES = {"v4": {"open_value_share": 0.6, "random_value_share": 0.0}, "v5": {}, "v6": {"length_draw": "uniform"}}
+NEAR = 80  # characters: a statement holds its subject and value within this of each other
 
 
 def byte_share(tok: IndexTokenizer, texts: list[str]) -> tuple[float, int]:
@@ -36,25 +49,110 @@ def byte_share(tok: IndexTokenizer, texts: list[str]) -> tuple[float, int]:
     return sum(tok.sp.is_byte(i) for i in ids) / max(len(ids), 1), len(ids)
 
 
+def fact_distances(tok: IndexTokenizer, doc: dict) -> list[int | None]:
+    """Per fact of `doc`, tokens from its statement's value to its answer's value (None: not located)."""
+    text = doc["text"]
+    low = text.lower()
+    tail = low.rindex("\n\n")  # the questions follow the body's last blank line
+    body = low[:tail]
+    out: list[int | None] = []
+    for subject, value in doc["facts"]:
+        s, v = subject.lower(), value.lower()
+        answer = low.find(s + ("是" if doc["lang"] == "zh" else " is ") + v, tail)
+        at = [m.start() for m in re.finditer(re.escape(v), body)]
+        spots = [i for i in at if s in body[max(0, i - NEAR - len(s)):i + len(v) + NEAR + len(s)]]
+        if answer < 0 or not spots:
+            out.append(None)
+            continue
+        answer += len(s) + (1 if doc["lang"] == "zh" else 4)
+        out.append(len(tok.encode(text[:answer])) - len(tok.encode(text[:spots[-1]])))
+    return out
+
+
+def share_at_least(xs: list[int], *cuts: int) -> dict[str, float]:
+    return {f">={c}": round(sum(x >= c for x in xs) / max(len(xs), 1), 4) for c in cuts}
+
+
+def quantiles(xs: list[int]) -> dict[str, int]:
+    xs = sorted(xs)
+    return {f"p{q}": xs[min(len(xs) - 1, len(xs) * q // 100)] for q in (10, 25, 50, 75, 90)} if xs else {}
+
+
+def lengths_and_distances(tok: IndexTokenizer, docs: list[dict]) -> dict:
+    """Document lengths, facts per 1M tokens and fact-to-answer distances of `docs` (see the docstring)."""
+    lengths = [len(tok.encode(d["text"])) + 1 for d in docs]
+    dist = [x for d in docs for x in fact_distances(tok, d)]
+    found = [x for x in dist if x is not None]
+    facts = sum(len(d["facts"]) for d in docs)
+    return {"documents": len(docs), "tokens": sum(lengths), "mean_length": round(sum(lengths) / len(lengths), 1),
+            "length_quantiles": quantiles(lengths), "length_share": share_at_least(lengths, 1024, 1536, 1792),
+            "token_share_in_documents": {f">={c}": round(sum(x for x in lengths if x >= c) / sum(lengths), 4)
+                                         for c in (1024, 1536, 1792)},
+            "facts_per_document": round(facts / len(docs), 3), "facts_per_1M_tokens": round(facts / sum(lengths) * 1e6),
+            "facts_located": f"{len(found)} of {len(dist)}", "distance_quantiles": quantiles(found),
+            "distance_share": share_at_least(found, 512, 1024, 1536),
+            "distances_per_1M_tokens": {k: round(v * len(found) / sum(lengths) * 1e6)
+                                        for k, v in share_at_least(found, 1024, 1536).items()},
+            "row_fill_2048": row_fill(lengths), "_lengths": lengths, "_distances": found}
+
+
+def row_fill(lengths: list[int], seq_length: int = 2048, pad: int = 2, seed: int = 0) -> float:
+    """Share of real tokens in `seq_length` rows packed as stage 0 packs them (data.whole_documents: first fit
+    from a 16-document look-ahead, each document padded to `pad`), the documents in a seeded random order."""
+    import numpy as np
+
+    from megaindex.data.pretrain import whole_document_rows
+
+    padded = np.asarray([-(-n // pad) * pad for n in lengths])
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    _, bounds = whole_document_rows(padded, order, seq_length, seq_length)
+    return round(sum(lengths) / ((len(bounds) - 1) * seq_length), 4)
+
+
+def plot(stats: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, st in stats.items():
+        axes[0].hist(st["_lengths"], bins=range(0, 2049, 64), histtype="step", linewidth=1.5,
+                     weights=[100 / len(st["_lengths"])] * len(st["_lengths"]), label=f"{name} ({len(st['_lengths'])})")
+        axes[1].hist(st["_distances"], bins=range(0, 2049, 64), histtype="step", linewidth=1.5,
+                     weights=[1e6 / st["tokens"]] * len(st["_distances"]),
+                     label=f"{name}: {st['facts_per_1M_tokens']} facts / 1M tokens")
+    axes[0].set(title="document length (tokens, EOD included)", ylabel="% of documents per 64 tokens")
+    axes[1].set(title="fact statement -> its answer (tokens)", ylabel="facts per 1M tokens per 64 tokens", yscale="log")
+    for ax in axes:
+        ax.title.set_fontsize(10)
+        ax.legend(fontsize=8)
+    fig.suptitle("retrieval documents, 128-2048 tokens: log-uniform (v5) vs uniform (v6) lengths", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--filler", required=True)
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--count", type=int, default=2000)
-    ap.add_argument("--rounds", type=int, default=2, help="v4 then v5, this many times (speeds vary with load)")
+    ap.add_argument("--rounds", type=int, default=2, help="the mixes in turn, this many times (speeds vary with load)")
+    ap.add_argument("--mixes", nargs="+", choices=sorted(MIXES), default=["v4", "v5"])
     ap.add_argument("-o", "--output", type=Path)
+    ap.add_argument("--plot", type=Path, help="PNG: histograms of lengths and fact-to-answer distances per mix")
     args = ap.parse_args()
     tok = IndexTokenizer(args.tokenizer)
     filler = FillerText([args.filler])
     print(filler.summary(), flush=True)
-    out: dict = {"filler": filler.summary(), "count": args.count, "docs_per_s": {"v4": [], "v5": []},
-                 "docs_per_cpu_s": {"v4": [], "v5": []}}
+    out: dict = {"filler": filler.summary(), "count": args.count, "docs_per_s": {m: [] for m in args.mixes},
+                 "docs_per_cpu_s": {m: [] for m in args.mixes}}
     t0 = time.time()
     vocab = {lang: len(filler.vocabulary(lang)) for lang in ("en", "zh")}
     out["vocabulary"] = {**vocab, "build_s": round(time.time() - t0, 2)}
     print(f"vocabulary: {vocab} in {out['vocabulary']['build_s']} s", flush=True)
     docs: dict[str, list[dict]] = {}
-    for name in ("v4", "v5") * args.rounds:
+    for name in args.mixes * args.rounds:
         cfg = RetrievalDocConfig(max_tokens=2048, min_tokens=128, seed=0, **MIXES[name])
         gen = RetrievalDocGenerator(tok, filler, cfg)
         t0, c0 = time.time(), time.process_time()
@@ -64,6 +162,22 @@ def main() -> int:
         out["docs_per_cpu_s"][name].append(round(cpu_rate, 1))
         print(f"{name}: {args.count} documents, {rate:.1f} documents/s ({cpu_rate:.1f} per CPU second)", flush=True)
         docs[name] = got
+    stats = {name: lengths_and_distances(tok, got) for name, got in docs.items()}
+    out["lengths_and_distances"] = {name: {k: v for k, v in st.items() if not k.startswith("_")}
+                                    for name, st in stats.items()}
+    if args.plot:
+        plot(stats, args.plot)
+    if "v5" in docs:
+        v5_mix(tok, docs["v5"], out)
+    print(json.dumps(out, indent=1, ensure_ascii=False))
+    if args.output:
+        args.output.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+    return 0
+
+
+def v5_mix(tok: IndexTokenizer, v5: list[dict], out: dict) -> None:
+    """v5's mix by value kind and the byte-fallback shares (the v5 measurement), into `out`."""
+    docs = {"v5": v5}
     tokens: dict[str, int] = {}
     for d in docs["v5"]:
         tokens[d["kind"]] = tokens.get(d["kind"], 0) + len(tok.encode(d["text"])) + 1
@@ -83,10 +197,6 @@ def main() -> int:
     out["en_random_values"] = {"values": len(en_random), "distinct": len(set(en_random)),
                                "tokens_per_value": round(sum(len(tok.encode(v)) for v in en_random)
                                                          / max(len(en_random), 1), 2)}
-    print(json.dumps(out, indent=1, ensure_ascii=False))
-    if args.output:
-        args.output.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -151,6 +151,30 @@ def test_deterministic_per_index(tok):
     assert a.document(0)["text"] != other.document(0)["text"]
 
 
+def test_uniform_lengths_fill_the_window_log_uniform_ones_rarely(tok):
+    """v6: `length_draw: uniform` gives a meaningful share of documents near max_tokens, which the v1-v5
+    log-uniform draw does not; one draw either way, so language and value kind per index are the same."""
+    filler = FillerText([CORPUS])
+    got = {}
+    for draw in ("log-uniform", "uniform"):
+        gen = RetrievalDocGenerator(tok, filler, RetrievalDocConfig(max_tokens=1024, min_tokens=64, seed=14,
+                                                                    length_draw=draw))
+        got[draw] = [gen.document(i) for i in range(60)]
+    n = {k: sorted(len(tok.encode(d["text"])) + 1 for d in v) for k, v in got.items()}
+    assert max(n["uniform"]) <= 1024
+    near = {k: sum(x >= 768 for x in v) / len(v) for k, v in n.items()}  # >= 75% of max_tokens
+    assert near["uniform"] >= 0.15 and near["log-uniform"] <= near["uniform"] / 2, near
+    assert n["uniform"][30] >= 1.6 * n["log-uniform"][30], (n["uniform"][30], n["log-uniform"][30])  # medians
+    assert [(d["lang"], d["kind"]) for d in got["uniform"]] == [(d["lang"], d["kind"]) for d in got["log-uniform"]]
+    again = RetrievalDocGenerator(tok, filler, RetrievalDocConfig(max_tokens=1024, min_tokens=64, seed=14,
+                                                                  length_draw="uniform"))
+    assert [again.document(i) for i in (5, 0, 17)] == [got["uniform"][i] for i in (5, 0, 17)]
+    assert RetrievalDocConfig().length_draw == "log-uniform"  # earlier data sets stay reproducible
+    with pytest.raises(ValueError, match=r"RetrievalDocConfig.length_draw must be one of log-uniform, uniform, "
+                                         r"got 'linear'"):
+        RetrievalDocGenerator(tok, filler, RetrievalDocConfig(length_draw="linear"))
+
+
 def test_held_out_phrasings_never_appear(docs, tmp_path, tok):
     phrases = [p.lower() for p in eval_phrases()]
     for p in eval_phrases():  # the check itself catches every evaluation prompt
@@ -194,7 +218,7 @@ def test_write_documents_and_tool(tmp_path, tok):
     out = tmp_path / "b.jsonl"
     r = subprocess.run([sys.executable, "tools/make_retrieval_docs.py", "--filler", str(CORPUS), "--tokenizer",
                         str(TOKENIZER), "--tokens", "3000", "--max-tokens", "256", "--min-tokens", "64", "--seed", "2",
-                        "-o", str(out)], cwd=REPO, capture_output=True, text=True)
+                        "--length-draw", "log-uniform", "-o", str(out)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert out.read_text() == (tmp_path / "a.jsonl").read_text()
     r = subprocess.run([sys.executable, "tools/make_retrieval_docs.py", "--filler", str(tmp_path / "none.jsonl"),

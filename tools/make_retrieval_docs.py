@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from megaindex import exit_codes  # noqa: E402
-from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator  # noqa: E402
+from megaindex.data.retrieval_docs import (  # noqa: E402
+    LENGTH_DRAWS, FillerText, RetrievalDocConfig, RetrievalDocGenerator)
 from megaindex.data.retrieval_writer import write_documents  # noqa: E402
 from megaindex.data.tokenizer import IndexTokenizer, TokenizerError  # noqa: E402
 
@@ -33,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--tokens", type=int, help="write documents until they hold at least this many tokens")
     what.add_argument("--count", type=int, help="write this many documents")
     ap.add_argument("--max-tokens", type=int, default=2048, help="longest document, EOD included")
-    ap.add_argument("--min-tokens", type=int, default=128, help="target lengths are log-uniform in [min, max]")
+    ap.add_argument("--min-tokens", type=int, default=128, help="target lengths are drawn in [min, max]")
+    ap.add_argument("--length-draw", choices=LENGTH_DRAWS, default="log-uniform",
+                    help="how target lengths are drawn: log-uniform (v1-v5) or uniform (v6)")
     ap.add_argument("--max-facts", type=int, default=8, help="facts per multi-key document: 2..this")
     ap.add_argument("--single-key-share", type=float, default=0.25, help="share of one-fact documents")
     defaults = RetrievalDocConfig()
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = RetrievalDocConfig(max_tokens=args.max_tokens, min_tokens=args.min_tokens, max_facts=args.max_facts,
-                                 single_key_share=args.single_key_share, seed=args.seed,
+                                 single_key_share=args.single_key_share, seed=args.seed, length_draw=args.length_draw,
                                  **{name: getattr(args, name) for name in shares})
         filler = FillerText(args.filler)
         print(filler.summary(), file=sys.stderr)

@@ -64,6 +64,16 @@ across packed rows so the question could not see its fact):
     (real filler and tokenizer, benchmarks/retrieval_docs_v5.py): tokens 46% open, 13% random, 26%
     numbers, 10% phrases, 5% words; byte fallback 88% of the tokens of Chinese random values, 6% of open
     ones', 81% of needle words'; vocabulary built once in 5.8 s; 490 documents per CPU second (v4: 476);
+  * v6 (after the fifth GPU attempt's base, trained at 2K, scored the 2K needle by depth 8 / 55 / 26 / 55 /
+    56 / 84 / 42 / 40 / 71 / 84 / 86, depth 0 being the fact ~2K tokens before the question, with no depth
+    trend at 1K: retrieval over ~2K was rarely trained): v1-v5 drew lengths log-uniformly (median 458
+    tokens, 6% of documents >= 1536), kept as the default so earlier data reproduce; `length_draw`
+    "uniform" (the mini replication's) gives median 997, 19% >= 1536. Facts per document do not scale
+    with length (1 or 2..max_facts, fewer in a short one), each at a random sentence boundary, so a
+    fact's distance to its answer is about uniform over its document's body: facts >= 1024 tokens from
+    their answer 5.6% -> 13.7%, >= 1536 0.45% -> 1.6% (per 1M tokens 244 -> 430, 20 -> 49), but facts
+    per 1M tokens drop 4366 -> 3135 (-28%) and 2K rows packed whole hold 90.0% real tokens, not 96.6%
+    (3,000 stage-0 documents, real filler and tokenizer: benchmarks/retrieval_docs_v5.py --mixes v5 v6);
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
     the templates, not in the repetitive sentences, and not in the filler, whose sentences
@@ -113,7 +123,7 @@ class Fact:
 @dataclass
 class RetrievalDocConfig:
     max_tokens: int = 1024      # whole document including its EOD never exceeds this
-    min_tokens: int = 128       # target lengths are drawn log-uniformly in [min_tokens, max_tokens]
+    min_tokens: int = 128       # target lengths are drawn in [min_tokens, max_tokens] (see length_draw)
     max_facts: int = 8          # facts per document: 1 (single-key) .. max_facts (multi-key)
     single_key_share: float = 0.25  # share of documents with exactly one fact
     open_value_share: float = 0.45    # share of documents whose values are spans of the filler (1-6 words / 2-8 characters)
@@ -125,6 +135,10 @@ class RetrievalDocConfig:
     same_form_share: float = 0.3      # share of documents stating "The {short subject} is {v}." among same-form sentences
     open_subject_share: float = 0.5   # share of fact subjects made of filler words instead of the closed word lists
     seed: int = 0
+    length_draw: str = "log-uniform"  # target length: "log-uniform" (v1-v5) or "uniform" (v6) in [min_tokens, max_tokens]
+
+
+LENGTH_DRAWS = ("log-uniform", "uniform")
 
 
 def _subject(owner: str, attr: str, lang: str, rng: random.Random) -> str:
@@ -246,6 +260,9 @@ class RetrievalDocGenerator:
     def __init__(self, tokenizer: IndexTokenizer, filler: FillerText, config: RetrievalDocConfig):
         if config.min_tokens < 32 or config.max_tokens < config.min_tokens:
             raise ValueError(f"need 32 <= min_tokens <= max_tokens, got {config.min_tokens}, {config.max_tokens}")
+        if config.length_draw not in LENGTH_DRAWS:
+            raise ValueError(f"RetrievalDocConfig.length_draw must be one of {', '.join(LENGTH_DRAWS)}, got "
+                             f"{config.length_draw!r}")
         for name in SHARES:
             if not 0 <= getattr(config, name) <= 1:
                 raise ValueError(f"RetrievalDocConfig.{name} must be in [0, 1], got {getattr(config, name)}")
@@ -335,7 +352,9 @@ class RetrievalDocGenerator:
 
     def _draft(self, index: int, rng: random.Random) -> dict:
         cfg = self.cfg
-        target = int(round(cfg.min_tokens * (cfg.max_tokens / cfg.min_tokens) ** rng.random()))
+        u = rng.random()  # one draw either way: the rest of document i's draws do not depend on length_draw
+        target = int(round(cfg.min_tokens * (cfg.max_tokens / cfg.min_tokens) ** u if cfg.length_draw == "log-uniform"
+                           else cfg.min_tokens + (cfg.max_tokens - cfg.min_tokens) * u))
         budget = target - 1  # the EOD preprocessing appends
         n = 1 if rng.random() < cfg.single_key_share else rng.randint(2, max(2, cfg.max_facts))
         lang = "zh" if rng.random() < cfg.chinese_share else "en"
