@@ -6,7 +6,7 @@
 
 Builds the training set of examples/mini_replication/stage1.yaml with `build_datasets`, as run.py
 fills it in (WORK/data/corpus_long), and of the same recipe with the fifth attempt's corpus part
-(`--whole-corpus`: the corpus as one IndexedDataset, "0.85 PREFIX"), and reads the first `--rows`
+(`--whole-corpus`: the corpus as one IndexedDataset, "0.85 PREFIX", and its split 995,5,0), and reads the first `--rows`
 rows of each (1024 = 128 steps x 8 rows: all of stage 1). Per recipe: the share of real tokens (not
 padding) at positions >= 8K, 16K and 24K (positions reset per document: a token's distance from its
 document's start in the row), the share of rows' tokens from the corpus part, and the passes the rows
@@ -96,7 +96,8 @@ def main() -> int:
         data_path = load_config(path).data.data_path
         retrieval = [e for e in data_path if "retrieval" in e]
         for name, overrides in (("long_documents", []),
-                                ("whole_corpus", [f"data.data_path={json.dumps([f'0.85 {args.whole_corpus}', *retrieval])}"])):
+                                ("whole_corpus", [f"data.data_path={json.dumps([f'0.85 {args.whole_corpus}', *retrieval])}",
+                                                  "data.split=995,5,0"])):  # the fifth attempt's recipe
             t0 = time.time()
             out[name] = measure(path, [*common, *overrides], args.rows)
             print(name, json.dumps(out[name]), f"({time.time() - t0:.0f} s)", flush=True)

@@ -302,9 +302,9 @@ def step_preprocess(ctx: Ctx) -> list[Path]:
 
     Why split: stage 1 trains on the long documents only (the report's "curated long corpus"). Mixed
     with short ones, few of its tokens sat far into the 32K window (the fifth attempt's recipe: 8.5% at
-    positions >= 24K; 11.8% now, stage1.yaml), though documents of >= 16K tokens hold 72% of the tokens. The threshold, half the
+    positions >= 24K; 12.3% now, stage1.yaml), though documents of >= 16K tokens hold 72% of the tokens. The threshold, half the
     window: every such document fills at least half a row with one context, and the part keeps most of
-    the corpus (~1.4 passes in stage 1's 128 steps, where >= 32K would leave 57% for more repeats).
+    the corpus (~1.45 passes in stage 1's 128 steps, where >= 32K would leave 57% for more repeats).
     A retrieval dataset newer than its JSONL and the tokenizer is kept (delete it to rebuild it).
     """
     from megaindex.data.length_split import split_by_length
