@@ -12,7 +12,7 @@ from a closed list of names and attributes, a model can key retrieval on memoris
 learning to match a novel subject exactly, which is what the evaluation asks ("The pass key", "the
 best thing to do in Kyoto").
 
-`filler` is a megaindex.data.retrieval_docs.FillerText (its `sentences(rng, chars, lang)` and
+`filler` is a megaindex.data.retrieval_filler.FillerText (its `sentences(rng, chars, lang)` and
 `docs`); a span never contains "is"/"是" (the subject/value boundary stays unique) and is checked
 against the held-out phrases by the caller's `check`. With no filler of a language, `open_span`
 returns None and the caller uses a closed-list subject.
