@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
-"""Retrieval documents v5 against v4, and v6 against v5, on one filler and tokenizer.
+"""Retrieval documents v5 against v4, and v6 (and v6b) against v5, on one filler and tokenizer.
 
     python benchmarks/retrieval_docs_v5.py --filler runs/mini_replication/corpus/pretrain.jsonl \\
         --tokenizer runs/mini_replication/tokenizer.model --count 2000 -o benchmarks/retrieval_docs_v5.json
-    python benchmarks/retrieval_docs_v5.py --filler ... --tokenizer ... --count 3000 --mixes v5 v6 --rounds 1 \\
+    python benchmarks/retrieval_docs_v5.py --filler ... --tokenizer ... --count 3000 --mixes v5 v6 v6b --rounds 1 \\
         -o benchmarks/retrieval_docs_v6.json --plot benchmarks/retrieval_docs_v6.png
 
 Generates documents 0..count-1 with the stage-0 settings (max_tokens 2048, min_tokens 128, seed 0)
 --rounds times each, the --mixes in turn: v4 (the v5 code with random_value_share 0 and
 open_value_share 0.6, which gives v4's documents byte for byte), v5 (the defaults), v6 (length_draw
-"uniform"), in one process, so the speeds compare on the same machine and load (per wall second and
-per CPU second of the process; the latter is steadier on a shared machine). With v5 among them:
+"uniform"), v6b (v6 with early_fact_share 0.5), in one process, so the speeds compare on the same
+machine and load (per wall second and per CPU second of the process; the latter is steadier on a
+shared machine). With v5 among them:
 the v5 mix by value kind (tokens, EOD included) and the byte-fallback share of the tokens of Chinese
 fact values per kind and of the evaluation's Chinese needle words (each encoded on its own, a lone
 leading '▁' piece not counted: after "是" in a document there is none).
@@ -39,7 +40,9 @@ from megaindex.data.held_out import needle_word_lists  # noqa: E402
 from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator  # noqa: E402
 from megaindex.data.tokenizer import IndexTokenizer  # noqa: E402
 
-MIXES = {"v4": {"open_value_share": 0.6, "random_value_share": 0.0}, "v5": {}, "v6": {"length_draw": "uniform"}}
+MIXES = {"v4": {"open_value_share": 0.6, "random_value_share": 0.0}, "v5": {}, "v6": {"length_draw": "uniform"},
+         "v6b": {"length_draw": "uniform", "early_fact_share": 0.5}}
+TITLES = {"v4": "v4", "v5": "log-uniform (v5)", "v6": "uniform (v6)", "v6b": "uniform + early facts (v6b)"}
 NEAR = 80  # characters: a statement holds its subject and value within this of each other
 
 
@@ -116,10 +119,11 @@ def plot(stats: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, st in stats.items():
-        axes[0].hist(st["_lengths"], bins=range(0, 2049, 64), histtype="step", linewidth=1.5,
+    for k, (name, st) in enumerate(stats.items()):
+        style = {"histtype": "step", "linewidth": 1.5, "linestyle": ("-", "--", ":")[k % 3]}  # v6b's lengths are v6's
+        axes[0].hist(st["_lengths"], bins=range(0, 2049, 64), **style,
                      weights=[100 / len(st["_lengths"])] * len(st["_lengths"]), label=f"{name} ({len(st['_lengths'])})")
-        axes[1].hist(st["_distances"], bins=range(0, 2049, 64), histtype="step", linewidth=1.5,
+        axes[1].hist(st["_distances"], bins=range(0, 2049, 64), **style,
                      weights=[1e6 / st["tokens"]] * len(st["_distances"]),
                      label=f"{name}: {st['facts_per_1M_tokens']} facts / 1M tokens")
     axes[0].set(title="document length (tokens, EOD included)", ylabel="% of documents per 64 tokens")
@@ -127,7 +131,7 @@ def plot(stats: dict[str, dict], path: Path) -> None:
     for ax in axes:
         ax.title.set_fontsize(10)
         ax.legend(fontsize=8)
-    fig.suptitle("retrieval documents, 128-2048 tokens: log-uniform (v5) vs uniform (v6) lengths", fontsize=10)
+    fig.suptitle("retrieval documents, 128-2048 tokens: " + " vs ".join(TITLES[m] for m in stats), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 

@@ -175,6 +175,55 @@ def test_uniform_lengths_fill_the_window_log_uniform_ones_rarely(tok):
         RetrievalDocGenerator(tok, filler, RetrievalDocConfig(length_draw="linear"))
 
 
+def _early_statement_starts(d: dict) -> list[float]:
+    """Per fact of `d`, where its statement starts in the body (the text between the intro and the questions), as a
+    share of the body's characters: the statement holds "{s} is {v}" / "{v} — that is {s}" (or the Chinese forms),
+    and its template's fixed words before the first field precede that."""
+    from megaindex.data import retrieval_words as W
+
+    body = d["text"].rpartition("\n\n")[0]
+    body = body.removeprefix(max((i for i in W.INTROS[d["lang"]] if body.startswith(i)), key=len)).lower()
+    prefixes = sorted({t[:t.index("{")].lower() for lang in W.STATEMENTS for t in W.STATEMENTS[lang]}, key=len)
+    out = []
+    for s, v in d["facts"]:
+        s, v = s.lower(), v.lower()
+        at = min(i for i in (body.find(x) for x in (f"{s} is {v}", f"{s}是{v}", f"{v} — that is {s}", f"{v}——这就是{s}"))
+                 if i >= 0)
+        out.append((at - len([p for p in prefixes if body.endswith(p, 0, at)][-1])) / len(body))
+    return out
+
+
+def test_early_fact_share_puts_one_fact_in_the_first_tenth_and_zero_keeps_the_documents(tok):
+    """v6b: with early_fact_share 1.0 every document has a fact whose statement starts within the first 10% of its
+    body's characters (any form and value kind); the facts and everything else drawn stay those of 0.0, which
+    gives the documents of v1-v6 unchanged (digests of the code before early_fact_share)."""
+    import hashlib
+
+    filler = FillerText([CORPUS])
+    got = {}
+    for share in (0.0, 1.0):
+        gen = RetrievalDocGenerator(tok, filler, RetrievalDocConfig(max_tokens=768, min_tokens=64, seed=21,
+                                                                    length_draw="uniform", early_fact_share=share))
+        got[share] = [gen.document(i) for i in range(40)]
+    early = {k: [min(_early_statement_starts(d)) <= 0.1 for d in v] for k, v in got.items()}
+    assert all(early[1.0]), [d["text"] for d, e in zip(got[1.0], early[1.0]) if not e][:1]
+    assert sum(early[0.0]) <= 0.6 * len(early[0.0]), sum(early[0.0])  # by chance only, for short bodies mostly
+    assert {d["form"] for d in got[1.0]} == {"keyed", "same_form"} and {d["lang"] for d in got[1.0]} == {"en", "zh"}
+    assert all(len(tok.encode(d["text"])) + 1 <= 768 for d in got[1.0])
+    keep = ("facts", "lang", "kind", "form", "haystack")
+    assert [[d[k] for k in keep] for d in got[1.0]] == [[d[k] for k in keep] for d in got[0.0]]
+    assert sum(a["text"] != b["text"] for a, b in zip(got[0.0], got[1.0])) >= 30
+    digest = hashlib.sha256(json.dumps(got[0.0], ensure_ascii=False).encode()).hexdigest()[:16]
+    assert digest == "1e4bea6a8dcba2af"  # the same 40 documents from main before v6b (f60168e's code)
+    gen = RetrievalDocGenerator(tok, filler, RetrievalDocConfig(max_tokens=768, min_tokens=64, seed=21))
+    docs = [gen.document(i) for i in range(40)]
+    assert hashlib.sha256(json.dumps(docs, ensure_ascii=False).encode()).hexdigest()[:16] == "6aab2001bc0df0d2"
+    with pytest.raises(ValueError, match=r"^RetrievalDocConfig.early_fact_share must be in \[0, 1\], got 1.5$"):
+        RetrievalDocGenerator(tok, filler, RetrievalDocConfig(early_fact_share=1.5))
+    with pytest.raises(ValueError, match=r"^RetrievalDocConfig.early_fact_window must be in \(0, 1\], got 0$"):
+        RetrievalDocGenerator(tok, filler, RetrievalDocConfig(early_fact_share=0.5, early_fact_window=0))
+
+
 def test_held_out_phrasings_never_appear(docs, tmp_path, tok):
     phrases = [p.lower() for p in eval_phrases()]
     for p in eval_phrases():  # the check itself catches every evaluation prompt
@@ -200,7 +249,8 @@ def test_held_out_phrasings_never_appear(docs, tmp_path, tok):
 
 
 def test_write_documents_and_tool(tmp_path, tok):
-    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), RetrievalDocConfig(max_tokens=256, min_tokens=64, seed=2))
+    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), RetrievalDocConfig(max_tokens=256, min_tokens=64, seed=2,
+                                                                            early_fact_share=0.5))
     mix: dict = {}
     docs, tokens = write_documents(tmp_path / "a.jsonl", gen, tokens=3000, mix=mix)
     lines = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
@@ -218,7 +268,7 @@ def test_write_documents_and_tool(tmp_path, tok):
     out = tmp_path / "b.jsonl"
     r = subprocess.run([sys.executable, "tools/make_retrieval_docs.py", "--filler", str(CORPUS), "--tokenizer",
                         str(TOKENIZER), "--tokens", "3000", "--max-tokens", "256", "--min-tokens", "64", "--seed", "2",
-                        "--length-draw", "log-uniform", "-o", str(out)], cwd=REPO, capture_output=True, text=True)
+                        "--length-draw", "log-uniform", "--early-fact-share", "0.5", "-o", str(out)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert out.read_text() == (tmp_path / "a.jsonl").read_text()
     r = subprocess.run([sys.executable, "tools/make_retrieval_docs.py", "--filler", str(tmp_path / "none.jsonl"),

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--single-key-share", type=float, default=0.25, help="share of one-fact documents")
     defaults = RetrievalDocConfig()
     shares = ("open_value_share", "random_value_share", "phrase_value_share", "word_value_share", "repetitive_share",
-              "chinese_share", "same_form_share", "open_subject_share")
+              "chinese_share", "same_form_share", "open_subject_share", "early_fact_share")
     for name in shares:
         ap.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
                         help=f"RetrievalDocConfig.{name} (default {getattr(defaults, name)})")

@@ -74,6 +74,15 @@ across packed rows so the question could not see its fact):
     their answer 5.6% -> 13.7%, >= 1536 0.45% -> 1.6% (per 1M tokens 244 -> 430, 20 -> 49), but facts
     per 1M tokens drop 4366 -> 3135 (-28%) and 2K rows packed whole hold 90.0% real tokens, not 96.6%
     (3,000 stage-0 documents, real filler and tokenizer: benchmarks/retrieval_docs_v5.py --mixes v5 v6);
+    v6, second part (v6b): the training spans should cover the trained window, not cluster near the
+    question. Facts placed at random boundaries, their count not growing with length, leave only 1.6% of
+    facts >= 1536 tokens before their answer even with uniform lengths, and the fifth attempt failed the
+    2K needle mostly with the fact far from the question. `early_fact_share` of the documents (0.5 in the
+    mini replication; 0.0, the default, draws nothing and keeps v1-v6 data identical) move one of their
+    facts, chosen at random, to a random sentence boundary within the first `early_fact_window` (10%) of
+    the body's characters after the intro; the other facts keep their places, any form and kind. Facts
+    >= 1024 / >= 1536 tokens from their answer per 1M tokens 430 -> 571 / 49 -> 105 (13.7% -> 18.2%,
+    1.6% -> 3.4% of facts), lengths, facts and row fill unchanged (--mixes v5 v6 v6b, same documents);
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
     the templates, not in the repetitive sentences, and not in the filler, whose sentences
@@ -130,6 +139,8 @@ class RetrievalDocConfig:
     open_subject_share: float = 0.5   # share of fact subjects made of filler words instead of the closed word lists
     seed: int = 0
     length_draw: str = "log-uniform"  # target length: "log-uniform" (v1-v5) or "uniform" (v6) in [min_tokens, max_tokens]
+    early_fact_share: float = 0.0     # share of documents with one fact moved to the first early_fact_window of the body (v6b)
+    early_fact_window: float = 0.1    # "early": the statement starts within this share of the body's characters
 
 
 LENGTH_DRAWS = ("log-uniform", "uniform")
@@ -195,8 +206,26 @@ def contradictions(doc: dict) -> list[str]:
     return out
 
 
+def early_boundary(parts: list[str], sep: str, length: int, window: float, u: float) -> int:
+    """v6b: where in `parts` a statement of `length` characters goes so that it starts within the first `window`
+    of the characters of the joined parts: the boundary at fraction `u` of those that qualify (0 always does)."""
+    total = sum(map(len, parts)) + length + len(sep) * len(parts)
+    ok, at = [], 0
+    for j in range(len(parts) + 1):
+        if at > window * total:
+            break
+        ok.append(j)
+        at += len(parts[j]) + len(sep) if j < len(parts) else 0
+    return ok[int(u * len(ok))]
+
+
+def starts_early(parts: list[str], sep: str, j: int, window: float) -> bool:
+    """Whether parts[j] starts within the first `window` of the characters of sep.join(parts)."""
+    return sum(map(len, parts[:j])) + len(sep) * j <= window * len(sep.join(parts))
+
+
 SHARES = ("single_key_share", "open_value_share", "random_value_share", "phrase_value_share", "word_value_share",
-          "repetitive_share", "chinese_share", "same_form_share", "open_subject_share")
+          "repetitive_share", "chinese_share", "same_form_share", "open_subject_share", "early_fact_share")
 VALUE_SHARES = ("open_value_share", "random_value_share", "phrase_value_share", "word_value_share")
 VALUE_KINDS = ("open", "random", "phrase", "word")  # in VALUE_SHARES' order; the rest of the documents: "number"
 DRAFTS = 16  # a document whose draft holds a held-out phrase (a filler span next to a template) is redrawn
@@ -214,6 +243,8 @@ class RetrievalDocGenerator:
         for name in SHARES:
             if not 0 <= getattr(config, name) <= 1:
                 raise ValueError(f"RetrievalDocConfig.{name} must be in [0, 1], got {getattr(config, name)}")
+        if not 0 < config.early_fact_window <= 1:
+            raise ValueError(f"RetrievalDocConfig.early_fact_window must be in (0, 1], got {config.early_fact_window}")
         if sum(getattr(config, name) for name in VALUE_SHARES) > 1:
             raise ValueError(f"RetrievalDocConfig: {' + '.join(VALUE_SHARES)} must be <= 1 (the rest are numbers), got "
                              f"{' + '.join(str(getattr(config, name)) for name in VALUE_SHARES)}; lower one of them")
@@ -361,17 +392,16 @@ class RetrievalDocGenerator:
                 k += 1
             if pos < len(sentences):
                 body.append(sentences[pos])
-        text = intro + sep.join(body) + tail
-        # token counts of the parts are an estimate of the whole: drop filler (prose before distractors) until it fits
         listed = set(distractors[0] + distractors[1]) if distractors else set()
-        while self._ntok(text) > budget:
-            fillers = [i for i, b in enumerate(body) if b not in statements and b not in listed] or \
-                [i for i, b in enumerate(body) if b not in statements]
-            if not fillers:
-                raise ValueError(f"document {index}: {n} fact(s) and their questions alone exceed max_tokens "
-                                 f"{cfg.max_tokens}; raise max_tokens")
-            body.pop(fillers[-1])
-            text = intro + sep.join(body) + tail
+        text = self._fit(index, intro, sep, body, tail, budget, statements, listed)
+        if cfg.early_fact_share and rng.random() < cfg.early_fact_share:  # drawn only when on: 0.0 keeps v1-v6 data
+            moved, u = statements[rng.randrange(len(statements))], rng.random()
+            while True:  # a random fact moves (not the earliest: that would add less reach); the others stay
+                body.remove(moved)
+                body.insert(early_boundary(body, sep, len(moved), cfg.early_fact_window, u), moved)
+                text = self._fit(index, intro, sep, body, tail, budget, statements, listed)
+                if starts_early(body, sep, body.index(moved), cfg.early_fact_window):
+                    break  # else the refit dropped filler and the window shrank: place it again
         n_open = sum(f.open for f in facts)
         return {"text": text, "facts": [[f.subject, f.value] for f in facts], "lang": lang,
                 "haystack": "repetitive" if repetitive else "prose", "kind": kind,
@@ -379,6 +409,21 @@ class RetrievalDocGenerator:
                 "subjects": "open" if n_open == len(facts) else "closed" if not n_open else "mixed",
                 "open_facts": n_open, "distractors": sum(b in listed for b in body),
                 "source": f"retrieval-docs:seed{cfg.seed}/{index}"}
+
+    def _fit(self, index: int, intro: str, sep: str, body: list[str], tail: str, budget: int, statements: list[str],
+             listed: set[str]) -> str:
+        """The text; token counts of the parts are an estimate of the whole: drop filler from the end of `body` (in
+        place; prose before the `listed` distractors) until it fits `budget`."""
+        text = intro + sep.join(body) + tail
+        while self._ntok(text) > budget:
+            fillers = [i for i, b in enumerate(body) if b not in statements and b not in listed] or \
+                [i for i, b in enumerate(body) if b not in statements]
+            if not fillers:
+                raise ValueError(f"document {index}: {len(statements)} fact(s) and their questions alone exceed "
+                                 f"max_tokens {self.cfg.max_tokens}; raise max_tokens")
+            body.pop(fillers[-1])
+            text = intro + sep.join(body) + tail
+        return text
 
     def documents(self, start: int, count: int):
         for i in range(start, start + count):
