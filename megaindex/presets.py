@@ -37,6 +37,20 @@ _TINY: dict[str, Any] = dict(
     max_position_embeddings=2048,
 )
 
+_MINI_INDEX: dict[str, Any] = dict(
+    num_layers=8,
+    hidden_size=512,
+    num_attention_heads=4,
+    num_query_groups=4,
+    ffn_hidden_size=1472,
+    vocab_size=8000,
+    norm_epsilon=1e-6,
+    norm_head=True,
+    untie_embeddings_and_output_weights=True,
+    rotary_base=10000,
+    max_position_embeddings=2048,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The 4K base model that stage 1 starts from.
     "index-1.9b": _INDEX_1_9B,
@@ -61,37 +75,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # "mini-index": the miniature replication's model (examples/mini_replication/): Index-shaped
     # (head dim 128, MHA, SwiGLU at Index's 2.875x width, Norm-Head, untied), ~34.7M parameters with
     # an 8000-piece tokenizer. Stage 0 at 2K with base 10000; stage 1 raises base and length.
-    "mini-index": dict(
-        num_layers=8,
-        hidden_size=512,
-        num_attention_heads=4,
-        num_query_groups=4,
-        ffn_hidden_size=1472,
-        vocab_size=8000,
-        norm_epsilon=1e-6,
-        norm_head=True,
-        untie_embeddings_and_output_weights=True,
-        rotary_base=10000,
-        max_position_embeddings=2048,
-    ),
+    "mini-index": _MINI_INDEX,
     # "mini-index-m": mini-index grown 1.5x in width for the fifth attempt's miss (its base got the
     # *first* answer token wrong, the question-to-fact lookup, and its probe plateaued from step
     # ~1280; examples/mini_replication/stage0.yaml). Same depth, head dim 128 and 2.875x SwiGLU:
     # 8 x (4 x 768^2 + 3 x 768 x 2208) = 59.57M in layers + 2 x 768 x 8064 (vocabulary padded to a
     # multiple of 128) = 12.39M embedding and head + 13K norms = 71.97M parameters (mini-index: 34.7M).
-    "mini-index-m": dict(
-        num_layers=8,
-        hidden_size=768,
-        num_attention_heads=6,
-        num_query_groups=6,
-        ffn_hidden_size=2208,
-        vocab_size=8000,
-        norm_epsilon=1e-6,
-        norm_head=True,
-        untie_embeddings_and_output_weights=True,
-        rotary_base=10000,
-        max_position_embeddings=2048,
-    ),
+    "mini-index-m": {**_MINI_INDEX, "hidden_size": 768, "num_attention_heads": 6, "num_query_groups": 6,
+                     "ffn_hidden_size": 2208},
     # Llama-shaped toy model with grouped-query attention and a plain head (converter tests).
     "tiny-llama": {**_TINY, "num_query_groups": 2, "norm_epsilon": 1e-5, "norm_head": False, "rotary_base": 10000},
 }
