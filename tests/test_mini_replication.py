@@ -144,6 +144,28 @@ def test_recipes_read_the_corpus_by_length_parts(tmp_path):
         ctx.recipe("stage1", [])
 
 
+def test_recipe_is_replaced_in_one_rename(monkeypatch, tmp_path):
+    """Two run.py processes (one per GPU, the two-GPU plan) write the same WORK/recipes/stage1.yaml while
+    the other's child may be reading it: the recipe is written to a temporary file and renamed, never
+    truncated in place (Path.write_text on the recipe itself is refused here)."""
+    import run
+
+    work = tmp_path / "w"
+    _write_parts(work, short=(2079, 7_757_420), long=(380, 19_897_369))
+    ctx = run.Ctx(work, run.FULL, force=False)
+    target = work / "recipes" / "stage1.yaml"
+    real = Path.write_text
+
+    def guarded(self, *a, **k):
+        assert self != target, "the recipe was truncated and rewritten in place"
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", guarded)
+    for _ in range(2):
+        assert ctx.recipe("stage1", [])[0] == target
+    assert "corpus_long" in target.read_text() and not list(target.parent.glob(".*tmp*"))
+
+
 def test_a_stop_signal_while_the_child_starts_reaches_the_child(monkeypatch, tmp_path):
     """run.py installs its forwarding handler before Popen: a SIGTERM that arrives while the child is
     being started is passed on once the child exists (it went to the old handler before the fix)."""

@@ -138,7 +138,8 @@ class Ctx:
                 for n in CORPUS_PARTS if parts[n]["documents"]), text)
         out = self.p("recipes", f"{name}.yaml")
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        from megaindex import atomic  # a rename: two run.py processes (one per GPU) write the same recipe
+        atomic.write_text(out, text, durable=False)  # while the other's child may be reading it
         return out, overrides
 
 
