@@ -125,34 +125,36 @@ def test_recipes_read_the_corpus_by_length_parts(tmp_path):
     """Stage 0's "0.7 WORK/data/corpus" is written out as both length parts, each 0.7 x its share of the
     corpus' tokens (the corpus mix one dataset gave); a part with no documents is left out of it, and a
     recipe that trains on an empty part (stage 1 on corpus_long) is refused in one line."""
-    import run
+    from context import FULL, Ctx
+    from recipes import fill_recipe
 
     work = tmp_path / "w"
-    ctx = run.Ctx(work, run.FULL, force=False)
+    ctx = Ctx(work, FULL, force=False)
     with pytest.raises(SystemExit, match=r"corpus_parts.json missing: .*run `run.py preprocess`"):
-        ctx.recipe("stage0", [])
+        fill_recipe(ctx, "stage0", [])
     _write_parts(work, short=(2079, 7_757_420), long=(380, 19_897_369))  # the v5 corpus (2026-11-28)
-    data = load_config(ctx.recipe("stage0", [])[0]).data.data_path
+    data = load_config(fill_recipe(ctx, "stage0", [])[0]).data.data_path
     assert data == [f"0.1964 {work}/data/corpus_short", f"0.5036 {work}/data/corpus_long", f"0.3 {work}/data/retrieval_s0"]
-    assert load_config(ctx.recipe("stage1", [])[0]).data.data_path == [f"0.85 {work}/data/corpus_long",
+    assert load_config(fill_recipe(ctx, "stage1", [])[0]).data.data_path == [f"0.85 {work}/data/corpus_long",
                                                                         f"0.15 {work}/data/retrieval_s1"]
     _write_parts(work, short=(0, 0), long=(21, 400_000))
-    assert load_config(ctx.recipe("stage0", [])[0]).data.data_path == [f"0.7 {work}/data/corpus_long",
+    assert load_config(fill_recipe(ctx, "stage0", [])[0]).data.data_path == [f"0.7 {work}/data/corpus_long",
                                                                         f"0.3 {work}/data/retrieval_s0"]
     _write_parts(work, short=(21, 400_000), long=(0, 0))
     with pytest.raises(SystemExit, match=r"stage1.yaml trains on corpus_long, which has no documents .* >= 16384 tokens"):
-        ctx.recipe("stage1", [])
+        fill_recipe(ctx, "stage1", [])
 
 
 def test_recipe_is_replaced_in_one_rename(monkeypatch, tmp_path):
     """Two run.py processes (one per GPU, the two-GPU plan) write the same WORK/recipes/stage1.yaml while
     the other's child may be reading it: the recipe is written to a temporary file and renamed, never
     truncated in place (Path.write_text on the recipe itself is refused here)."""
-    import run
+    from context import FULL, Ctx
+    from recipes import fill_recipe
 
     work = tmp_path / "w"
     _write_parts(work, short=(2079, 7_757_420), long=(380, 19_897_369))
-    ctx = run.Ctx(work, run.FULL, force=False)
+    ctx = Ctx(work, FULL, force=False)
     target = work / "recipes" / "stage1.yaml"
     real = Path.write_text
 
@@ -162,7 +164,7 @@ def test_recipe_is_replaced_in_one_rename(monkeypatch, tmp_path):
 
     monkeypatch.setattr(Path, "write_text", guarded)
     for _ in range(2):
-        assert ctx.recipe("stage1", [])[0] == target
+        assert fill_recipe(ctx, "stage1", [])[0] == target
     assert "corpus_long" in target.read_text() and not list(target.parent.glob(".*tmp*"))
 
 
@@ -171,7 +173,8 @@ def test_a_stop_signal_while_the_child_starts_reaches_the_child(monkeypatch, tmp
     being started is passed on once the child exists (it went to the old handler before the fix)."""
     import signal
 
-    import run
+    import child_process
+    from context import SMOKE, Ctx
 
     seen: list[int] = []
     sent: list[int] = []
@@ -187,8 +190,8 @@ def test_a_stop_signal_while_the_child_starts_reaches_the_child(monkeypatch, tmp
             def wait(self):
                 return 0
 
-        monkeypatch.setattr(run.subprocess, "Popen", StartingChild)
-        run.sh(run.Ctx(tmp_path, run.SMOKE, False), sys.executable, "-c", "pass")
+        monkeypatch.setattr(child_process.subprocess, "Popen", StartingChild)
+        child_process.sh(Ctx(tmp_path, SMOKE, False), sys.executable, "-c", "pass")
         assert sent == [signal.SIGTERM] and seen == []
     finally:
         signal.signal(signal.SIGTERM, old)
@@ -204,6 +207,7 @@ def test_training_and_evaluation_run_in_child_processes(tmp_path, monkeypatch):
     """
     import signal
 
+    import child_process
     import megaindex.cli
     import megaindex.eval.cli
     import run
@@ -211,8 +215,8 @@ def test_training_and_evaluation_run_in_child_processes(tmp_path, monkeypatch):
     from megaindex import checkpoint
     from megaindex.training.preemption import STOP_SIGNALS
 
-    # run.py keeps its own copy (importing preemption would import torch); the two must not drift
-    assert set(run.FORWARDED) == set(STOP_SIGNALS)
+    # child_process.py keeps its own copy (importing preemption would import torch); the two must not drift
+    assert set(child_process.FORWARDED) == set(STOP_SIGNALS)
 
     def in_process(*args, **kwargs):
         raise AssertionError("run.py trained or evaluated in its own process")
@@ -245,7 +249,7 @@ def test_training_and_evaluation_run_in_child_processes(tmp_path, monkeypatch):
     def fake_resume_point(save_dir):  # nothing before the first child, then the step the child reached
         return (Path(save_dir) / checkpoint.STEP_DIR.format(reached["step"]) if calls else None), []
 
-    monkeypatch.setattr(run.subprocess, "Popen", FakeChild)
+    monkeypatch.setattr(child_process.subprocess, "Popen", FakeChild)
     monkeypatch.setattr(checkpoint, "resume_point", fake_resume_point)
     work = tmp_path / "mini"
     _write_parts(work, short=(3, 100), long=(2, 900))
@@ -396,7 +400,8 @@ def test_ablations_compare_with_the_recipe_at_their_own_budget(tmp_path):
 def test_evaluation_train_length_follows_set_overrides(tmp_path):
     """--set data.seq_length=... changes the length the model trained at, so the evaluation's
     --train-length (what Dynamic NTK and YaRN scale from) must follow it."""
-    import run
+    from context import FULL, Ctx
+    from recipes import seq_length
 
-    assert run._seq(run.Ctx(tmp_path, run.FULL, False), "stage1", []) == 32768
-    assert run._seq(run.Ctx(tmp_path, run.FULL, False, ["data.seq_length=16384"]), "stage1", []) == 16384
+    assert seq_length(Ctx(tmp_path, FULL, False), "stage1", []) == 32768
+    assert seq_length(Ctx(tmp_path, FULL, False, ["data.seq_length=16384"]), "stage1", []) == 16384

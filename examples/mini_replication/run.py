@@ -19,204 +19,34 @@ that fails stops the command with the step, the exit code or signal, and how to 
 256/1024-token stages, a few steps, 256-1024-token evaluation. Everything goes under WORK
 (default runs/mini_replication, or runs/mini_smoke with --smoke); WORK/steps/STEP.json records
 each finished step (seconds, outputs).
+
+This file owns the steps, their order and the command line. Beside it, one concept each:
+context.py (Scale, FULL/SMOKE, Ctx, log), child_process.py (`sh`, `megaindex`: the children),
+recipes.py (the recipes filled in for WORK, the corpus' length parts), staging.py (`stage`,
+`unstage`) and report.py (`report`).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import re
-import shlex
 import shutil
-import signal
-import subprocess
 import sys
-import tarfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))
-PY = sys.executable
-PART_BYTES = 45 * 2**20  # one device call carries at most 64 MiB with the working tree
-STAGE_PREFIX = ".mini"   # REPO/.mini0, .mini1, ... (git-ignored), one per device call
-# Passed on to a running child: training/preemption.py's stop signals (the trainer checkpoints and
-# exits PREEMPTED), as they reached it when it ran in this process.
-FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # REPO: this checkout's megaindex
+sys.path.insert(0, str(Path(__file__).resolve().parent))      # HERE: the modules beside this file
+
+from child_process import megaindex, sh  # noqa: E402
+from context import FULL, HERE, PY, REPO, SMOKE, Ctx, log  # noqa: E402
+from recipes import CORPUS_PARTS, fill_recipe, seq_length, stage_tokens  # noqa: E402
+from staging import step_stage, step_unstage  # noqa: E402
+
 ABLATIONS = yaml.safe_load((HERE / "ablations.yaml").read_text())
-
-
-@dataclass
-class Scale:
-    """What differs between the real run and the CPU smoke run (the code path does not)."""
-
-    corpus: str                       # "prepare" = tools/prepare_corpus.py; "fixture" = tests/fixtures/corpus
-    vocab_size: int
-    retrieval_max_tokens: int
-    retrieval_min_tokens: int
-    stage0: list[str] = field(default_factory=list)   # overrides of stage0.yaml
-    stage1: list[str] = field(default_factory=list)   # overrides of stage1.yaml (and every ablation)
-    ablations: dict[str, list[str]] = field(default_factory=dict)  # per-ablation extra overrides
-    # Steps of every ablation (None: stage1.yaml's, so that the report compares each with Long-PT at
-    # one budget). The fifth attempt trained stage 1 for 512 steps and the ablations for 128, with an
-    # extra run of the recipe at 128 as their reference; since the sixth, stage 1 is 128 steps again.
-    ablation_iters: int | None = None
-    lengths: str = "1k,2k,4k,8k,16k,32k"
-    depths: str = "0:100:11"
-    repeats: int = 3
-    # Two evaluation calls for the base model, each with a factor that holds the longest length
-    # (megaindex eval refuses a length no requested variant holds; naive then runs it as the baseline).
-    base_ropes: tuple[str, ...] = ("naive,dynamic:2,dynamic:16", "dynamic:4,dynamic:8,yarn:16")
-    margin: float = 1.1               # synthetic tokens generated over the share the recipe needs
-    # The corpus' split by document length (tokens, EOD included): documents with at least this many
-    # go to data/corpus_long, stage 1's corpus part; the rest to data/corpus_short. 16384 = half of
-    # stage 1's 32K window (step_preprocess says why).
-    long_min_tokens: int = 16384
-
-
-FULL = Scale(corpus="prepare", vocab_size=8000, retrieval_max_tokens=2048, retrieval_min_tokens=128)
-SMOKE = Scale(
-    corpus="fixture", vocab_size=4000, retrieval_max_tokens=256, retrieval_min_tokens=48,
-    stage0=["model.preset=tiny", "model.max_position_embeddings=256", "data.seq_length=256", "data.micro_batch_size=4",
-            "data.global_batch_tokens=2048", "data.whole_documents=256", "data.num_workers=0", "train.train_iters=6",
-            "train.eval_interval=6", "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=6",
-            "log.log_interval=1", "data.split=90,10,0", "eval.interval=6", "eval.lengths=[256]", "eval.repeats=1", "eval.tasks=[passkey]",
-            "train.cuda_graph_impl=none", "data.static_thd_shapes=false"],  # CPU: eager (stage0.yaml graphs the GPU run)
-    stage1=["model.preset=tiny", "model.max_position_embeddings=1024", "data.seq_length=1024", "data.global_batch_tokens=2048",
-            "data.whole_documents=256", "data.num_workers=0", "train.train_iters=3", "train.eval_interval=3",
-            "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=3", "log.log_interval=1",
-            "data.split=90,10,0", "eval.interval=3", "eval.lengths=[1024]", "eval.tasks=[passkey]"],
-    ablations={"ctx_warmup": ["data.context_length_warmup=[[1,256],[2,512]]"]},
-    lengths="256,512,1024", depths="0:100:3", repeats=1, base_ropes=("naive,dynamic:4", "dynamic:2,yarn:4"),
-    # The fixture's 21 documents are all longer than half the smoke's 1024-token window, so half of it
-    # would leave corpus_short empty; the full run's 16384 puts about half of them in each part,
-    # so CI runs the two-part blend of stage 0 and the long-only corpus of stage 1.
-    long_min_tokens=16384,
-)
-
-
-class Ctx:
-    def __init__(self, work: Path, scale: Scale, force: bool, extra: list[str] | None = None):
-        self.work, self.scale, self.force = work, scale, force
-        self.step = "?"  # the step now running (run_step sets it), for the error of a failed child
-        self.extra = list(extra or [])  # --set: overrides for every training step of this command
-        self.smoke = scale is SMOKE
-
-    def p(self, *parts: str) -> Path:
-        return self.work.joinpath(*parts)
-
-    def recipe(self, name: str, overrides: list[str]) -> tuple[Path, list[str]]:
-        """The shipped recipe with WORK filled in, written to WORK/recipes/NAME.yaml (what was run).
-
-        A blend entry "W WORK/data/corpus" is the whole corpus: it is written out as the corpus' length
-        parts (`preprocess`), "W x s WORK/data/corpus_short" and "W x (1 - s) WORK/data/corpus_long"
-        with s the short part's share of the corpus' tokens (data/corpus_parts.json), so that stage
-        reads the corpus mix one dataset of it gave (a part with no documents is left out). A recipe
-        that names a part with no documents is refused in one line.
-        """
-        text = (HERE / f"{name.split('.')[0]}.yaml").read_text().replace("WORK/", f"{self.work}/")
-        whole = re.compile(r'"(\S+) ' + re.escape(str(self.p("data", "corpus"))) + '"')
-        named = [n for n in CORPUS_PARTS if f'{self.p("data", n)}"' in text]
-        if whole.search(text) or named:
-            parts = corpus_parts(self)
-            empty = [n for n in named if not parts[n]["documents"]]
-            if empty:
-                raise SystemExit(f"{HERE / name.split('.')[0]}.yaml trains on {empty[0]}, which has no documents "
-                                 f"({self.p('data', 'corpus_parts.json')}: none of the corpus' documents has "
-                                 f"{'>=' if empty[0] == 'corpus_long' else '<'} {parts['min_tokens']} tokens); "
-                                 f"change Scale.long_min_tokens and rerun `run.py preprocess stage`")
-            total = sum(p["tokens"] for n, p in parts.items() if n in CORPUS_PARTS)
-            text = whole.sub(lambda m: ", ".join(
-                f'"{float(m[1]) * parts[n]["tokens"] / total:.4g} {self.p("data", n)}"'
-                for n in CORPUS_PARTS if parts[n]["documents"]), text)
-        out = self.p("recipes", f"{name}.yaml")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        from megaindex import atomic  # a rename: two run.py processes (one per GPU) write the same recipe
-        atomic.write_text(out, text, durable=False)  # while the other's child may be reading it
-        return out, overrides
-
-
-def log(msg: str) -> None:
-    print(f"[mini {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def how_it_ended(rc: int) -> str:
-    """'exited with code 75 (PREEMPTED)' or 'was killed by signal SIGSEGV (11)' for a child's return code."""
-    from megaindex import exit_codes
-
-    if rc < 0:  # subprocess reports a death by signal N as -N
-        try:
-            return f"was killed by signal {signal.Signals(-rc).name} ({-rc})"
-        except ValueError:
-            return f"was killed by signal {-rc}"
-    names = {v: k for k, v in vars(exit_codes).items() if k.isupper() and isinstance(v, int)}
-    return f"exited with code {rc}" + (f" ({names[rc]})" if rc in names else "")
-
-
-def sh(ctx: Ctx, *cmd: str | Path, what: str = "", hint: str = "") -> None:
-    """Run CMD in REPO as a child process with this environment (output streamed); a failure ends the command.
-
-    SIGTERM and SIGUSR1 sent to this script while the child runs go on to the child. The error names
-    the step, WHAT ran (default: the script), its exit code or signal, and HINT (how to go on).
-    """
-    cmd = [str(c) for c in cmd]
-    log("$ " + shlex.join(cmd))
-    # The child imports the megaindex of this checkout, as this script does (sys.path above).
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    child: subprocess.Popen | None = None
-    pending: list[int] = []  # stop signals that came while the child was being started
-
-    def forward(signum, frame):
-        if child is None:
-            pending.append(signum)
-        else:
-            child.send_signal(signum)
-
-    # Installed before the child starts: a stop signal during Popen reaches the child, not this
-    # script's default action (which would kill run.py and leave the child running unsupervised).
-    before = {s: signal.signal(s, forward) for s in FORWARDED}
-    try:
-        child = subprocess.Popen(cmd, cwd=REPO, env=env)
-        for signum in pending:
-            child.send_signal(signum)
-        rc = child.wait()
-    except BaseException:  # Ctrl-C (KeyboardInterrupt) or an error here: no child goes on writing into WORK
-        if child is not None:
-            child.kill()
-            child.wait()
-        raise
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-    if rc != 0:
-        what = what or Path(cmd[1] if cmd[0] == PY else cmd[0]).name
-        raise SystemExit(f"step {ctx.step}: {what} {how_it_ended(rc)}" + (f"; {hint}" if hint else ""))
-
-
-def megaindex(ctx: Ctx, *args: str | Path, hint: str) -> None:
-    """`python -m megaindex ARGS` in its own process: the only way this script trains or evaluates.
-
-    One process per training or evaluation: on one H100 (2026-11-28) the second `megaindex train`
-    of one process died with SIGSEGV right after it started (the first had run TE + cuDNN attention;
-    stage 0 replays CUDA graphs), while each run alone in its own process worked. `-X faulthandler`:
-    a child killed by SIGSEGV, SIGABRT, SIGBUS, SIGILL or SIGFPE prints its Python stack first.
-    """
-    sh(ctx, PY, "-X", "faulthandler", "-m", "megaindex", *args, what=f"megaindex {args[0]}", hint=hint)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- steps here: data ------------------------------------------------------------------------------
@@ -240,18 +70,6 @@ def step_tokenizer(ctx: Ctx) -> list[Path]:
     sh(ctx, PY, "tools/train_tokenizer.py", ctx.p("corpus/pretrain.jsonl"), "-o", out, "--vocab-size", str(ctx.scale.vocab_size))
     return [out]
 
-
-def _stage_tokens(ctx: Ctx, name: str, overrides: list[str]) -> tuple[int, float]:
-    """(tokens the stage trains on, share of the retrieval dataset) from the resolved recipe."""
-    from megaindex.config import load_config
-    from megaindex.data.builder import parse_blend
-
-    cfg = load_config(HERE / f"{name}.yaml", overrides)
-    paths, weights = parse_blend(cfg.data.data_path, "data.data_path")
-    share = next(w for p, w in zip(paths, weights) if "retrieval" in p) / sum(weights)
-    return cfg.train.train_iters * cfg.data.global_batch_tokens, share
-
-
 def step_retrieval(ctx: Ctx) -> list[Path]:
     from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator
     from megaindex.data.retrieval_writer import describe_mix, write_documents
@@ -262,7 +80,7 @@ def step_retrieval(ctx: Ctx) -> list[Path]:
     log(filler.summary())
     outs = []
     for seed, (stage, overrides) in enumerate((("stage0", ctx.scale.stage0), ("stage1", ctx.scale.stage1))):
-        tokens, share = _stage_tokens(ctx, stage, overrides)
+        tokens, share = stage_tokens(ctx, stage, overrides)
         want = int(tokens * share * ctx.scale.margin)
         cfg = RetrievalDocConfig(max_tokens=ctx.scale.retrieval_max_tokens, min_tokens=ctx.scale.retrieval_min_tokens,
                                  seed=seed, length_draw="uniform", early_fact_share=0.5)  # v6, v6b: long spans
@@ -277,19 +95,6 @@ def step_retrieval(ctx: Ctx) -> list[Path]:
             f"in {time.time() - t0:.0f}s")
         outs.append(out)
     return outs
-
-
-CORPUS_PARTS = ("corpus_short", "corpus_long")
-
-
-def corpus_parts(ctx: Ctx) -> dict:
-    """data/corpus_parts.json: the length threshold and each part's documents and tokens."""
-    path = ctx.p("data", "corpus_parts.json")
-    if not path.is_file():
-        raise SystemExit(f"{path} missing: the corpus is split by document length since the sixth attempt; "
-                         f"run `run.py preprocess` (then `stage`) again")
-    return json.loads(path.read_text())
-
 
 def _up_to_date(prefix: Path, *sources: Path) -> bool:
     idx, bin_ = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
@@ -340,85 +145,13 @@ def step_preprocess(ctx: Ctx) -> list[Path]:
         outs += [data / f"{name}{ext}" for ext in (".bin", ".idx")] if p["documents"] else []
     return [*outs, ctx.p("data", "corpus_parts.json")]
 
-
-def staged_files(ctx: Ctx) -> list[str]:
-    """What the GPU node needs (relative to WORK): the corpus parts that have documents, retrieval sets."""
-    parts = corpus_parts(ctx)
-    corpus = [f"data/{n}{ext}" for n in CORPUS_PARTS if parts[n]["documents"] for ext in (".bin", ".idx")]
-    return ["tokenizer.model", "corpus/heldout.jsonl", "data/corpus_parts.json", *corpus, "data/retrieval_s0.bin",
-            "data/retrieval_s0.idx", "data/retrieval_s1.bin", "data/retrieval_s1.idx"]
-
-
-def step_stage(ctx: Ctx) -> list[Path]:
-    """Everything the GPU node needs, as one tar.gz cut into parts in REPO/.mini0, .mini1, ..."""
-    dest = ctx.p("staged") if ctx.smoke else REPO
-    for old in dest.glob(f"{STAGE_PREFIX}[0-9]*"):
-        shutil.rmtree(old)
-    tar = ctx.p("mini_data.tar.gz")
-    staged = staged_files(ctx)
-    with tarfile.open(tar, "w:gz", compresslevel=6) as t:
-        for rel in staged:
-            t.add(ctx.p(rel), arcname=rel)
-    manifest = {"sha256": sha256(tar), "bytes": tar.stat().st_size, "files": staged, "parts": []}
-    outs = []
-    with tar.open("rb") as f:
-        for k in range(1 << 10):
-            chunk = f.read(PART_BYTES)
-            if not chunk:
-                break
-            d = dest / f"{STAGE_PREFIX}{k}"
-            d.mkdir(parents=True)
-            (d / f"part{k:02d}").write_bytes(chunk)
-            manifest["parts"].append(f"part{k:02d}")
-            outs.append(d)
-    for d in outs:
-        (d / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    tar.unlink()
-    log(f"staged {manifest['bytes'] / 2**20:.1f} MiB in {len(outs)} parts: {', '.join(d.name for d in outs)} "
-        f"(one device call each; README.md)")
-    return outs
-
-
-def step_unstage(ctx: Ctx, sources: list[Path] | None = None) -> list[Path]:
-    """Reassemble the staged parts (REPO/.mini*, /tmp/mini-parts) into WORK and check them."""
-    roots = sources or ([ctx.p("staged")] if ctx.smoke else [REPO, Path("/tmp/mini-parts")])
-    parts: dict[str, Path] = {}
-    manifest = None
-    for root in roots:
-        for m in sorted(root.glob(f"{STAGE_PREFIX}[0-9]*/manifest.json")) + sorted(root.glob("manifest.json")):
-            manifest = json.loads(m.read_text())
-            for p in m.parent.glob("part[0-9]*"):
-                parts.setdefault(p.name, p)
-    if manifest is None:
-        raise SystemExit(f"no staged parts ({STAGE_PREFIX}N/manifest.json) under {', '.join(map(str, roots))}")
-    missing = [p for p in manifest["parts"] if p not in parts]
-    if missing:
-        raise SystemExit(f"staged parts missing: {', '.join(missing)} (carry each {STAGE_PREFIX}N folder; README.md)")
-    tar = ctx.p("mini_data.tar.gz")
-    tar.parent.mkdir(parents=True, exist_ok=True)
-    with tar.open("wb") as f:
-        for name in manifest["parts"]:
-            f.write(parts[name].read_bytes())
-    if sha256(tar) != manifest["sha256"]:
-        raise SystemExit(f"{tar}: checksum differs from the manifest; a part is damaged, stage again")
-    dest = ctx.p("unstaged") if ctx.smoke else ctx.work
-    with tarfile.open(tar) as t:
-        t.extractall(dest, filter="data")
-    tar.unlink()
-    if ctx.smoke:  # the round trip must give the same bytes
-        for rel in manifest["files"]:
-            if sha256(dest / rel) != sha256(ctx.p(rel)):
-                raise SystemExit(f"unstaged {rel} differs from the staged file")
-    return [dest / rel for rel in manifest["files"]]
-
-
 # ---- steps on the GPU node: training -----------------------------------------------------------------
 def _train(ctx: Ctx, recipe: str, overrides: list[str], run_name: str) -> list[Path]:
     from megaindex.config import load_config
 
     from megaindex import checkpoint
 
-    path, overrides = ctx.recipe(recipe, overrides)
+    path, overrides = fill_recipe(ctx, recipe, overrides)
     overrides = [*overrides, *ctx.extra, f"train.run_dir={ctx.p(run_name)}", f"data.cache_dir={ctx.p('cache')}"]
     if checkpoint.resume_point(ctx.p(run_name, "checkpoints"))[0] is None:
         # nothing to resume (first attempt, or one killed before its first checkpoint): start clean
@@ -458,21 +191,13 @@ def _eval(ctx: Ctx, run_name: str, out: str, ropes: str, train_length: int) -> P
                                        f"(its training and finished evaluations are kept)")
     return dest / "summary.json"
 
-
-def _seq(ctx: Ctx, recipe: str, overrides: list[str]) -> int:
-    """The training length the run had: the recipe with the scale's overrides and this command's --set."""
-    from megaindex.config import load_config
-
-    return load_config(HERE / f"{recipe}.yaml", [*overrides, *ctx.extra]).data.seq_length
-
-
 def step_eval_base(ctx: Ctx) -> list[Path]:
-    L = _seq(ctx, "stage0", ctx.scale.stage0)
+    L = seq_length(ctx, "stage0", ctx.scale.stage0)
     return [_eval(ctx, "stage0", f"base_{i}", ropes, L) for i, ropes in enumerate(ctx.scale.base_ropes)]
 
 
 def step_eval_longpt(ctx: Ctx) -> list[Path]:
-    return [_eval(ctx, "stage1", "longpt", "naive", _seq(ctx, "stage1", ctx.scale.stage1))]
+    return [_eval(ctx, "stage1", "longpt", "naive", seq_length(ctx, "stage1", ctx.scale.stage1))]
 
 
 def make_ablation_step(name: str):
@@ -481,7 +206,7 @@ def make_ablation_step(name: str):
         overrides = [*ctx.scale.stage1, *budget, *(f"{k}={json.dumps(v)}" for k, v in (ABLATIONS[name] or {}).items()),
                      *ctx.scale.ablations.get(name, [])]
         outs = _train(ctx, "stage1", overrides, f"ablation_{name}")
-        return outs + [_eval(ctx, f"ablation_{name}", f"ablation_{name}", "naive", _seq(ctx, "stage1", overrides))]
+        return outs + [_eval(ctx, f"ablation_{name}", f"ablation_{name}", "naive", seq_length(ctx, "stage1", overrides))]
     step.__doc__ = f"stage 1 with {ABLATIONS[name]}, then its evaluation"
     return step
 
