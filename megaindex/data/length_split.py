@@ -1,11 +1,12 @@
 """Split a pretraining IndexedDataset into its short and its long documents (a partition, not a copy).
 
-Owns `split_by_length(prefix, min_tokens, short_prefix, long_prefix)`: every document of PREFIX
-goes, in its order, to SHORT (fewer than MIN_TOKENS tokens, its EOD included) or to LONG (at least
-MIN_TOKENS), so the two parts hold exactly PREFIX's documents and tokens between them. Why: a
-long-context stage that mixes long documents with short ones sees few long-range dependencies
-(with per-document position resets, a token sits at position p only inside a document longer than
-p); training it on the long part alone is the report's "curated long corpus", while a stage that
+Owns `document_lengths` (tokens per document of an IndexedDataset; megaindex.data.sft reads its
+conversations' lengths with it too) and `split_by_length(prefix, min_tokens, short_prefix,
+long_prefix)`: every document of PREFIX goes, in its order, to SHORT (fewer than MIN_TOKENS
+tokens, its EOD included) or to LONG (at least MIN_TOKENS), so the two parts hold exactly PREFIX's
+documents and tokens between them. Why: a long-context stage that mixes long documents with short
+ones sees few long-range dependencies (with per-document position resets, a token sits at position
+p only inside a document longer than p); training it on the long part alone is the report's "curated long corpus", while a stage that
 wants the whole corpus blends both parts by their token shares.
 
 A part that gets no document is not written (megatron's IndexedDataset of no documents is no

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from megaindex.data import chat
+from megaindex.data.length_split import document_lengths
 from megaindex.data.packing import Piece, pack_pieces, round_up
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class PackedSFTDataset(torch.utils.data.Dataset):
             per_doc = np.diff(d.document_indices)
             if len(per_doc) and ((per_doc < 3) | (per_doc % 2 == 0)).any():
                 raise ValueError(f"{d.path_prefix}: not a chat dataset (preprocess it with --kind sft)")
-        self._lengths = [self._conv_lengths(d) for d in self.datasets]
+        self._lengths = [document_lengths(d) for d in self.datasets]  # tokens per conversation
         packs, epoch = [], 0
         while True:
             packs += self._plan_epoch(epoch, offset=len(packs))
@@ -100,10 +101,6 @@ class PackedSFTDataset(torch.utils.data.Dataset):
                            name, self.stats["dropped_overlength"], self.stats["truncated"], seq_length, epoch)
 
     # ---- planning -----------------------------------------------------------------------------
-    @staticmethod
-    def _conv_lengths(d) -> np.ndarray:
-        return np.add.reduceat(d.sequence_lengths.astype(np.int64), d.document_indices[:-1]) if len(d.document_indices) > 1 else np.zeros(0, np.int64)
-
     def _sequences(self, j: int, c: int) -> list[np.ndarray]:
         d = self.datasets[j]
         first, last = int(d.document_indices[c]), int(d.document_indices[c + 1])
