@@ -105,7 +105,7 @@ from megaindex.data import retrieval_same_form as SF
 from megaindex.data import retrieval_words as W
 from megaindex.data.held_out import HELD_OUT_PHRASES, check_held_out, needle_word_lists
 from megaindex.data.retrieval_filler import CJK, FillerText
-from megaindex.data.retrieval_subjects import MIN_VOCABULARY, open_subject, open_value, random_value
+from megaindex.data.retrieval_subjects import FILLER_VALUES, MIN_VOCABULARY, open_subject
 from megaindex.data.tokenizer import IndexTokenizer
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def draw_facts(n: int, rng: random.Random, lang: str = "en", kind: str = "number
         if len(facts) == n:
             break
         attr = shared if rng.random() < 0.7 else rng.choice(attrs)
-        value = filler_value(rng) if kind in ("open", "random") else W.value(lang, kind, attr, rng)
+        value = filler_value(rng) if kind in FILLER_VALUES else W.value(lang, kind, attr, rng)
         subject = open_subject(rng, attr) if open_subject is not None and rng.random() < open_share else None
         if subject is None:
             owner = W.owner(lang, rng)
@@ -347,7 +347,7 @@ class RetrievalDocGenerator:
         same_form = rng.random() < cfg.same_form_share
         if same_form:
             n = SF.fact_count(rng)
-        filler_value = random_value if kind == "random" else open_value  # used by the "open" and "random" kinds
+        filler_value = FILLER_VALUES.get(kind)  # None for the table kinds, which never call it
         intro = rng.choice(W.INTROS[lang])
         sep = JOIN[lang]
         distractors = None

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from megaindex.data import retrieval_words as W
-from megaindex.data.retrieval_subjects import open_span, open_value, random_value
+from megaindex.data.retrieval_subjects import FILLER_VALUES, open_span
 
 MAX_FACTS = 3         # facts per same-form document: 1 (half of them) or 2..MAX_FACTS
 MIN_DISTRACTORS = 4   # a same-form document grows (up to max_tokens) to hold at least this many distractors
@@ -95,8 +95,8 @@ def _hard_negatives(s: ShortSubject, lang: str, rng: random.Random) -> list[str]
 def _value(filler, lang: str, kind: str, rng: random.Random, check: Callable[[str], bool]) -> str | None:
     """A value of `kind`; an "open" one is a span of the filler, a "random" one a draw from its vocabulary (None
     when none passes `check`)."""
-    if kind in ("open", "random"):
-        return (open_value if kind == "open" else random_value)(filler, rng, lang, check)
+    if kind in FILLER_VALUES:
+        return FILLER_VALUES[kind](filler, rng, lang, check)
     return W.value(lang, kind, rng.choice(W.attributes(lang, kind)), rng)
 
 

@@ -158,3 +158,8 @@ def random_value(filler, rng: random.Random, lang: str, check: Callable[[str], b
         if check(text):
             return text
     return None
+
+
+# The value kinds drawn from the filler (v4 spans, v5 random draws) and their drawing functions: the one
+# table of them (retrieval_docs and retrieval_same_form look kinds up here; the other kinds are tables).
+FILLER_VALUES: dict[str, Callable[..., str | None]] = {"open": open_value, "random": random_value}
