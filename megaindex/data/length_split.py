@@ -6,8 +6,9 @@ long_prefix)`: every document of PREFIX goes, in its order, to SHORT (fewer than
 tokens, its EOD included) or to LONG (at least MIN_TOKENS), so the two parts hold exactly PREFIX's
 documents and tokens between them. Why: a long-context stage that mixes long documents with short
 ones sees few long-range dependencies (with per-document position resets, a token sits at position
-p only inside a document longer than p); training it on the long part alone is the report's "curated long corpus", while a stage that
-wants the whole corpus blends both parts by their token shares.
+p only inside a document longer than p); training it on the long part alone is the report's
+"curated long corpus", while a stage that wants the whole corpus blends both parts by their token
+shares.
 
 A part that gets no document is not written (megatron's IndexedDataset of no documents is no
 dataset); its entry says 0 documents and any old files of that prefix are removed, so a blend
