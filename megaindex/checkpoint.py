@@ -165,6 +165,8 @@ def save_checkpoint(
     from megatron.core import dist_checkpointing
     from torch.distributed.checkpoint.api import CheckpointException
 
+    from megaindex.upstream import in_process_write_results
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     if async_queue is not None:
@@ -190,7 +192,8 @@ def save_checkpoint(
     if async_queue is None:
         with _WriterErrors() as logged:
             try:
-                dist_checkpointing.save(state, str(tmp))
+                with in_process_write_results():  # no Manager process per save (upstream.py, 7)
+                    dist_checkpointing.save(state, str(tmp))
                 barrier()
                 complete()
             except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
