@@ -44,15 +44,17 @@ class Scale:
 FULL = Scale(corpus="prepare", vocab_size=8000, retrieval_max_tokens=2048, retrieval_min_tokens=128)
 SMOKE = Scale(
     corpus="fixture", vocab_size=4000, retrieval_max_tokens=256, retrieval_min_tokens=48,
-    stage0=["model.preset=tiny", "model.max_position_embeddings=256", "data.seq_length=256", "data.micro_batch_size=4",
-            "data.global_batch_tokens=2048", "data.whole_documents=256", "data.num_workers=0", "train.train_iters=6",
-            "train.eval_interval=6", "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=6",
-            "log.log_interval=1", "data.split=90,10,0", "eval.interval=6", "eval.lengths=[256]", "eval.repeats=1", "eval.tasks=[passkey]",
+    # The tiny preset at 2 layers: on CPU a step's time is mostly per-layer overhead, not FLOPs.
+    stage0=["model.preset=tiny", "model.num_layers=2", "model.max_position_embeddings=256", "data.seq_length=256",
+            "data.micro_batch_size=4", "data.global_batch_tokens=2048", "data.whole_documents=256", "data.num_workers=0",
+            "train.train_iters=6", "train.eval_interval=6", "train.eval_iters=1", "optim.lr_warmup_iters=1",
+            "checkpoint.save_interval=6", "log.log_interval=1", "data.split=90,10,0", "eval.interval=6", "eval.lengths=[256]",
+            "eval.repeats=1", "eval.tasks=[passkey]",
             "train.cuda_graph_impl=none", "data.static_thd_shapes=false"],  # CPU: eager (stage0.yaml graphs the GPU run)
-    stage1=["model.preset=tiny", "model.max_position_embeddings=1024", "data.seq_length=1024", "data.global_batch_tokens=2048",
-            "data.whole_documents=256", "data.num_workers=0", "train.train_iters=3", "train.eval_interval=3",
-            "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=3", "log.log_interval=1",
-            "data.split=90,10,0", "eval.interval=3", "eval.lengths=[1024]", "eval.tasks=[passkey]"],
+    stage1=["model.preset=tiny", "model.num_layers=2", "model.max_position_embeddings=1024", "data.seq_length=1024",
+            "data.global_batch_tokens=2048", "data.whole_documents=256", "data.num_workers=0", "train.train_iters=3",
+            "train.eval_interval=3", "train.eval_iters=1", "optim.lr_warmup_iters=1", "checkpoint.save_interval=3",
+            "log.log_interval=1", "data.split=90,10,0", "eval.interval=3", "eval.lengths=[1024]", "eval.tasks=[passkey]"],
     ablations={"ctx_warmup": ["data.context_length_warmup=[[1,256],[2,512]]"]},
     # One evaluation call for the base (the GPU run's two split its work): every child's start (~5 s of
     # imports) is most of a smoke evaluation. Two depths: the heatmap's rows, at 2/3 of the samples.

@@ -2,7 +2,7 @@
 """The miniature Index-1.9B-32K replication, as resumable steps (README.md beside this file).
 
     python examples/mini_replication/run.py STEP [STEP ...] [--work DIR] [--smoke]
-    python examples/mini_replication/run.py all --smoke      # every step at toy scale on CPU (~3 min, 2 cores)
+    python examples/mini_replication/run.py all --smoke      # every step at toy scale on CPU (~2 min, 2 cores)
     python examples/mini_replication/run.py status            # which steps are done, how long each took
 
 Steps, in order (each fits one 10-minute command on one H100; a finished step is skipped unless
