@@ -1,0 +1,114 @@
+"""examples/mini_replication/in_format_probe.py: the in-format retrieval probe of issue #16.
+
+A tiny random-init stock Llama (saved to tmp_path, loaded back by the probe with AutoModelForCausalLM)
+and the real fixture tokenizer and corpus: the probe runs end to end and its counts add up; every
+question's prompt is the document's own tokens through "is" / "是" and its gold answer is the fact's
+value; the greedy decode from the whole document's cut KV cache equals greedy decoding by plain forwards.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples" / "mini_replication"))
+
+import in_format_probe as P  # noqa: E402
+from megaindex.data.retrieval_docs import FillerText, RetrievalDocGenerator  # noqa: E402
+from megaindex.data.tokenizer import IndexTokenizer  # noqa: E402
+
+TOKENIZER = REPO / "tests/fixtures/tokenizer.model"
+CORPUS = REPO / "tests/fixtures/corpus/pretrain.jsonl"
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = IndexTokenizer(TOKENIZER)
+    torch.manual_seed(0)
+    # initializer_range 0.3: large weights, so the argmax depends on the context, not only on the last token
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                      tie_word_embeddings=False, initializer_range=0.3)
+    out = tmp_path_factory.mktemp("tiny_hf")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    shutil.copy(TOKENIZER, out / "tokenizer.model")
+    return out
+
+
+def test_probe_runs_and_counts_add_up(tiny_hf, tmp_path):
+    out = tmp_path / "probe"
+    assert P.main([str(tiny_hf), "--filler", str(CORPUS), "--lengths", "256", "--docs", "2",
+                   "--threads", str(torch.get_num_threads()), "--out", str(out)]) == 0
+    result = json.loads(Path(f"{out}.json").read_text(encoding="utf-8"))
+    tok, filler = IndexTokenizer(TOKENIZER), FillerText([CORPUS])
+    for L in ("256",):
+        docs = [RetrievalDocGenerator(tok, filler, P.v5_config(int(L))).document(i) for i in range(2)]
+        records, part = result["records"][L], result["by_length"][L]
+        assert len(records) == part["all"]["questions"] == sum(len(d["facts"]) for d in docs)
+        assert sorted(r["value"] for r in records) == sorted(v for d in docs for _, v in d["facts"])
+        for key in P.BREAKDOWNS:  # every breakdown partitions the questions
+            assert sum(g["questions"] for g in part[key].values()) == len(records), key
+            assert sum(g["exact"] for g in part[key].values()) == part["all"]["exact"], key
+        a = part["all"]
+        assert a["exact"] == sum(r["exact"] for r in records) and a["misses"] == len(records) - a["exact"]
+        assert a["misses_first_only"] <= a["misses_first_wrong"] <= a["misses"]
+        for r in records:
+            assert 0 <= r["token_accuracy"] <= 1 and r["prompt_tokens"] + r["answer_tokens"] <= int(L)
+            assert not r["exact"] or (r["first"] and r["token_accuracy"] == 1.0)
+    md = Path(f"{out}.md").read_text(encoding="utf-8")
+    assert "| value kind | 256 n |" in md and f"| all | {result['by_length']['256']['all']['questions']} |" in md
+    assert Path(f"{out}.png").stat().st_size > 10_000
+    with pytest.raises(P.ProbeError, match="evaluation's haystack"):
+        P.run(tiny_hf, CORPUS.with_name("heldout.jsonl"), TOKENIZER, [256], 1)
+    with pytest.raises(P.ProbeError, match="max_position_embeddings 512"):
+        P.run(tiny_hf, CORPUS, TOKENIZER, [1024], 1)
+
+
+def test_prompt_is_the_documents_own_and_gold_is_the_value():
+    """A prompt cut one character early or late, or an answer located in the wrong question, fails here."""
+    tok = IndexTokenizer(TOKENIZER)
+    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), P.v5_config(384, seed=5))
+    seen = set()
+    for i in range(30):
+        doc = gen.document(i)
+        ids = tok.encode(doc["text"])
+        qs = P.questions(doc, tok, ids)
+        assert sorted(q["value"] for q in qs) == sorted(v for _, v in doc["facts"])
+        for q in qs:
+            seq = ids if q["seq"] is None else q["seq"]
+            prompt, gold = tok.decode(seq[:q["k"]]), tok.decode(seq[q["k"]:q["m"]])
+            stop = "。" if doc["lang"] == "zh" else "."
+            if not q["merged"]:
+                assert gold.strip() == q["value"] + stop, (doc["source"], gold, q["value"])
+                assert prompt.lower().endswith(q["subject"].lower() + ("是" if doc["lang"] == "zh" else " is"))
+            else:  # a prompt piece merged into the answer: the value still ends the gold
+                assert gold.strip().endswith(q["value"] + stop)
+            assert q["seq"] is not None or seq[:q["k"]] == tok.encode(doc["text"])[:q["k"]]
+            assert 0 < q["distance"] < len(ids)
+            seen.add((doc["lang"], P.doc_kind(doc)))
+    assert {("en", "multi-key"), ("en", "same-form"), ("zh", "multi-key")} <= seen
+
+
+def test_greedy_from_cut_cache_equals_plain_greedy(tiny_hf):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval()
+    probe = P.Probe(model, IndexTokenizer(TOKENIZER))
+    ids = torch.randint(5, model.config.vocab_size, (1, 200), generator=torch.Generator().manual_seed(1)).tolist()[0]
+    with torch.inference_mode():
+        whole = model.model(input_ids=torch.tensor([ids]), use_cache=True)
+        for k in (37, 150):
+            first = probe._argmax(whole.last_hidden_state, [k - 1])[0]
+            got = probe._greedy(whole.cache, first, k, 6)
+            ref = list(ids[:k])
+            for _ in range(6):  # the reference: a full forward per token, no cache
+                ref.append(int(model(input_ids=torch.tensor([ref])).logits[0, -1].argmax()))
+            assert got == ref[k:], k
