@@ -66,6 +66,9 @@ def test_probe_runs_and_counts_add_up(tiny_hf, tmp_path):
     md = Path(f"{out}.md").read_text(encoding="utf-8")
     assert "| value kind | 256 n |" in md and f"| all | {result['by_length']['256']['all']['questions']} |" in md
     assert Path(f"{out}.png").stat().st_size > 10_000
+    ev = P.evaluation_rows(REPO / "benchmarks/replication_gate5/results_base_0.jsonl.gz")["groups"]
+    assert ev["passkey all"]["1024"] == {"questions": 33, "exact_pct": 90.9, "token_accuracy_pct": 98.0}  # recorded
+    assert ev["needle all"]["2048"]["questions"] == sum(ev[f"needle {g}"]["2048"]["questions"] for g in ("en", "zh"))
     with pytest.raises(P.ProbeError, match="evaluation's haystack"):
         P.run(tiny_hf, CORPUS.with_name("heldout.jsonl"), TOKENIZER, [256], 1)
     with pytest.raises(P.ProbeError, match="max_position_embeddings 512"):

@@ -23,7 +23,11 @@ of benchmarks/retrieval_docs_v5.py) and the question's rank in the document.
 
     python examples/mini_replication/in_format_probe.py /work/gpu5/base_hf \\
         --filler runs/mini_replication/corpus/pretrain.jsonl --lengths 1024,2048 --docs 100 \\
+        --compare benchmarks/replication_gate5/results_base_0.jsonl.gz \\
         --out benchmarks/replication_gate6/in_format_probe        # -> .json, .md, .png
+
+`--compare` sets the same model's evaluation rows (`megaindex eval` results, base + naive) beside the probe;
+`--rescore` rebuilds the tables and the plot from OUT.json's records (in_format_report.py) without the model.
 
 The model runs in transformers (AutoModelForCausalLM, fp32, CPU): one forward over each whole document
 gives every question's forced argmax; each greedy decode continues from that forward's KV cache cut at
@@ -51,16 +55,13 @@ if str(REPO) not in sys.path:
 from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator  # noqa: E402
 from megaindex.data.tokenizer import IndexTokenizer  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from in_format_report import (BREAKDOWNS, ProbeError, distance_bucket, evaluation_rows, markdown,  # noqa: E402,F401
+                              scores, summarize, write)
+
 SEED = 20261128  # training used seeds 0 (stage 0) and 1 (stage 1)
 NEAR = 80        # characters: a statement holds its subject and value within this of each other
-DISTANCE_BUCKETS = ((0, 256), (256, 512), (512, 1024), (1024, 2048), (2048, 1 << 30))
-BREAKDOWNS = ("value_kind", "lang", "doc_kind", "haystack", "distance", "question_rank")
-MISS_EXAMPLES = 15  # misses listed per length in the markdown
 EXTRA_TOKENS = 3  # greedy tokens past the gold answer's length, so a miss shows how it goes on
-
-
-class ProbeError(Exception):
-    """Bad input, said in one line."""
 
 
 def v5_config(length: int, seed: int = SEED) -> RetrievalDocConfig:
@@ -72,11 +73,6 @@ def v5_config(length: int, seed: int = SEED) -> RetrievalDocConfig:
 
 def doc_kind(doc: dict) -> str:
     return "same-form" if doc["form"] == "same_form" else "single-key" if len(doc["facts"]) == 1 else "multi-key"
-
-
-def distance_bucket(d: int) -> str:
-    lo, hi = next((lo, hi) for lo, hi in DISTANCE_BUCKETS if d < hi)
-    return f"{lo}-{hi}" if hi < 1 << 30 else f">={lo}"
 
 
 def rank_bucket(rank: int) -> str:
@@ -187,141 +183,6 @@ def _first_char(tok: IndexTokenizer, ids: list[int]) -> str:
     return tok.decode(ids).lstrip()[:1]
 
 
-# ---- aggregation ------------------------------------------------------------------------------------------
-
-
-def scores(records: list[dict]) -> dict:
-    """Counts and rates (%) over `records`: exact, first piece, first character, forced token accuracy, and of
-    the misses how many had the first piece / character wrong, how many only the first piece (the forced rest
-    all right) and how many spelled the whole value but went on instead of stopping (overrun)."""
-    n = len(records)
-    misses = [r for r in records if not r["exact"]]
-    pct = lambda k, total: round(100.0 * k / total, 1) if total else None  # noqa: E731
-    return {"questions": n, "exact": sum(r["exact"] for r in records), "first": sum(r["first"] for r in records),
-            "first_char": sum(r["first_char"] for r in records),
-            "exact_pct": pct(sum(r["exact"] for r in records), n),
-            "first_pct": pct(sum(r["first"] for r in records), n),
-            "first_char_pct": pct(sum(r["first_char"] for r in records), n),
-            "token_accuracy_pct": round(100.0 * sum(r["token_accuracy"] for r in records) / n, 1) if n else None,
-            "misses": len(misses), "misses_first_wrong": sum(not r["first"] for r in misses),
-            "misses_first_char_wrong": sum(not r["first_char"] for r in misses),
-            "misses_overrun": sum(r["prediction"].lstrip().startswith(r["value"]) for r in misses),
-            "misses_first_only": sum(not r["first"] and r["rest_forced_right"] for r in misses)}
-
-
-def summarize(records: list[dict]) -> dict:
-    """{"all": scores, "<breakdown>": {"<group>": scores}} for one length."""
-    out: dict = {"all": scores(records)}
-    for key in BREAKDOWNS:
-        groups: dict[str, list[dict]] = defaultdict(list)
-        for r in records:
-            groups[str(r[key])].append(r)
-        out[key] = {g: scores(rs) for g, rs in sorted(groups.items(), key=lambda kv: _order(key, kv[0]))}
-    return out
-
-
-def _order(key: str, group: str):
-    if key == "distance":
-        return int(group.lstrip(">=").split("-")[0])
-    if key == "question_rank":
-        return ("1st", "2nd-3rd", "4th+").index(group)
-    return group
-
-
-def markdown(result: dict) -> str:
-    """The tables: one per breakdown, the lengths side by side (n, exact %, first piece %, first character %,
-    forced token %), and the misses."""
-    lengths = list(result["by_length"])
-    head = "| {} | " + " | ".join(f"{_k(L)} n | exact | first piece | first char | forced token"
-                                  for L in lengths) + " |"
-    rule = "|---|" + "---|---|---|---|---|" * len(lengths)
-    intro = [f"In-format retrieval probe: `{result['model']}` on held-out retrieval documents "
-             f"{result['generator']['version']} (seed {result['seed']}, filler `{result['filler']}`), greedy, fp32, "
-             "transformers on CPU.", ""]
-    for field in ("command", "date", "machine"):
-        if field in result:
-            intro.append(f"- {field}: `{result[field]}`" if field == "command" else f"- {field}: {result[field]}")
-    intro.append("- documents per length: " + ", ".join(
-        f"{_k(L)}: {result['by_length'][L]['documents']} (mean {result['by_length'][L]['mean_document_tokens']} tokens)"
-        for L in lengths) + f"; {result['seconds']} s")
-    intro.append("- percentages of questions: exact = every greedy token of the value and its full stop right; first "
-                 "piece = the first greedy token; first char = the first character it spells; forced token = teacher-"
-                 "forced share of the answer's tokens right")
-    lines = ["", *intro]
-    for key in ("all", *BREAKDOWNS):
-        groups: list[str] = []
-        for L in lengths:
-            part = result["by_length"][L][key]
-            for g in (["all"] if key == "all" else part):
-                if g not in groups:
-                    groups.append(g)
-        lines += ["", head.format(key.replace("_", " ")), rule]
-        for g in groups:
-            cells = []
-            for L in lengths:
-                part = result["by_length"][L][key]
-                sc = part if key == "all" else part.get(g)
-                cells.append(" — | — | — | — | — " if sc is None else
-                             f" {sc['questions']} | {sc['exact_pct']} | {sc['first_pct']} | {sc['first_char_pct']} | "
-                             f"{sc['token_accuracy_pct']} ")
-            lines.append(f"| {g} |" + "|".join(cells) + "|")
-    miss = ["", "| misses | " + " | ".join(_k(L) for L in lengths) + " |", "|---|" + "---|" * len(lengths)]
-    for label, field in (("misses", "misses"), ("first piece wrong", "misses_first_wrong"),
-                         ("first character wrong", "misses_first_char_wrong"),
-                         ("the value right, then no full stop (copied on past its end)", "misses_overrun"),
-                         ("only the first piece wrong (forced rest right)", "misses_first_only")):
-        miss.append(f"| {label} | " + " | ".join(str(result["by_length"][L]["all"][field]) for L in lengths) + " |")
-    for L in lengths:
-        wrong = [r for r in result["records"][L] if not r["exact"]][:MISS_EXAMPLES]
-        miss += ["", f"Misses at {_k(L)} (first {len(wrong)}): gold → greedy (value kind, language, distance in "
-                 "tokens)", ""]
-        miss += [f"- `{r['gold']!r}` → `{r['prediction']!r}` ({r['value_kind']}, {r['lang']}, {r['distance_tokens']})"
-                 for r in wrong]
-    return "\n".join(lines[1:] + miss) + "\n"
-
-
-def _k(length) -> str:
-    n = int(length)
-    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
-
-
-def plot(result: dict, path: Path) -> None:
-    """Exact match (bars) and first-piece accuracy (dots) per group, one panel per breakdown, one colour per length."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = ("value_kind", "lang", "doc_kind", "distance")
-    lengths = list(result["by_length"])
-    colors = ["#0CD79F", "#F0496E", "#EBB839", "#4A7BF0"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), sharey=True)
-    for ax, key in zip(axes, keys):
-        groups = list(dict.fromkeys(g for L in lengths for g in result["by_length"][L][key]))
-        groups.sort(key=lambda g: _order(key, g))
-        width = 0.8 / len(lengths)
-        for i, L in enumerate(lengths):
-            part = result["by_length"][L][key]
-            xs = [j + (i - (len(lengths) - 1) / 2) * width for j in range(len(groups))]
-            ex = [part[g]["exact_pct"] if g in part else 0 for g in groups]
-            fp = [part[g]["first_pct"] if g in part else float("nan") for g in groups]
-            ax.bar(xs, ex, width, color=colors[i % len(colors)], label=f"{_k(L)} exact")
-            ax.plot(xs, fp, "o", color="black", ms=3, label="first piece" if i == 0 else None)
-            for x, g in zip(xs, groups):
-                if g in part:
-                    ax.text(x, 1, str(part[g]["questions"]), ha="center", va="bottom", fontsize=6)
-        ax.set_xticks(range(len(groups)), groups, rotation=30, fontsize=8)
-        ax.set_title(key.replace("_", " "), fontsize=10)
-        ax.set_ylim(0, 100)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("% of questions (n at the bar foot)")
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"in-format retrieval probe: {result['model']} on held-out v5 documents", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 # ---- command line ------------------------------------------------------------------------------------------
 
 
@@ -391,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: on a shared CPU more were slower, 2.9 s vs 1.4 s per 2K forward)")
     ap.add_argument("--out", type=Path, required=True, help="output prefix: writes OUT.json, OUT.md and OUT.png")
+    ap.add_argument("--compare", type=Path,
+                    help="the same model's `megaindex eval` results_*.jsonl[.gz]: its needle and passkey beside "
+                         "the probe")
     ap.add_argument("--rescore", action="store_true",
                     help="no model: recompute the tables and the plot from the records of OUT.json (MODEL is ignored)")
     a = ap.parse_args(argv)
@@ -398,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(Path(f"{a.out}.json").read_text(encoding="utf-8"))
         for L, records in result["records"].items():
             result["by_length"][L].update(summarize(records))
+        try:
+            if a.compare:
+                result["evaluation"] = evaluation_rows(a.compare)
+        except ProbeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         write(result, a.out)
         return 0
     try:
@@ -412,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     try:
+        evaluation = evaluation_rows(a.compare) if a.compare else None
         result = run(a.model, a.filler, a.tokenizer or a.model / "tokenizer.model", lengths, a.docs, a.seed)
+        if evaluation:
+            result["evaluation"] = evaluation
     except ProbeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -423,15 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     write(result, a.out)
     print(f"[probe] in {result['seconds']} s")
     return 0
-
-
-def write(result: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    Path(f"{out}.md").write_text(markdown(result), encoding="utf-8")
-    plot(result, Path(f"{out}.png"))
-    print(markdown(result))
-    print(f"[probe] wrote {out}.json, .md, .png")
 
 
 if __name__ == "__main__":
