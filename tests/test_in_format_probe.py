@@ -60,6 +60,7 @@ def test_probe_runs_and_counts_add_up(tiny_hf, tmp_path):
         a = part["all"]
         assert a["exact"] == sum(r["exact"] for r in records) and a["misses"] == len(records) - a["exact"]
         assert a["misses_first_only"] <= a["misses_first_wrong"] <= a["misses"]
+        assert a["misses_other_fact"] + a["misses_overrun"] <= a["misses"]
         for r in records:
             assert 0 <= r["token_accuracy"] <= 1 and r["prompt_tokens"] + r["answer_tokens"] <= int(L)
             assert not r["exact"] or (r["first"] and r["token_accuracy"] == 1.0)

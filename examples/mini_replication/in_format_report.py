@@ -33,7 +33,8 @@ def distance_bucket(d: int) -> str:
 def scores(records: list[dict]) -> dict:
     """Counts and rates (%) over `records`: exact, first piece, first character, forced token accuracy, and of
     the misses how many had the first piece / character wrong, how many only the first piece (the forced rest
-    all right) and how many spelled the whole value but went on instead of stopping (overrun)."""
+    all right), how many gave another fact's value (`miss_kind`, set by summarize) and how many spelled the whole
+    value but went on instead of stopping (overrun)."""
     n = len(records)
     misses = [r for r in records if not r["exact"]]
     pct = lambda k, total: round(100.0 * k / total, 1) if total else None  # noqa: E731
@@ -46,11 +47,28 @@ def scores(records: list[dict]) -> dict:
             "misses": len(misses), "misses_first_wrong": sum(not r["first"] for r in misses),
             "misses_first_char_wrong": sum(not r["first_char"] for r in misses),
             "misses_overrun": sum(r["prediction"].lstrip().startswith(r["value"]) for r in misses),
-            "misses_first_only": sum(not r["first"] and r["rest_forced_right"] for r in misses)}
+            "misses_first_only": sum(not r["first"] and r["rest_forced_right"] for r in misses),
+            "misses_other_fact": sum(r.get("miss_kind") == "other_fact" for r in misses)}
+
+
+def miss_kind(record: dict, others: list[str]) -> str | None:
+    """None for an exact answer; else what the greedy answer was: "other_fact" (another fact's value of the same
+    document: the wrong key), "overrun" (the value, then no full stop), or "other" (filler or invented)."""
+    if record["exact"]:
+        return None
+    said = record["prediction"].strip().split("\n")[0].rstrip("。.")
+    if any(o and said.startswith(o) for o in others):
+        return "other_fact"
+    return "overrun" if said.startswith(record["value"]) else "other"
 
 
 def summarize(records: list[dict]) -> dict:
-    """{"all": scores, "<breakdown>": {"<group>": scores}} for one length."""
+    """{"all": scores, "<breakdown>": {"<group>": scores}} for one length; marks each record's `miss_kind`."""
+    values: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        values[r["source"]].append(r["value"])
+    for r in records:
+        r["miss_kind"] = miss_kind(r, [v for v in values[r["source"]] if v != r["value"]])
     out: dict = {"all": scores(records)}
     for key in BREAKDOWNS:
         groups: dict[str, list[dict]] = defaultdict(list)
@@ -161,6 +179,7 @@ def markdown(result: dict) -> str:
     miss = ["", "| misses | " + " | ".join(_k(L) for L in lengths) + " |", "|---|" + "---|" * len(lengths)]
     for label, field in (("misses", "misses"), ("first piece wrong", "misses_first_wrong"),
                          ("first character wrong", "misses_first_char_wrong"),
+                         ("another fact's value of the document (the wrong key)", "misses_other_fact"),
                          ("the value right, then no full stop (copied on past its end)", "misses_overrun"),
                          ("only the first piece wrong (forced rest right)", "misses_first_only")):
         miss.append(f"| {label} | " + " | ".join(str(result["by_length"][L]["all"][field]) for L in lengths) + " |")
