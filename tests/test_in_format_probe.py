@@ -50,7 +50,7 @@ def test_probe_runs_and_counts_add_up(tiny_hf, tmp_path):
     result = json.loads(Path(f"{out}.json").read_text(encoding="utf-8"))
     tok, filler = IndexTokenizer(TOKENIZER), FillerText([CORPUS])
     for L in ("256",):
-        docs = [RetrievalDocGenerator(tok, filler, P.v5_config(int(L))).document(i) for i in range(2)]
+        docs = [RetrievalDocGenerator(tok, filler, P.probe_config(int(L))).document(i) for i in range(2)]
         records, part = result["records"][L], result["by_length"][L]
         assert len(records) == part["all"]["questions"] == sum(len(d["facts"]) for d in docs)
         assert sorted(r["value"] for r in records) == sorted(v for d in docs for _, v in d["facts"])
@@ -79,7 +79,7 @@ def test_probe_runs_and_counts_add_up(tiny_hf, tmp_path):
 def test_prompt_is_the_documents_own_and_gold_is_the_value():
     """A prompt cut one character early or late, or an answer located in the wrong question, fails here."""
     tok = IndexTokenizer(TOKENIZER)
-    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), P.v5_config(384, seed=5))
+    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), P.probe_config(384, seed=5, data="v6b"))
     seen = set()
     for i in range(30):
         doc = gen.document(i)

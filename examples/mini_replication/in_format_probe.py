@@ -5,11 +5,11 @@ The mini replication's base misses the gate (needle >= 90 at <= 2K) at 65-76 / 4
 and retrieval-data versions, mostly on the first answer piece. This probe asks whether retrieval itself
 is unreliable, or only its transfer to the evaluation's phrasing: it draws *held-out* retrieval
 documents with the generator that made the training data (megaindex.data.retrieval_docs, configured as
-the fifth attempt's stage-0 data, v5: the RetrievalDocConfig defaults, lengths drawn log-uniformly, no
-early facts; a seed training never used), at a fixed target length each (min_tokens = max_tokens = L,
-so every document is ~L tokens and its facts spread over the whole body), and for every question feeds
-the document, as training tokenized it, up to and including the answer prefix ("...A: {Subject} is" /
-"...{subject}是") and greedy-decodes the value.
+an attempt's stage-0 data, `--data`: v5, the fifth's, the RetrievalDocConfig defaults, or v6b, the sixth's,
+one fact moved early in half the documents; a seed training never used), at a fixed target length each
+(min_tokens = max_tokens = L, so every document is ~L tokens and its facts spread over the whole body), and
+for every question feeds the document, as training tokenized it, up to and including the answer prefix
+("...A: {Subject} is" / "...{subject}是") and greedy-decodes the value.
 
 Per question: exact (greedy tokens = the gold value's tokens, through the final "." / "。"), first piece
 (the first greedy token right), first character (the first non-space character the greedy tokens spell:
@@ -64,11 +64,17 @@ NEAR = 80        # characters: a statement holds its subject and value within th
 EXTRA_TOKENS = 3  # greedy tokens past the gold answer's length, so a miss shows how it goes on
 
 
-def v5_config(length: int, seed: int = SEED) -> RetrievalDocConfig:
-    """The fifth attempt's stage-0 retrieval data (run.py then passed max_tokens 2048, min_tokens 128 and seed 0
-    only: every share at its default, lengths log-uniform, early_fact_share 0), at a fixed target `length`."""
-    return RetrievalDocConfig(max_tokens=length, min_tokens=length, seed=seed, length_draw="log-uniform",
-                              early_fact_share=0.0)
+# The stage-0 data of an attempt, as run.py's step_retrieval configured it (besides max/min tokens and seed):
+# v5 the fifth attempt's (every share at its default: lengths log-uniform, early_fact_share 0), v6b the sixth's.
+DATA = {"v5": {"length_draw": "log-uniform", "early_fact_share": 0.0},
+        "v6b": {"length_draw": "uniform", "early_fact_share": 0.5}}
+
+
+def probe_config(length: int, seed: int = SEED, data: str = "v5") -> RetrievalDocConfig:
+    """Retrieval documents as `data` (DATA) drew them, at a fixed target `length` (min_tokens = max_tokens)."""
+    if data not in DATA:
+        raise ProbeError(f"--data {data!r}: use one of {', '.join(DATA)}")
+    return RetrievalDocConfig(max_tokens=length, min_tokens=length, seed=seed, **DATA[data])
 
 
 def doc_kind(doc: dict) -> str:
@@ -196,8 +202,9 @@ def load_model(path: Path):
 
 
 def run(model_dir: Path, filler_path: Path, tokenizer: Path, lengths: list[int], docs: int, seed: int = SEED,
-        progress=print) -> dict:
-    """Score `docs` held-out v5 documents per length; the JSON result (records included)."""
+        progress=print, data: str = "v5") -> dict:
+    """Score `docs` held-out documents of `data` (DATA) per length; the JSON result (records included)."""
+    probe_config(64, seed, data)  # an unknown --data fails before the model loads
     if filler_path.name == "heldout.jsonl":
         raise ProbeError(f"--filler {filler_path}: that is the evaluation's haystack file; give the training split "
                          f"(runs/mini_replication/corpus/pretrain.jsonl), as the training documents used")
@@ -217,7 +224,7 @@ def run(model_dir: Path, filler_path: Path, tokenizer: Path, lengths: list[int],
     probe = Probe(model, tok)
     by_length, records_all = {}, {}
     for L in lengths:
-        gen = RetrievalDocGenerator(tok, filler, v5_config(L, seed))
+        gen = RetrievalDocGenerator(tok, filler, probe_config(L, seed, data))
         records, tokens = [], 0
         for i in range(docs):
             doc = gen.document(i)
@@ -234,7 +241,7 @@ def run(model_dir: Path, filler_path: Path, tokenizer: Path, lengths: list[int],
         records_all[str(L)] = records
     return {"schema": "megaindex.in_format_probe/1", "model": str(model_dir), "filler": str(filler_path),
             "tokenizer": str(tokenizer), "seed": seed,
-            "generator": {"version": "v5", "config": {k: v for k, v in vars(v5_config(0, seed)).items()
+            "generator": {"version": data, "config": {k: v for k, v in vars(probe_config(64, seed, data)).items()
                                                       if k not in ("max_tokens", "min_tokens")},
                           "min_tokens = max_tokens": lengths},
             "seconds": round(time.time() - t0, 1), "by_length": by_length, "records": records_all}
@@ -248,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer", type=Path, help="SentencePiece model (default: MODEL/tokenizer.model)")
     ap.add_argument("--lengths", default="1024,2048", help="target document lengths in tokens, comma-separated")
     ap.add_argument("--docs", type=int, default=100, help="documents per length")
+    ap.add_argument("--data", default="v5", help=f"which stage-0 data to draw like: {', '.join(DATA)} (the "
+                    "fifth attempt's base trained on v5, the sixth's on v6b)")
     ap.add_argument("--seed", type=int, default=SEED, help="generator seed (training used 0 and 1)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: on a shared CPU more were slower, 2.9 s vs 1.4 s per 2K forward)")
@@ -283,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     try:
         evaluation = evaluation_rows(a.compare) if a.compare else None
-        result = run(a.model, a.filler, a.tokenizer or a.model / "tokenizer.model", lengths, a.docs, a.seed)
+        result = run(a.model, a.filler, a.tokenizer or a.model / "tokenizer.model", lengths, a.docs, a.seed,
+                     data=a.data)
         if evaluation:
             result["evaluation"] = evaluation
     except ProbeError as e:

@@ -229,7 +229,8 @@ def plot(result: dict, path: Path) -> None:
     axes[0].set_ylabel("% of questions (n at the bar foot)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="upper right", ncol=len(labels))
-    fig.suptitle(f"in-format retrieval probe: {result['model']} on held-out v5 documents", fontsize=10, x=0.3)
+    fig.suptitle(f"in-format retrieval probe: {result['model']} on held-out {result['generator']['version']} "
+                 "documents", fontsize=10, x=0.3)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=120)
     plt.close(fig)
