@@ -68,11 +68,27 @@ def test_estimate_within_15_percent_of_measured_gpu_peaks():
         assert abs(c["footprint_error"]) <= 0.15, c
 
 
+def test_python_m_megaindex_freezes_the_heap_before_exit(monkeypatch):
+    """`python -m megaindex` runs main() then gc.freeze(), returned or raised: the interpreter's
+    teardown then skips torch's and megatron's objects (~1.2 s per process, __main__.py)."""
+    import gc
+    import runpy
 
-def test_a_process_that_imports_megaindex_freezes_its_heap_at_exit():
-    """megaindex/__init__.py: gc.freeze() at exit, so that the interpreter's teardown skips torch's
-    and megatron's objects (~1.2 s per process); it runs after the program's own exit handlers."""
-    code = ("import atexit, gc, megaindex; gc.freeze = lambda: print('frozen', flush=True); "
-            "atexit.register(lambda: print('program exit handler', flush=True))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert r.returncode == 0 and r.stdout.split() == ["program", "exit", "handler", "frozen"], r
+    import pytest
+
+    import megaindex.cli
+
+    events: list[str] = []
+    monkeypatch.setattr(gc, "freeze", lambda: events.append("freeze"))
+    for outcome in (3, RuntimeError("boom")):
+        def main(outcome=outcome):
+            events.append("main")
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+        monkeypatch.setattr(megaindex.cli, "main", main)
+        with pytest.raises((SystemExit, RuntimeError)) as e:
+            runpy.run_module("megaindex", run_name="__main__")
+        assert (e.value.code == 3) if isinstance(e.value, SystemExit) else str(e.value) == "boom"
+    assert events == ["main", "freeze"] * 2
