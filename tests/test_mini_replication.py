@@ -405,3 +405,34 @@ def test_evaluation_train_length_follows_set_overrides(tmp_path):
 
     assert seq_length(Ctx(tmp_path, FULL, False), "stage1", []) == 32768
     assert seq_length(Ctx(tmp_path, FULL, False, ["data.seq_length=16384"]), "stage1", []) == 16384
+
+
+def test_the_base_is_evaluated_in_one_call_per_rope_group_and_the_report_merges_them(tmp_path, monkeypatch):
+    """The GPU run splits the base's evaluation into FULL.base_ropes' groups (base_0/, base_1/, one
+    `megaindex eval` each); the smoke run has one group, so this path is checked here: every group is
+    evaluated with its own --rope into its own directory, and the report reads every base_* summary."""
+    import run
+
+    calls: list[list[str]] = []
+
+    def fake_megaindex(ctx, *args, hint):  # what `megaindex eval` would write: a summary per RoPE variant
+        args = [str(a) for a in args]
+        calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True)
+        ropes = args[args.index("--rope") + 1].split(",")
+        rows = {r: {"by_length": {"1024": 10.0}, "grid": {}} for r in ropes}
+        (out / "summary.json").write_text(json.dumps({"meta": {"train_length": 2048}, "needle": rows}))
+
+    monkeypatch.setattr(run, "megaindex", fake_megaindex)
+    ctx = run.Ctx(tmp_path, run.FULL, False)
+    ctx.step = "eval_base"
+    outs = run.STEPS["eval_base"](ctx)
+    groups = run.FULL.base_ropes
+    assert len(groups) > 1 and len(calls) == len(outs) == len(groups)
+    for i, (args, ropes) in enumerate(zip(calls, groups)):
+        assert args[:2] == ["eval", str(tmp_path / "stage0" / "checkpoints")]
+        assert args[args.index("--rope") + 1] == ropes and args[args.index("--train-length") + 1] == "2048"
+        assert outs[i] == tmp_path / "eval" / f"base_{i}" / "summary.json"
+    names = set(report.load_variants(tmp_path / "eval"))
+    assert names == {f"base+{r}" for g in groups for r in g.split(",")}, names
