@@ -101,6 +101,21 @@ def test_prompt_is_the_documents_own_and_gold_is_the_value():
     assert {("en", "multi-key"), ("en", "same-form"), ("zh", "multi-key")} <= seen
 
 
+def test_a_character_whose_lowercase_is_longer_does_not_shift_the_prompt():
+    """"İ".lower() is two characters (the training corpus has it): positions found in the lowercased text
+    must still be the document's own, or every prompt after it is cut one character off."""
+    tok = IndexTokenizer(TOKENIZER)
+    doc = RetrievalDocGenerator(tok, FillerText([CORPUS]), P.probe_config(384, seed=5)).document(0)
+    shifted = {**doc, "text": "İstanbul, İzmir. " + doc["text"]}
+
+    def cut(d):
+        ids = tok.encode(d["text"])
+        return [(q["merged"], tok.decode(ids[q["k"] - 3:q["k"]]), tok.decode(ids[q["k"]:q["m"]]))
+                for q in P.questions(d, tok, ids)]
+
+    assert cut(shifted) == cut(doc)
+
+
 def test_greedy_from_cut_cache_equals_plain_greedy(tiny_hf):
     from transformers import AutoModelForCausalLM
 

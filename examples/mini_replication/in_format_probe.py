@@ -93,12 +93,12 @@ def questions(doc: dict, tok: IndexTokenizer, ids: list[int]) -> list[dict]:
     boundary goes to the answer, as megaindex.eval.sample.split_answer does); m: the tokens of the text
     through the answer's full stop."""
     text, zh = doc["text"], doc["lang"] == "zh"
-    low = text.lower()
+    low = _lower(text)
     tail = low.rindex("\n\n")  # the questions follow the body's last blank line
     body = low[:tail]
     out = []
     for f, (subject, value) in enumerate(doc["facts"]):
-        s, v = subject.lower(), value.lower()
+        s, v = _lower(subject), _lower(value)
         head = s + ("是" if zh else " is ") + v + ("。" if zh else ".")
         at = low.find(head, tail)
         if at < 0 or low.find(head, at + 1) >= 0:
@@ -124,6 +124,11 @@ def questions(doc: dict, tok: IndexTokenizer, ids: list[int]) -> list[dict]:
                     "answer_at": at})
     out.sort(key=lambda q: q["answer_at"])  # the order the questions are asked in
     return out
+
+
+def _lower(text: str) -> str:
+    """Lowercase, one character for one ("İ".lower() is two: str.lower() would shift every position after it)."""
+    return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
 class Probe:
