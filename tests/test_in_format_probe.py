@@ -131,3 +131,25 @@ def test_greedy_from_cut_cache_equals_plain_greedy(tiny_hf):
             for _ in range(6):  # the reference: a full forward per token, no cache
                 ref.append(int(model(input_ids=torch.tensor([ref])).logits[0, -1].argmax()))
             assert got == ref[k:], k
+
+
+def test_filler_perplexity_is_the_models_own_loss(tiny_hf):
+    """filler_perplexity.py: the first 1024 / 2048 tokens' perplexity equals exp(the HF model's own mean
+    loss) on that prefix, pooled over documents by token; documents are the language's, >= 2048 tokens."""
+    import math
+
+    from transformers import AutoModelForCausalLM
+
+    import filler_perplexity as F
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(2)
+    docs = [torch.randint(5, model.config.vocab_size, (2048,), generator=g).tolist() for _ in range(2)]
+    got = F.perplexity(model, docs)
+    with torch.inference_mode():
+        for L in (1024, 2048):
+            loss = [float(model(input_ids=torch.tensor([d[:L]]), labels=torch.tensor([d[:L]])).loss) for d in docs]
+            assert got[str(L)] == pytest.approx(math.exp(sum(loss) / 2), rel=1e-3), L  # fp32 sums of 2K terms
+    tok = IndexTokenizer(TOKENIZER)
+    assert [len(ids) for ids in F.long_documents(CORPUS, tok, "en", 2)] == [2048, 2048]
+    assert F.long_documents(CORPUS, tok, "en", 1, sources={"no-such-source"}) == []
