@@ -39,9 +39,21 @@ class Scale:
     # go to data/corpus_long, stage 1's corpus part; the rest to data/corpus_short. 16384 = half of
     # stage 1's 32K window (run.py's step_preprocess says why).
     long_min_tokens: int = 16384
+    # RetrievalDocConfig fields of both stages' retrieval documents besides lengths and seed (run.py retrieval).
+    retrieval: dict = field(default_factory=dict)
 
 
-FULL = Scale(corpus="prepare", vocab_size=8000, retrieval_max_tokens=2048, retrieval_min_tokens=128)
+# The seventh attempt's retrieval documents (v7); why each differs from the sixth's (v6b), one line each:
+V7_RETRIEVAL = {
+    # v5's lengths again: v6's uniform ones (28% fewer facts per token) retrieved worse at 35M and at 72M
+    "length_draw": "log-uniform",
+    # v5's fact places again: v6b's early facts did not help far facts (2K needle 43.1 / 40.9 against v5's 55.2)
+    "early_fact_share": 0.0,
+    # half framed in varied wordings: v5's base answered its own format 92.8/86.3% at 1K/2K, the needle 72.7/50.0
+    "frame_share": 0.5,
+}
+FULL = Scale(corpus="prepare", vocab_size=8000, retrieval_max_tokens=2048, retrieval_min_tokens=128,
+             retrieval=V7_RETRIEVAL)
 SMOKE = Scale(
     corpus="fixture", vocab_size=4000, retrieval_max_tokens=256, retrieval_min_tokens=48,
     # The tiny preset at 2 layers: on CPU a step's time is mostly per-layer overhead, not FLOPs.
@@ -63,6 +75,7 @@ SMOKE = Scale(
     # would leave corpus_short empty; the full run's 16384 puts about half of them in each part,
     # so CI runs the two-part blend of stage 0 and the long-only corpus of stage 1.
     long_min_tokens=16384,
+    retrieval=V7_RETRIEVAL,  # CI generates framed documents too
 )
 
 

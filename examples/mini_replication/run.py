@@ -83,7 +83,7 @@ def step_retrieval(ctx: Ctx) -> list[Path]:
         tokens, share = stage_tokens(ctx, stage, overrides)
         want = int(tokens * share * ctx.scale.margin)
         cfg = RetrievalDocConfig(max_tokens=ctx.scale.retrieval_max_tokens, min_tokens=ctx.scale.retrieval_min_tokens,
-                                 seed=seed, length_draw="uniform", early_fact_share=0.5)  # v6, v6b: long spans
+                                 seed=seed, **ctx.scale.retrieval)  # v7 in FULL and SMOKE (context.py says why)
         out = ctx.p("corpus", f"retrieval_s{seed}.jsonl")
         t0 = time.time()
         mix: dict = {}

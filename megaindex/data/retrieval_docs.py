@@ -83,6 +83,11 @@ across packed rows so the question could not see its fact):
     the body's characters after the intro; the other facts keep their places, any form and kind. Facts
     >= 1024 / >= 1536 tokens from their answer per 1M tokens 430 -> 571 / 49 -> 105 (13.7% -> 18.2%,
     1.6% -> 3.4% of facts), lengths, facts and row fill unchanged (--mixes v5 v6 v6b, same documents);
+  * v7 (after the sixth attempt: v6/v6b retrieved worse than v5 at both model sizes, and on v5 the base answered
+    its own format 92.8/86.3% exact at 1K/2K against 72.7/50.0 on the evaluation's needle: the miss is mostly
+    transfer to unseen wording): `frame_share` of the documents (0.0, the default, draws nothing and keeps
+    v1-v6b identical) get a framing of megaindex.data.retrieval_frames — a preamble, a closing line, a question
+    style of generic instruction-data families, tens of thousands of combinations — answers unchanged;
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
     the templates, not in the repetitive sentences, and not in the filler, whose sentences
@@ -101,6 +106,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from megaindex.data import retrieval_frames as F
 from megaindex.data import retrieval_same_form as SF
 from megaindex.data import retrieval_words as W
 from megaindex.data.held_out import HELD_OUT_PHRASES, check_held_out, needle_word_lists
@@ -141,6 +147,7 @@ class RetrievalDocConfig:
     length_draw: str = "log-uniform"  # target length: "log-uniform" (v1-v5) or "uniform" (v6) in [min_tokens, max_tokens]
     early_fact_share: float = 0.0     # share of documents with one fact moved to the first early_fact_window of the body (v6b)
     early_fact_window: float = 0.1    # "early": the statement starts within this share of the body's characters
+    frame_share: float = 0.0          # share of documents framed by retrieval_frames (preamble, closing, question style; v7)
 
 
 LENGTH_DRAWS = ("log-uniform", "uniform")
@@ -225,7 +232,8 @@ def starts_early(parts: list[str], sep: str, j: int, window: float) -> bool:
 
 
 SHARES = ("single_key_share", "open_value_share", "random_value_share", "phrase_value_share", "word_value_share",
-          "repetitive_share", "chinese_share", "same_form_share", "open_subject_share", "early_fact_share")
+          "repetitive_share", "chinese_share", "same_form_share", "open_subject_share", "early_fact_share",
+          "frame_share")
 VALUE_SHARES = ("open_value_share", "random_value_share", "phrase_value_share", "word_value_share")
 VALUE_KINDS = ("open", "random", "phrase", "word")  # in VALUE_SHARES' order; the rest of the documents: "number"
 DRAFTS = 16  # a document whose draft holds a held-out phrase (a filler span next to a template) is redrawn
@@ -318,7 +326,8 @@ class RetrievalDocGenerator:
 
     def document(self, index: int) -> dict:
         """{"text", "facts": [[subject, value], ...], "lang", "haystack", "kind", "form", "subjects" (open /
-        closed / mixed), "open_facts", "distractors" (same-form sentences in the text), "source"}; text + EOD
+        closed / mixed), "open_facts", "distractors" (same-form sentences in the text), "source", and with frame_share on "frame"
+        (retrieval_frames.Frame.key, None: not framed)}; text + EOD
         fits. Redrawn (seed "{seed}:{index}:{draft}") while a draft holds an evaluation-only phrase."""
         for draft in range(DRAFTS):
             rng = random.Random(f"{self.cfg.seed}:{index}" + (f":{draft}" if draft else ""))
@@ -349,6 +358,8 @@ class RetrievalDocGenerator:
             n = SF.fact_count(rng)
         filler_value = FILLER_VALUES.get(kind)  # None for the table kinds, which never call it
         intro = rng.choice(W.INTROS[lang])
+        frame = F.draw_frame(rng, lang) if cfg.frame_share and rng.random() < cfg.frame_share else None  # v7
+        intro = frame.preamble if frame else intro
         sep = JOIN[lang]
         distractors = None
         while True:
@@ -368,10 +379,13 @@ class RetrievalDocGenerator:
             order = list(range(n))
             rng.shuffle(order)
             qa = []
-            for i in order:
-                q, a = rng.choice(questions)
-                qa.append(facts[i].fill(q) + facts[i].fill(a))
-            tail = "\n\n" + "\n".join(qa) + "\n"
+            for k, i in enumerate(order):
+                if frame:
+                    qa.append(frame.ask(facts[i].fill, k + 1, rng))
+                else:
+                    q, a = rng.choice(questions)
+                    qa.append(facts[i].fill(q) + facts[i].fill(a))
+            tail = (frame.closing + "\n\n" + frame.heading if frame else "\n\n") + "\n".join(qa) + "\n"
             fixed = self._ntok(intro + sep.join(statements) + tail)
             # room for some filler; a same-form document for at least SF.MIN_DISTRACTORS distractors
             least = 8 if distractors is None else \
@@ -408,7 +422,8 @@ class RetrievalDocGenerator:
                 "form": "same_form" if distractors else "keyed",
                 "subjects": "open" if n_open == len(facts) else "closed" if not n_open else "mixed",
                 "open_facts": n_open, "distractors": sum(b in listed for b in body),
-                "source": f"retrieval-docs:seed{cfg.seed}/{index}"}
+                "source": f"retrieval-docs:seed{cfg.seed}/{index}",
+                **({"frame": frame and frame.key} if cfg.frame_share else {})}  # the key only when on: v1-v6b stay
 
     def _fit(self, index: int, intro: str, sep: str, body: list[str], tail: str, budget: int, statements: list[str],
              listed: set[str]) -> str:

@@ -2,7 +2,7 @@
 
 Owns `write_documents` (serial, or made by forked worker processes with byte-identical output: a
 document depends only on its index) and the per-file mix line (`count_mix`, `describe_mix`: tokens
-per language, haystack, value kind, document form and subject vocabulary). The documents themselves
+per language, haystack, value kind, document form, subject vocabulary and framing). The documents themselves
 are megaindex.data.retrieval_docs.RetrievalDocGenerator's.
 """
 
@@ -77,17 +77,21 @@ def write_documents(path: str | Path, generator: RetrievalDocGenerator, *, token
     return docs, total
 
 
-MIX_KEYS = ("lang", "haystack", "kind", "form", "subjects")
+MIX_KEYS = ("lang", "haystack", "kind", "form", "subjects", "frame")
 
 
 def count_mix(mix: dict, doc: dict) -> None:
-    """Add a written document's tokens to `mix` under "lang:zh", "form:same_form", "subjects:open", ..."""
+    """Add a written document's tokens to `mix` under "lang:zh", "form:same_form", "subjects:open", ...,
+    and "frame:framed" / "frame:plain" for documents made with frame_share on (v7; the key is absent before)."""
     for key in MIX_KEYS:
-        mix[f"{key}:{doc[key]}"] = mix.get(f"{key}:{doc[key]}", 0) + doc["tokens"]
+        if key in doc:
+            val = ("plain" if doc[key] is None else "framed") if key == "frame" else doc[key]
+            mix[f"{key}:{val}"] = mix.get(f"{key}:{val}", 0) + doc["tokens"]
 
 
 def describe_mix(mix: dict) -> str:
-    """One line: the share of tokens per language, haystack, value kind, document form and subject vocabulary."""
+    """One line: the share of tokens per language, haystack, value kind, document form, subject vocabulary
+    and (v7) framing."""
     total = sum(v for k, v in mix.items() if k.startswith("lang:")) or 1
     groups: dict[str, list[str]] = {}
     order = {key: i for i, key in enumerate(MIX_KEYS)}
