@@ -79,7 +79,7 @@ def test_probe_runs_and_counts_add_up(tiny_hf, tmp_path):
 def test_prompt_is_the_documents_own_and_gold_is_the_value():
     """A prompt cut one character early or late, or an answer located in the wrong question, fails here."""
     tok = IndexTokenizer(TOKENIZER)
-    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), P.probe_config(384, seed=5, data="v6b"))
+    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), P.probe_config(384, seed=5, data="v7"))
     seen = set()
     for i in range(30):
         doc = gen.document(i)
@@ -97,8 +97,9 @@ def test_prompt_is_the_documents_own_and_gold_is_the_value():
                 assert gold.strip().endswith(q["value"] + stop)
             assert q["seq"] is not None or seq[:q["k"]] == tok.encode(doc["text"])[:q["k"]]
             assert 0 < q["distance"] < len(ids)
-            seen.add((doc["lang"], P.doc_kind(doc)))
-    assert {("en", "multi-key"), ("en", "same-form"), ("zh", "multi-key")} <= seen
+            seen.add((doc["lang"], P.doc_kind(doc), doc["frame"] is not None))
+    assert {("en", "multi-key", True), ("en", "same-form", True), ("zh", "multi-key", True), ("en", "multi-key", False)}\
+        <= seen, seen  # v7: framed documents (answers after varied cues) and plain ones
 
 
 def test_a_character_whose_lowercase_is_longer_does_not_shift_the_prompt():

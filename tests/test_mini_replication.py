@@ -33,15 +33,16 @@ def test_recipes_and_ablations_validate():
     for cfg in (s0, s1):
         cfg.validate(1)
         m = cfg.model
-        # mini-index-m since the sixth attempt: 1.5x mini-index's width, Index's head dim and FFN ratio
+        # mini-index, the pre-registered size, again since the seventh attempt (the sixth's 72M mini-index-m
+        # retrieved no better than it): Index's head dim and FFN ratio
         assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.head_dim, m.ffn_hidden_size,
-                m.norm_head, m.untie_embeddings_and_output_weights) == (8, 768, 6, 6, 128, 2208, True, True)
+                m.norm_head, m.untie_embeddings_and_output_weights) == (8, 512, 4, 4, 128, 1472, True, True)
         assert cfg.data.whole_documents == 2048 <= s0.data.seq_length  # retrieval documents: whole, never longer than stage 0
     params = s0.model.num_layers * (4 * s0.model.hidden_size ** 2 + 3 * s0.model.hidden_size * s0.model.ffn_hidden_size)
     params += 2 * s0.model.hidden_size * s0.padded_vocab_size
     from megaindex.plan import parameter_counts
 
-    assert 71.9e6 < params < 72e6 and abs(parameter_counts(s0).total - params) < 20e3  # presets.py's ~72M (+ norms)
+    assert 34.7e6 < params < 34.75e6 and abs(parameter_counts(s0).total - params) < 20e3  # presets.py's ~34.7M (+ norms)
     assert (s0.data.seq_length, s0.model.rotary_base) == (2048, 10000)
     assert (s1.data.seq_length, s1.model.rotary_base, s1.data.packing) == (32768, 320000, "reset")
     assert s0.train.train_iters * s0.data.global_batch_tokens == 2 ** 28  # 268M tokens: stage0.yaml (2048 steps since the missed gate)
@@ -62,6 +63,9 @@ def test_recipes_and_ablations_validate():
     ablations = yaml.safe_load((HERE / "ablations.yaml").read_text())
     assert set(ablations) == {"rope_10k", "rope_5m", "concat", "ctx_warmup"}  # Long-PT is their reference
     assert run.FULL.ablation_iters is None  # stage1.yaml's steps: the same budget as Long-PT
+    # v7 retrieval documents in both scales: v5's lengths and fact places, half of the documents framed
+    assert run.FULL.retrieval == run.SMOKE.retrieval == {"length_draw": "log-uniform", "early_fact_share": 0.0,
+                                                         "frame_share": 0.5}
     for name, overrides in ablations.items():
         cfg = load_config(HERE / "stage1.yaml", [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
         cfg.validate(1)
@@ -322,6 +326,10 @@ def test_smoke_runs_every_step(tmp_path):
         assert set(v["needle_mean_by_length"]) == {"256", "512", "1024"}
         assert set(v["passkey_accuracy_by_length"]) == {"256", "512", "1024"}
         assert set(v["passkey_token_accuracy_by_length"]) == {"256", "512", "1024"}
+    # v7 retrieval documents (context.V7_RETRIEVAL): framed and plain ones in both stages' files
+    for seed in (0, 1):
+        docs = [json.loads(x) for x in (work / "corpus" / f"retrieval_s{seed}.jsonl").read_text().splitlines()]
+        assert {d["frame"] is None for d in docs} == {True, False}, seed
     # the corpus, split by document length: a partition; stage 0 reads both parts, stage 1 the long one
     parts = json.loads((work / "data" / "corpus_parts.json").read_text())
     assert parts["corpus_short"]["documents"] > 0 and parts["corpus_long"]["documents"] > 0, parts

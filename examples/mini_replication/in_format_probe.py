@@ -5,11 +5,13 @@ The mini replication's base misses the gate (needle >= 90 at <= 2K) at 65-76 / 4
 and retrieval-data versions, mostly on the first answer piece. This probe asks whether retrieval itself
 is unreliable, or only its transfer to the evaluation's phrasing: it draws *held-out* retrieval
 documents with the generator that made the training data (megaindex.data.retrieval_docs, configured as
-an attempt's stage-0 data, `--data`: v5, the fifth's, the RetrievalDocConfig defaults, or v6b, the sixth's,
-one fact moved early in half the documents; a seed training never used), at a fixed target length each
+an attempt's stage-0 data, `--data`: v5, the fifth's, the RetrievalDocConfig defaults, v6b, the sixth's,
+one fact moved early in half the documents, or v7, the seventh's, half of them framed in varied wordings, so
+that framed and plain questions show apart (breakdown "frame"); a seed training never used), at a fixed target length each
 (min_tokens = max_tokens = L, so every document is ~L tokens and its facts spread over the whole body), and
 for every question feeds the document, as training tokenized it, up to and including the answer prefix
-("...A: {Subject} is" / "...{subject}是") and greedy-decodes the value.
+("...A: {Subject} is" / "...{subject}是", or a framed document's "...According to the text, {subject} is") and
+greedy-decodes the value.
 
 Per question: exact (greedy tokens = the gold value's tokens, through the final "." / "。"), first piece
 (the first greedy token right), first character (the first non-space character the greedy tokens spell:
@@ -65,9 +67,11 @@ EXTRA_TOKENS = 3  # greedy tokens past the gold answer's length, so a miss shows
 
 
 # The stage-0 data of an attempt, as run.py's step_retrieval configured it (besides max/min tokens and seed):
-# v5 the fifth attempt's (every share at its default: lengths log-uniform, early_fact_share 0), v6b the sixth's.
+# v5 the fifth attempt's (every share at its default: lengths log-uniform, early_fact_share 0), v6b the sixth's,
+# v7 the seventh's (v5 with half of the documents framed: context.V7_RETRIEVAL; records say "frame").
 DATA = {"v5": {"length_draw": "log-uniform", "early_fact_share": 0.0},
-        "v6b": {"length_draw": "uniform", "early_fact_share": 0.5}}
+        "v6b": {"length_draw": "uniform", "early_fact_share": 0.5},
+        "v7": {"length_draw": "log-uniform", "early_fact_share": 0.0, "frame_share": 0.5}}
 
 
 def probe_config(length: int, seed: int = SEED, data: str = "v5") -> RetrievalDocConfig:
@@ -178,6 +182,7 @@ class Probe:
                 records.append({
                     "source": doc["source"], "lang": doc["lang"], "value_kind": doc["kind"], "doc_kind": doc_kind(doc),
                     "haystack": doc["haystack"], "facts": len(doc["facts"]), "question_rank": rank_bucket(rank),
+                    "frame": "framed" if doc.get("frame") else "plain",
                     "distance_tokens": q["distance"], "distance": distance_bucket(q["distance"]),
                     "prompt_tokens": k, "answer_tokens": len(gold), "exact": greedy[:len(gold)] == gold,
                     "first": greedy[0] == gold[0], "first_char": _first_char(tok, greedy) == _first_char(tok, gold),
@@ -261,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lengths", default="1024,2048", help="target document lengths in tokens, comma-separated")
     ap.add_argument("--docs", type=int, default=100, help="documents per length")
     ap.add_argument("--data", default="v5", help=f"which stage-0 data to draw like: {', '.join(DATA)} (the "
-                    "fifth attempt's base trained on v5, the sixth's on v6b)")
+                    "fifth attempt's base trained on v5, the sixth's on v6b, the seventh's on v7)")
     ap.add_argument("--seed", type=int, default=SEED, help="generator seed (training used 0 and 1)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: on a shared CPU more were slower, 2.9 s vs 1.4 s per 2K forward)")

@@ -2,9 +2,10 @@
 
 Owns turning per-question records into numbers and pictures: `scores` (exact, first piece, first character,
 forced token accuracy, the kinds of misses), `summarize` (those by value kind, language, document kind,
-haystack, fact-to-question distance and question rank), `evaluation_rows` (the same model's `megaindex eval`
-needle and passkey rows, grouped alike, to set beside the probe), `markdown`, `plot` and `write` (JSON + MD +
-PNG). No model here: `in_format_probe.py --rescore` rebuilds the tables from a JSON's records.
+haystack, fact-to-question distance, question rank and, for v7 data, framed or plain), `evaluation_rows`
+(the same model's `megaindex eval` needle and passkey rows, grouped alike, to set beside the probe),
+`markdown`, `plot` and `write` (JSON + MD + PNG). No model here: `in_format_probe.py --rescore` rebuilds the
+tables from a JSON's records.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 DISTANCE_BUCKETS = ((0, 256), (256, 512), (512, 1024), (1024, 2048), (2048, 1 << 30))
-BREAKDOWNS = ("value_kind", "lang", "doc_kind", "haystack", "distance", "question_rank")
+BREAKDOWNS = ("value_kind", "lang", "doc_kind", "haystack", "distance", "question_rank", "frame")
 MISS_EXAMPLES = 15  # misses listed per length in the markdown
 
 
@@ -73,7 +74,7 @@ def summarize(records: list[dict]) -> dict:
     for key in BREAKDOWNS:
         groups: dict[str, list[dict]] = defaultdict(list)
         for r in records:
-            groups[str(r[key])].append(r)
+            groups[str(r.get(key, "plain") if key == "frame" else r[key])].append(r)  # before v7: none framed
         out[key] = {g: scores(rs) for g, rs in sorted(groups.items(), key=lambda kv: _order(key, kv[0]))}
     return out
 
@@ -204,8 +205,9 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ("value_kind", "lang", "doc_kind", "distance")
     lengths = list(result["by_length"])
+    framed = any("framed" in result["by_length"][L].get("frame", {}) for L in lengths)  # v7 data: a panel more
+    keys = ("value_kind", "lang", "doc_kind", "distance") + (("frame",) if framed else ())
     colors = ["#0CD79F", "#F0496E", "#EBB839", "#4A7BF0"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), sharey=True)
     for ax, key in zip(axes, keys):
