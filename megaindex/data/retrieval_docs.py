@@ -87,7 +87,7 @@ across packed rows so the question could not see its fact):
     its own format 92.8/86.3% exact at 1K/2K against 72.7/50.0 on the evaluation's needle: the miss is mostly
     transfer to unseen wording): `frame_share` of the documents (0.0, the default, draws nothing and keeps
     v1-v6b identical) get a framing of megaindex.data.retrieval_frames — a preamble, a closing line, a question
-    style of generic instruction-data families, tens of thousands of combinations — answers unchanged;
+    style of generic instruction-data families, millions of combinations — answers unchanged;
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
     the templates, not in the repetitive sentences, and not in the filler, whose sentences
