@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Retrieval documents v5 against v4, and v6 (and v6b) against v5, on one filler and tokenizer.
+"""Retrieval documents v5 against v4, v6 (and v6b) against v5, and v7 against both, on one filler and tokenizer.
 
     python benchmarks/retrieval_docs_v5.py --filler runs/mini_replication/corpus/pretrain.jsonl \\
         --tokenizer runs/mini_replication/tokenizer.model --count 2000 -o benchmarks/retrieval_docs_v5.json
     python benchmarks/retrieval_docs_v5.py --filler ... --tokenizer ... --count 3000 --mixes v5 v6 v6b --rounds 1 \\
         -o benchmarks/retrieval_docs_v6.json --plot benchmarks/retrieval_docs_v6.png
+    python benchmarks/retrieval_docs_v5.py --filler ... --tokenizer ... --count 3000 --mixes v5 v6b v7 --rounds 1 \\
+        -o benchmarks/retrieval_docs_v7.json --plot benchmarks/retrieval_docs_v7.png
 
 Generates documents 0..count-1 with the stage-0 settings (max_tokens 2048, min_tokens 128, seed 0)
 --rounds times each, the --mixes in turn: v4 (the v5 code with random_value_share 0 and
 open_value_share 0.6, which gives v4's documents byte for byte), v5 (the defaults), v6 (length_draw
-"uniform"), v6b (v6 with early_fact_share 0.5), in one process, so the speeds compare on the same
+"uniform"), v6b (v6 with early_fact_share 0.5), v7 (v5 with frame_share 0.5), in one process, so the speeds compare on the same
 machine and load (per wall second and per CPU second of the process; the latter is steadier on a
 shared machine). With v5 among them:
 the v5 mix by value kind (tokens, EOD included) and the byte-fallback share of the tokens of Chinese
@@ -23,7 +25,9 @@ over ~1.5-2K tokens?), and the share of real tokens in stage 0's 2048-token rows
 occurrence of the value with the subject within 80 characters (a statement's own value, not a filler
 span that happens to equal it); the answer is "{subject} is {value}" / "{subject}是{value}" in the
 questions; the distance is the tokens of the text before the answer's value minus those before the
-statement's.
+statement's. For a mix with framing (v7): the share of documents and tokens framed, the distinct frames
+(megaindex.data.retrieval_frames.Frame.key) among the documents, framed documents by preamble kind and
+question style, and three framed documents, abridged (`frame_examples`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import json
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,8 +46,9 @@ from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, Retrie
 from megaindex.data.tokenizer import IndexTokenizer  # noqa: E402
 
 MIXES = {"v4": {"open_value_share": 0.6, "random_value_share": 0.0}, "v5": {}, "v6": {"length_draw": "uniform"},
-         "v6b": {"length_draw": "uniform", "early_fact_share": 0.5}}
-TITLES = {"v4": "v4", "v5": "log-uniform (v5)", "v6": "uniform (v6)", "v6b": "uniform + early facts (v6b)"}
+         "v6b": {"length_draw": "uniform", "early_fact_share": 0.5}, "v7": {"frame_share": 0.5}}
+TITLES = {"v4": "v4", "v5": "log-uniform (v5)", "v6": "uniform (v6)", "v6b": "uniform + early facts (v6b)",
+          "v7": "v5 + half framed (v7)"}
 NEAR = 80  # characters: a statement holds its subject and value within this of each other
 
 
@@ -112,13 +118,42 @@ def row_fill(lengths: list[int], seq_length: int = 2048, pad: int = 2, seed: int
     return round(sum(lengths) / ((len(bounds) - 1) * seq_length), 4)
 
 
-def plot(stats: dict[str, dict], path: Path) -> None:
+def frame_stats(tok: IndexTokenizer, docs: list[dict]) -> dict:
+    """How `docs` (made with frame_share on) are framed: shares, distinct frames, kinds, three examples."""
+    framed = [d for d in docs if d.get("frame")]
+    tokens = {id(d): len(tok.encode(d["text"])) + 1 for d in docs}
+    kinds = Counter(d["frame"].split(":")[1] for d in framed)
+    styles = Counter("completion cue" if d["frame"].rsplit("|", 1)[1].startswith("k") else "question" for d in framed)
+    examples = [next(d for d in framed if want(d)) for want in (
+        lambda d: d["lang"] == "en" and d["form"] == "keyed" and len(d["facts"]) >= 2 and "instruction" in d["frame"],
+        lambda d: d["lang"] == "zh" and len(d["facts"]) >= 2,
+        lambda d: d["lang"] == "en" and d["form"] == "same_form" and "header" in d["frame"])]
+    return {"documents": len(docs), "framed": len(framed), "framed_share": round(len(framed) / len(docs), 4),
+            "framed_token_share": round(sum(tokens[id(d)] for d in framed) / sum(tokens.values()), 4),
+            "distinct_frames": len({d["frame"] for d in framed}),
+            "distinct_preambles": len({d["frame"].split("|")[0] for d in framed}),
+            "by_preamble_kind": dict(kinds.most_common()), "by_question_style": dict(styles.most_common()),
+            "with_closing": sum("|cNone|" not in d["frame"] for d in framed),
+            "by_lang": dict(Counter(d["lang"] for d in framed)), "by_form": dict(Counter(d["form"] for d in framed)),
+            "frame_examples": [{"frame": d["frame"], "facts": d["facts"], "text": abridge(d["text"])} for d in examples]}
+
+
+def abridge(text: str, head: int = 240, tail: int = 120) -> str:
+    """The text with the middle of its body cut ("[...]"): the preamble, the body's start and end (where a closing
+    line is) and every question whole."""
+    body, _, questions = text.rpartition("\n\n")
+    if len(body) > head + tail + 20:
+        body = f"{body[:head]} [...] {body[-tail:]}"
+    return f"{body}\n\n{questions}"
+
+
+def plot(stats: dict[str, dict], path: Path, frames: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3 if frames else 2, figsize=(15 if frames else 10, 3.6))
     for k, (name, st) in enumerate(stats.items()):
         style = {"histtype": "step", "linewidth": 1.5, "linestyle": ("-", "--", ":")[k % 3]}  # v6b's lengths are v6's
         axes[0].hist(st["_lengths"], bins=range(0, 2049, 64), **style,
@@ -128,9 +163,19 @@ def plot(stats: dict[str, dict], path: Path) -> None:
                      label=f"{name}: {st['facts_per_1M_tokens']} facts / 1M tokens")
     axes[0].set(title="document length (tokens, EOD included)", ylabel="% of documents per 64 tokens")
     axes[1].set(title="fact statement -> its answer (tokens)", ylabel="facts per 1M tokens per 64 tokens", yscale="log")
+    if frames:
+        name, fr = next(iter(frames.items()))
+        bars = {**{f"preamble: {k}": v for k, v in fr["by_preamble_kind"].items()},
+                **{f"asked by {k}": v for k, v in fr["by_question_style"].items()},
+                "closing line": fr["with_closing"]}
+        axes[2].barh(list(bars)[::-1], [100 * v / fr["framed"] for v in bars.values()][::-1], color="#4A7BF0")
+        axes[2].set(title=f"{name}: {fr['framed']} of {fr['documents']} framed, {fr['distinct_frames']} distinct frames",
+                    xlabel="% of framed documents")
+        axes[2].tick_params(axis="y", labelsize=8)
+    for ax in axes[:2]:
+        ax.legend(fontsize=8)
     for ax in axes:
         ax.title.set_fontsize(10)
-        ax.legend(fontsize=8)
     fig.suptitle("retrieval documents, 128-2048 tokens: " + " vs ".join(TITLES[m] for m in stats), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -169,8 +214,10 @@ def main() -> int:
     stats = {name: lengths_and_distances(tok, got) for name, got in docs.items()}
     out["lengths_and_distances"] = {name: {k: v for k, v in st.items() if not k.startswith("_")}
                                     for name, st in stats.items()}
+    frames = {name: frame_stats(tok, got) for name, got in docs.items() if MIXES[name].get("frame_share")}
+    out["frames"] = frames
     if args.plot:
-        plot(stats, args.plot)
+        plot(stats, args.plot, frames)
     if "v5" in docs:
         v5_mix(tok, docs["v5"], out)
     print(json.dumps(out, indent=1, ensure_ascii=False))
