@@ -139,8 +139,23 @@ class Probe:
     """One model, one tokenizer: scores documents question by question (see the module docstring)."""
 
     def __init__(self, model, tok: IndexTokenizer):
+        import inspect
+
         self.model, self.tok = model.eval(), tok
         self.vocab = model.config.vocab_size
+        self.device = next(model.parameters()).device
+        # transformers 5.24 names the forward's KV cache `cache`, earlier releases `past_key_values`
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def _ids(self, ids: list) -> "torch.Tensor":
+        import torch
+
+        return torch.tensor([ids], device=self.device)
+
+    @staticmethod
+    def cache_of(out):
+        """The KV cache of a forward's output, under either name (see __init__)."""
+        return out.cache if hasattr(out, "cache") else out.past_key_values
 
     def _argmax(self, hidden, positions: list[int]) -> list[int]:
         return self.model.lm_head(hidden[0, positions])[:, :self.vocab].argmax(-1).tolist()
@@ -155,8 +170,7 @@ class Probe:
             cache.crop(-extra)
         out = [first]
         for _ in range(steps - 1):
-            ids = torch.tensor([[out[-1]]])
-            res = self.model(input_ids=ids, cache=cache, use_cache=True)
+            res = self.model(input_ids=self._ids([out[-1]]), use_cache=True, **{self.cache_arg: cache})
             out.append(int(res.logits[0, -1, :self.vocab].argmax()))
         return out
 
@@ -168,16 +182,16 @@ class Probe:
         ids = tok.encode(doc["text"])
         records = []
         with torch.inference_mode():
-            res = self.model.model(input_ids=torch.tensor([ids]), use_cache=True)
+            res = self.model.model(input_ids=self._ids(ids), use_cache=True)
             for rank, q in enumerate(questions(doc, tok, ids)):
                 k, m, seq = q["k"], q["m"], q["seq"]
                 if seq is None:  # the document's own tokens: its one forward serves every question
                     seq, out = ids, res
                 else:            # the text through this answer tokenizes otherwise alone (rare): its own forward
-                    out = self.model.model(input_ids=torch.tensor([seq]), use_cache=True)
+                    out = self.model.model(input_ids=self._ids(seq), use_cache=True)
                 gold = seq[k:m]
                 forced = self._argmax(out.last_hidden_state, list(range(k - 1, m - 1)))
-                greedy = self._greedy(out.cache, forced[0], k, len(gold) + EXTRA_TOKENS)
+                greedy = self._greedy(self.cache_of(out), forced[0], k, len(gold) + EXTRA_TOKENS)
                 right = [int(a == b) for a, b in zip(forced, gold)]
                 records.append({
                     "source": doc["source"], "lang": doc["lang"], "value_kind": doc["kind"], "doc_kind": doc_kind(doc),
@@ -202,17 +216,19 @@ def _first_char(tok: IndexTokenizer, ids: list[int]) -> str:
 # ---- command line ------------------------------------------------------------------------------------------
 
 
-def load_model(path: Path):
+def load_model(path: Path, device: str = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM
 
     if not (path / "config.json").is_file():
         raise ProbeError(f"{path}: no config.json; give a Hugging Face model directory (megaindex convert to-hf)")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ProbeError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
 
 
 def run(model_dir: Path, filler_path: Path, tokenizer: Path, lengths: list[int], docs: int, seed: int = SEED,
-        progress=print, data: str = "v5") -> dict:
+        progress=print, data: str = "v5", device: str = "cpu") -> dict:
     """Score `docs` held-out documents of `data` (DATA) per length; the JSON result (records included)."""
     probe_config(64, seed, data)  # an unknown --data fails before the model loads
     if filler_path.name == "heldout.jsonl":
@@ -221,7 +237,7 @@ def run(model_dir: Path, filler_path: Path, tokenizer: Path, lengths: list[int],
     for p, what in ((filler_path, "--filler"), (tokenizer, "--tokenizer")):
         if not p.is_file():
             raise ProbeError(f"{what} {p}: no such file")
-    model = load_model(model_dir)
+    model = load_model(model_dir, device)
     limit = model.config.max_position_embeddings
     if max(lengths) > limit:
         raise ProbeError(f"--lengths {max(lengths)} is past the model's max_position_embeddings {limit}: the probe "
@@ -230,7 +246,7 @@ def run(model_dir: Path, filler_path: Path, tokenizer: Path, lengths: list[int],
     t0 = time.time()
     filler = FillerText([filler_path])
     progress(f"[probe] {filler.summary()}; model {model_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"
-             f" parameters, fp32, CPU)")
+             f" parameters, fp32, {device})")
     probe = Probe(model, tok)
     by_length, records_all = {}, {}
     for L in lengths:
@@ -268,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="v5", help=f"which stage-0 data to draw like: {', '.join(DATA)} (the "
                     "fifth attempt's base trained on v5, the sixth's on v6b, the seventh's on v7)")
     ap.add_argument("--seed", type=int, default=SEED, help="generator seed (training used 0 and 1)")
+    ap.add_argument("--device", default="cpu", help="torch device of the model (cuda on the GPU node; fp32 either way)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: on a shared CPU more were slower, 2.9 s vs 1.4 s per 2K forward)")
     ap.add_argument("--out", type=Path, required=True, help="output prefix: writes OUT.json, OUT.md and OUT.png")
@@ -303,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         evaluation = evaluation_rows(a.compare) if a.compare else None
         result = run(a.model, a.filler, a.tokenizer or a.model / "tokenizer.model", lengths, a.docs, a.seed,
-                     data=a.data)
+                     data=a.data, device=a.device)
         if evaluation:
             result["evaluation"] = evaluation
     except ProbeError as e:
