@@ -41,6 +41,10 @@ class Scale:
     long_min_tokens: int = 16384
     # RetrievalDocConfig fields of both stages' retrieval documents besides lengths and seed (run.py retrieval).
     retrieval: dict = field(default_factory=dict)
+    # probe_base (in_format_probe.py on the exported base): held-out documents of the training format, per length
+    probe_data: str = "v7"
+    probe_lengths: str = "1024,2048"
+    probe_docs: int = 120
 
 
 # The seventh attempt's retrieval documents (v7); why each differs from the sixth's (v6b), one line each:
@@ -76,6 +80,7 @@ SMOKE = Scale(
     # so CI runs the two-part blend of stage 0 and the long-only corpus of stage 1.
     long_min_tokens=16384,
     retrieval=V7_RETRIEVAL,  # CI generates framed documents too
+    probe_lengths="256", probe_docs=2,  # the tiny base's window; two documents exercise the step
 )
 
 

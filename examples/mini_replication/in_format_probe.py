@@ -222,6 +222,8 @@ def load_model(path: Path, device: str = "cpu"):
 
     if not (path / "config.json").is_file():
         raise ProbeError(f"{path}: no config.json; give a Hugging Face model directory (megaindex convert to-hf)")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ProbeError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
@@ -246,7 +248,7 @@ def run(model_dir: Path, filler_path: Path, tokenizer: Path, lengths: list[int],
     t0 = time.time()
     filler = FillerText([filler_path])
     progress(f"[probe] {filler.summary()}; model {model_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"
-             f" parameters, fp32, {device})")
+             f" parameters, fp32, {next(model.parameters()).device})")
     probe = Probe(model, tok)
     by_length, records_all = {}, {}
     for L in lengths:
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="v5", help=f"which stage-0 data to draw like: {', '.join(DATA)} (the "
                     "fifth attempt's base trained on v5, the sixth's on v6b, the seventh's on v7)")
     ap.add_argument("--seed", type=int, default=SEED, help="generator seed (training used 0 and 1)")
-    ap.add_argument("--device", default="cpu", help="torch device of the model (cuda on the GPU node; fp32 either way)")
+    ap.add_argument("--device", default="cpu", help="torch device of the model: cpu, cuda, or auto (cuda where there is one); fp32 either way")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: on a shared CPU more were slower, 2.9 s vs 1.4 s per 2K forward)")
     ap.add_argument("--out", type=Path, required=True, help="output prefix: writes OUT.json, OUT.md and OUT.png")

@@ -8,7 +8,7 @@
 Steps, in order (each fits one 10-minute command on one H100; a finished step is skipped unless
 --force; training steps resume from their last checkpoint):
   here (needs the package registries): corpus, tokenizer, retrieval, preprocess, stage
-  on the GPU node:  unstage, stage0, stage1, eval_base, eval_longpt, ablation_<name>..., report
+  on the GPU node:  unstage, stage0, stage1, eval_base, eval_longpt, probe_base, ablation_<name>..., report
 
 Every training and every evaluation runs as its own `python -m megaindex train|eval ...` process
 (this environment, output streamed): a process never holds a second training's CUDA, Transformer
@@ -211,6 +211,25 @@ def make_ablation_step(name: str):
     return step
 
 
+def step_probe_base(ctx: Ctx) -> list[Path]:
+    """The base's in-format retrieval probe: stage 0 exported to a stock HF directory (WORK/base_hf), then
+    in_format_probe.py on held-out documents of the training generator (training-split filler; on the GPU
+    when there is one). Beside the evaluation it tells a retrieval miss from a transfer miss (README)."""
+    out = ctx.p("probe", "in_format")
+    if out.with_suffix(".json").is_file() and not ctx.force:
+        log(f"{out}.json exists; skipped")
+        return [out.with_suffix(".json")]
+    hf = ctx.p("base_hf")
+    megaindex(ctx, "convert", "to-hf", str(ctx.p("stage0", "checkpoints")), str(hf), "--dtype", "fp32", "--force",
+              hint="rerun `run.py probe_base` (stage 0 is kept)")
+    evaluation = ctx.p("eval", "base_0", "results.jsonl")  # the base's naive rows, set beside the probe's
+    compare = ["--compare", evaluation] if evaluation.is_file() else []
+    sh(ctx, PY, HERE / "in_format_probe.py", hf, "--filler", ctx.p("corpus", "pretrain.jsonl"),
+       "--data", ctx.scale.probe_data, "--lengths", ctx.scale.probe_lengths, "--docs", str(ctx.scale.probe_docs),
+       "--device", "auto", *compare, "--out", out)
+    return [out.with_suffix(".json"), out.with_suffix(".md")]
+
+
 def step_report(ctx: Ctx, publish: bool = False) -> list[Path]:
     import report
 
@@ -221,6 +240,7 @@ STEPS = {
     "corpus": step_corpus, "tokenizer": step_tokenizer, "retrieval": step_retrieval, "preprocess": step_preprocess,
     "stage": step_stage, "unstage": step_unstage, "stage0": step_stage0, "stage1": step_stage1,
     "eval_base": step_eval_base, "eval_longpt": step_eval_longpt,
+    "probe_base": step_probe_base,
     **{f"ablation_{n}": make_ablation_step(n) for n in ABLATIONS},
     "report": step_report,
 }

@@ -26,11 +26,13 @@ def sha256(path: Path) -> str:
 
 
 def staged_files(ctx: Ctx) -> list[str]:
-    """What the GPU node needs (relative to WORK): the corpus parts that have documents, retrieval sets."""
+    """What the GPU node needs (relative to WORK): the corpus parts that have documents, retrieval sets, the
+    training text (the probe's filler)."""
     parts = corpus_parts(ctx)
     corpus = [f"data/{n}{ext}" for n in CORPUS_PARTS if parts[n]["documents"] for ext in (".bin", ".idx")]
-    return ["tokenizer.model", "corpus/heldout.jsonl", "data/corpus_parts.json", *corpus, "data/retrieval_s0.bin",
-            "data/retrieval_s0.idx", "data/retrieval_s1.bin", "data/retrieval_s1.idx"]
+    # corpus/pretrain.jsonl: the in-format probe's filler (probe_base), the training split the documents drew on
+    return ["tokenizer.model", "corpus/heldout.jsonl", "corpus/pretrain.jsonl", "data/corpus_parts.json", *corpus,
+            "data/retrieval_s0.bin", "data/retrieval_s0.idx", "data/retrieval_s1.bin", "data/retrieval_s1.idx"]
 
 
 def step_stage(ctx: Ctx) -> list[Path]:
