@@ -31,7 +31,8 @@ of benchmarks/retrieval_docs_v5.py) and the question's rank in the document.
 `--compare` sets the same model's evaluation rows (`megaindex eval` results, base + naive) beside the probe;
 `--rescore` rebuilds the tables and the plot from OUT.json's records (in_format_report.py) without the model.
 
-The model runs in transformers (AutoModelForCausalLM, fp32, CPU): one forward over each whole document
+The model runs in transformers, loaded as `megaindex eval --engine hf` loads a checkpoint or an HF directory
+(fp32, on the GPU where there is one): one forward over each whole document
 gives every question's forced argmax; each greedy decode continues from that forward's KV cache cut at
 the question's prompt, so the prompt is never re-read (one document at a time; batching padded
 documents buys nothing on CPU, where a 2K forward already fills the cores).
@@ -216,35 +217,39 @@ def _first_char(tok: IndexTokenizer, ids: list[int]) -> str:
 # ---- command line ------------------------------------------------------------------------------------------
 
 
-def load_model(path: Path, device: str = "cpu"):
+def load_model(path: Path, tokenizer: Path | None = None):
+    """(transformers model, tokenizer) for a megaindex checkpoint (or a run's checkpoints/ directory) or an HF
+    directory, loaded as `megaindex eval --engine hf` loads it (megaindex.eval: resolve_path, HFEngine) in fp32,
+    on the GPU where there is one; the tokenizer is TOKENIZER, else the one the checkpoint names or holds."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    if not (path / "config.json").is_file():
-        raise ProbeError(f"{path}: no config.json; give a Hugging Face model directory (megaindex convert to-hf)")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ProbeError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    from megaindex.eval.engine import EvalError, resolve_path
+    from megaindex.eval.hf_engine import HFEngine
+
+    try:
+        kind, resolved = resolve_path(path)
+        load = HFEngine.from_hf_dir if kind == "hf" else HFEngine.from_checkpoint
+        engine = load(resolved, tokenizer_model=tokenizer, dtype=torch.float32)
+    except EvalError as e:
+        raise ProbeError(f"model {path}: {e}") from None
+    return engine.model, engine.tokenizer
 
 
-def run(model_dir: Path, filler_path: Path, tokenizer: Path, lengths: list[int], docs: int, seed: int = SEED,
-        progress=print, data: str = "v5", device: str = "cpu") -> dict:
+def run(model_dir: Path, filler_path: Path, tokenizer: Path | None, lengths: list[int], docs: int, seed: int = SEED,
+        progress=print, data: str = "v5") -> dict:
     """Score `docs` held-out documents of `data` (DATA) per length; the JSON result (records included)."""
     probe_config(64, seed, data)  # an unknown --data fails before the model loads
     if filler_path.name == "heldout.jsonl":
         raise ProbeError(f"--filler {filler_path}: that is the evaluation's haystack file; give the training split "
                          f"(runs/mini_replication/corpus/pretrain.jsonl), as the training documents used")
     for p, what in ((filler_path, "--filler"), (tokenizer, "--tokenizer")):
-        if not p.is_file():
+        if p is not None and not p.is_file():
             raise ProbeError(f"{what} {p}: no such file")
-    model = load_model(model_dir, device)
+    model, tok = load_model(model_dir, tokenizer)
     limit = model.config.max_position_embeddings
     if max(lengths) > limit:
         raise ProbeError(f"--lengths {max(lengths)} is past the model's max_position_embeddings {limit}: the probe "
                          f"measures the training format; use lengths <= {limit}")
-    tok = IndexTokenizer(tokenizer)
     t0 = time.time()
     filler = FillerText([filler_path])
     progress(f"[probe] {filler.summary()}; model {model_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M"
@@ -268,7 +273,7 @@ def run(model_dir: Path, filler_path: Path, tokenizer: Path, lengths: list[int],
                              "scored_alone": sum(not r["own_tokens"] for r in records)}
         records_all[str(L)] = records
     return {"schema": "megaindex.in_format_probe/1", "model": str(model_dir), "filler": str(filler_path),
-            "tokenizer": str(tokenizer), "seed": seed,
+            "tokenizer": str(tok.model_path), "seed": seed,
             "generator": {"version": data, "config": {k: v for k, v in vars(probe_config(64, seed, data)).items()
                                                       if k not in ("max_tokens", "min_tokens")},
                           "min_tokens = max_tokens": lengths},
@@ -277,16 +282,15 @@ def run(model_dir: Path, filler_path: Path, tokenizer: Path, lengths: list[int],
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", type=Path, help="Hugging Face model directory (stock Llama export)")
+    ap.add_argument("model", type=Path, help="megaindex checkpoint (or a run's checkpoints/) or Hugging Face directory")
     ap.add_argument("--filler", type=Path, default=REPO / "runs/mini_replication/corpus/pretrain.jsonl",
                     help="the training split the retrieval documents took their filler from (never heldout.jsonl)")
-    ap.add_argument("--tokenizer", type=Path, help="SentencePiece model (default: MODEL/tokenizer.model)")
+    ap.add_argument("--tokenizer", type=Path, help="SentencePiece model (default: the one the model names or holds)")
     ap.add_argument("--lengths", default="1024,2048", help="target document lengths in tokens, comma-separated")
     ap.add_argument("--docs", type=int, default=100, help="documents per length")
     ap.add_argument("--data", default="v5", help=f"which stage-0 data to draw like: {', '.join(DATA)} (the "
                     "fifth attempt's base trained on v5, the sixth's on v6b, the seventh's on v7)")
     ap.add_argument("--seed", type=int, default=SEED, help="generator seed (training used 0 and 1)")
-    ap.add_argument("--device", default="cpu", help="torch device of the model: cpu, cuda, or auto (cuda where there is one); fp32 either way")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: on a shared CPU more were slower, 2.9 s vs 1.4 s per 2K forward)")
     ap.add_argument("--out", type=Path, required=True, help="output prefix: writes OUT.json, OUT.md and OUT.png")
@@ -321,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     try:
         evaluation = evaluation_rows(a.compare) if a.compare else None
-        result = run(a.model, a.filler, a.tokenizer or a.model / "tokenizer.model", lengths, a.docs, a.seed,
-                     data=a.data, device=a.device)
+        result = run(a.model, a.filler, a.tokenizer, lengths, a.docs, a.seed, data=a.data)
         if evaluation:
             result["evaluation"] = evaluation
     except ProbeError as e:

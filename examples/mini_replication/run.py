@@ -212,21 +212,19 @@ def make_ablation_step(name: str):
 
 
 def step_probe_base(ctx: Ctx) -> list[Path]:
-    """The base's in-format retrieval probe: stage 0 exported to a stock HF directory (WORK/base_hf), then
-    in_format_probe.py on held-out documents of the training generator (training-split filler; on the GPU
-    when there is one). Beside the evaluation it tells a retrieval miss from a transfer miss (README)."""
+    """The base's in-format retrieval probe: in_format_probe.py on stage 0's checkpoint (loaded as `megaindex
+    eval --engine hf` loads it, on the GPU where there is one) with held-out documents of the training
+    generator and training-split filler. Beside the evaluation it tells a retrieval miss from a transfer
+    miss (README)."""
     out = ctx.p("probe", "in_format")
     if out.with_suffix(".json").is_file() and not ctx.force:
         log(f"{out}.json exists; skipped")
         return [out.with_suffix(".json")]
-    hf = ctx.p("base_hf")
-    megaindex(ctx, "convert", "to-hf", str(ctx.p("stage0", "checkpoints")), str(hf), "--dtype", "fp32", "--force",
-              hint="rerun `run.py probe_base` (stage 0 is kept)")
     evaluation = ctx.p("eval", "base_0", "results.jsonl")  # the base's naive rows, set beside the probe's
     compare = ["--compare", evaluation] if evaluation.is_file() else []
-    sh(ctx, PY, HERE / "in_format_probe.py", hf, "--filler", ctx.p("corpus", "pretrain.jsonl"),
-       "--data", ctx.scale.probe_data, "--lengths", ctx.scale.probe_lengths, "--docs", str(ctx.scale.probe_docs),
-       "--device", "auto", *compare, "--out", out)
+    sh(ctx, PY, HERE / "in_format_probe.py", ctx.p("stage0", "checkpoints"),
+       "--filler", ctx.p("corpus", "pretrain.jsonl"), "--data", ctx.scale.probe_data, "--lengths", ctx.scale.probe_lengths, "--docs", str(ctx.scale.probe_docs),
+       *compare, "--out", out)
     return [out.with_suffix(".json"), out.with_suffix(".md")]
 
 
