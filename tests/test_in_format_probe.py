@@ -142,11 +142,12 @@ def test_filler_perplexity_is_the_models_own_loss(tiny_hf):
     from transformers import AutoModelForCausalLM
 
     import filler_perplexity as F
+    from megaindex.eval.hf_engine import HFEngine
 
     model = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval()
     g = torch.Generator().manual_seed(2)
     docs = [torch.randint(5, model.config.vocab_size, (2048,), generator=g).tolist() for _ in range(2)]
-    got = F.perplexity(model, docs)
+    got = F.perplexity(HFEngine.from_hf_dir(tiny_hf, dtype=torch.float32, max_length=2048), docs)
     with torch.inference_mode():
         for L in (1024, 2048):
             loss = [float(model(input_ids=torch.tensor([d[:L]]), labels=torch.tensor([d[:L]])).loss) for d in docs]

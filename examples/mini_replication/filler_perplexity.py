@@ -5,7 +5,8 @@ The in-format probe (in_format_probe.py) builds its documents from training-spli
 has seen several times; if it had memorised that text, the probe would flatter it against the evaluation
 (whose haystacks are held out). This measures the same model, the same way, on both files: per language,
 up to `--docs` documents of at least 2048 tokens each (drawn with a fixed seed), the perplexity of their
-first 1024 and 2048 tokens (one forward per document, NLL pooled over the tokens; no BOS, as training).
+first 1024 and 2048 tokens (one forward per document through the evaluation's transformers engine, NLL
+pooled over the tokens; no BOS, as training).
 The training side is measured twice: over all its long documents, and over those of the held-out file's
 sources only (`source` up to its first "/": the training split has books, the Bible and Shakespeare, that
 the held-out split lacks), so that a lower perplexity there is the text being seen, not another kind of text.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -57,36 +57,34 @@ def long_documents(path: Path, tok: IndexTokenizer, lang: str, docs: int, seed: 
     return out
 
 
-def perplexity(model, documents: list[list[int]]) -> dict[str, float | int]:
-    """{"documents", "1024", "2048"}: exp(mean NLL) of each document's first L tokens, pooled over documents."""
+def perplexity(engine, documents: list[list[int]]) -> dict[str, float | int]:
+    """{"documents", "1024", "2048"}: exp(mean NLL) of each document's first L tokens, pooled over documents
+    by token (the evaluation's per-token NLL, `engine.nll`, and its `perplexity`)."""
     import torch
 
-    nll = {L: 0.0 for L in LENGTHS}
-    with torch.inference_mode():
-        for ids in documents:
-            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
-            per = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="none")
-            for L in LENGTHS:
-                nll[L] += float(per[:L - 1].sum())
-    n = len(documents)
-    return {"documents": n, **{str(L): round(math.exp(nll[L] / (n * (L - 1))), 2) if n else None for L in LENGTHS}}
+    from megaindex.eval.perplexity import perplexity as exp_mean
+
+    nll = [engine.nll(ids) for ids in documents]
+    return {"documents": len(nll),
+            **{str(L): round(exp_mean(torch.cat([x[:L - 1] for x in nll])), 2) if nll else None for L in LENGTHS}}
 
 
 def run(model_dir: Path, train: Path, heldout: Path, docs: int) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from megaindex.eval.hf_engine import HFEngine
 
     for p, what in ((train, "--train"), (heldout, "--heldout"), (model_dir / "config.json", "model")):
         if not p.is_file():
             raise SystemExit(f"error: {what} {p}: no such file")
-    tok = IndexTokenizer(model_dir / "tokenizer.model")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    engine = HFEngine.from_hf_dir(model_dir, dtype=torch.float32)  # as `megaindex eval --engine hf` loads it
+    tok = engine.tokenizer
     held_sources = sorted({source_of(json.loads(line)) for line in heldout.open(encoding="utf-8") if line.strip()})
     t0, out = time.time(), {}
     for name, path, sources in (("train", train, None), ("train, held-out sources", train, set(held_sources)),
                                 ("heldout", heldout, None)):
         for lang in ("en", "zh"):
-            out[f"{name} {lang}"] = perplexity(model, long_documents(path, tok, lang, docs, sources=sources))
+            out[f"{name} {lang}"] = perplexity(engine, long_documents(path, tok, lang, docs, sources=sources))
             print(f"[ppl] {name} {lang}: {out[f'{name} {lang}']} ({time.time() - t0:.0f} s)")
     return {"model": str(model_dir), "train": str(train), "heldout": str(heldout), "heldout_sources": held_sources,
             "perplexity": out, "seconds": round(time.time() - t0, 1)}
