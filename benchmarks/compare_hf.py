@@ -82,12 +82,23 @@ def tf(x: float) -> str:
 
 def comparison(hf: dict, mi: dict, work: str, command: str) -> dict:
     ratio = mi["tokens_per_s_per_gpu"] / hf["tokens_per_s_per_gpu"]
-    side = lambda r: {k: r[k] for k in ("name", "device", "gpus", "step_time_s", "tokens_per_s_per_gpu",  # noqa: E731
-                                         "tflops_per_gpu", "tflops_per_gpu_full_s2", "peak_mem_gib", "sdpa_enabled",
-                                         "cudnn_version", "cudnn_libraries", "engine_modules_loaded")}
+    side = lambda r: {k: r.get(k) for k in ("name", "device", "gpus", "step_time_s", "tokens_per_s_per_gpu",  # noqa: E731
+                                             "tflops_per_gpu", "tflops_per_gpu_full_s2", "peak_mem_gib", "sdpa_enabled",
+                                             "cudnn_version", "cudnn_libraries", "engine_modules_loaded", "fact_errors")}
     return {"name": "compare_hf", "date": time.strftime("%Y-%m-%d"), "device": hf["device"], "work": work,
             "megaindex_layout": layout_text(mi), "hf": side(hf), "megaindex": side(mi),
             "megaindex_over_hf": ratio, "command": command}
+
+
+def facts_text(r: dict) -> str:
+    """One line of a record's backend facts (same_work.backend_facts); a fact torch could not give
+    shows its error instead."""
+    errors = r.get("fact_errors") or {}
+    sdpa = ",".join(k for k, on in (r["sdpa_enabled"] or {}).items() if on) or "none"
+    cudnn = r["cudnn_version"] if "cudnn_version" not in errors else f"? ({errors['cudnn_version']})"
+    engines = ", ".join(r["engine_modules_loaded"] or []) or "none"
+    return (f"cuDNN {cudnn} ({', '.join(r['cudnn_libraries'] or ['-'])}), SDPA enabled: {sdpa}, engines imported: {engines}"
+            + "".join(f"; {k}: {v}" for k, v in errors.items() if k != "cudnn_version"))
 
 
 MD_HEADER = ("| date | device | work | HF tokens/s/GPU | HF TFLOP/s/GPU causal / full s² | megaindex layout "
@@ -189,9 +200,7 @@ def main() -> int:
         print(f"{name[:39]:40}{r['tokens_per_s_per_gpu']:>14,.0f}{tf(r['tflops_per_gpu']):>16}"
               f"{tf(r['tflops_per_gpu_full_s2']):>18}{peak:>10}")
     for name, r in (("HF", h), ("megaindex", c["megaindex"])):
-        sdpa = ",".join(k for k, on in r["sdpa_enabled"].items() if on) or "none"
-        print(f"{name}: cuDNN {r['cudnn_version']} ({', '.join(r['cudnn_libraries'] or ['-'])}), SDPA enabled: {sdpa}, "
-              f"engines imported: {', '.join(r['engine_modules_loaded']) or 'none'}")
+        print(f"{name}: {facts_text(r)}")
     print(f"megaindex / HF: {c['megaindex_over_hf']:.2f}x (tokens/s per GPU; the same in either FLOP convention)")
     print(f"records: {args.out / 'compare_hf.jsonl'}, table row: {md}, plot: {args.out / 'compare_hf.png'}")
     return 0

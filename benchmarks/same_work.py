@@ -131,22 +131,35 @@ def backend_facts() -> dict:
     SDPA backends enabled, the cuDNN version torch reports and the cuDNN libraries actually mapped
     (TE can load its own), the matmul precision flags, the engines imported, and the environment
     variables megatron / TE / torch read for this. Call it after the run (asking torch for the
-    cuDNN version loads cuDNN)."""
+    cuDNN version loads cuDNN).
+
+    Never raises: it runs after the benchmark's work is done, and a fact torch cannot give must not
+    cost the record. Each fact that raises is None, its error text in `fact_errors` (e.g. torch's
+    "cuDNN version incompatibility ... compiled against (9, 19, 0) but found runtime version
+    (9, 14, 0)" when TE's staged cuDNN was loaded first; `cudnn_libraries` then names the files
+    actually mapped, i.e. the version that ran)."""
     import torch
 
     b = torch.backends
     prefixes = ("NVTE_", "CUDNN_", "TORCH_CUDNN", "CUDA_DEVICE_MAX_CONNECTIONS", "PYTORCH_CUDA_ALLOC_CONF",
                 "PYTORCH_ALLOC_CONF", "CUBLAS_WORKSPACE_CONFIG")
-    return {
-        "sdpa_enabled": {"flash": b.cuda.flash_sdp_enabled(), "mem_efficient": b.cuda.mem_efficient_sdp_enabled(),
-                         "math": b.cuda.math_sdp_enabled(), "cudnn": b.cuda.cudnn_sdp_enabled()},
-        "cudnn_version": b.cudnn.version() if b.cudnn.is_available() else None,
-        "cudnn_libraries": loaded_libraries("libcudnn"),
-        "cudnn_benchmark": b.cudnn.benchmark, "matmul_allow_tf32": b.cuda.matmul.allow_tf32,
-        "float32_matmul_precision": torch.get_float32_matmul_precision(), "cuda_runtime": torch.version.cuda,
-        "engine_modules_loaded": engine_modules_loaded(),
-        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(prefixes)},
+    getters = {
+        "sdpa_enabled": lambda: {"flash": b.cuda.flash_sdp_enabled(), "mem_efficient": b.cuda.mem_efficient_sdp_enabled(),
+                                 "math": b.cuda.math_sdp_enabled(), "cudnn": b.cuda.cudnn_sdp_enabled()},
+        "cudnn_version": lambda: b.cudnn.version() if b.cudnn.is_available() else None,
+        "cudnn_libraries": lambda: loaded_libraries("libcudnn"),
+        "cudnn_benchmark": lambda: b.cudnn.benchmark, "matmul_allow_tf32": lambda: b.cuda.matmul.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision, "cuda_runtime": lambda: torch.version.cuda,
+        "engine_modules_loaded": engine_modules_loaded,
+        "env": lambda: {k: v for k, v in sorted(os.environ.items()) if k.startswith(prefixes)},
     }
+    facts, errors = {}, {}
+    for key, get in getters.items():
+        try:
+            facts[key] = get()
+        except Exception as e:  # noqa: BLE001 (any failure: the record matters more than this fact)
+            facts[key], errors[key] = None, f"{type(e).__name__}: {e}"
+    return {**facts, "fact_errors": errors}
 
 
 def rows_meta(cfg, rows: int) -> dict:

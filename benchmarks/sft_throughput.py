@@ -29,7 +29,7 @@ params per row token + causal attention over the real documents), data-loader wa
 medians and totals, tokens/s/GPU (row tokens and real tokens), TFLOP/s/GPU, the mean attention span
 (sum n_i^2 / sum n_i: the attention work per token, which differs between data sets), and each
 SFT phase against stage 1. `--profile PHASES` adds one step to those phases under torch.profiler
-(GPU time by kernel family: attention, GEMM, RoPE, other; the kernel table in OUT/profile_PHASE.txt). Writes OUT/sft_throughput.jsonl (one line per
+(GPU time of the kernels by family: attention, GEMM, RoPE, other; the kernel table in OUT/profile_PHASE.txt). Writes OUT/sft_throughput.jsonl (one line per
 phase, its steps included), OUT/sft_throughput.md (the table) and OUT/sft_throughput.png.
 """
 
@@ -107,11 +107,14 @@ def build_configs(args, run_dir: Path):
 
 
 def kernel_families(prof) -> dict[str, float]:
-    """GPU milliseconds of one profiled step by kernel family."""
+    """GPU milliseconds of one profiled step by kernel family: the device-side events (kernels,
+    memcpy, memset), less the GPU-side spans of `record_function` ranges. Those are CUDA events
+    too (`is_user_annotation`): counting them put the whole `megaindex.forward_backward` range
+    (7.3 s) into `other` on 2026-11-28 (profiler table footer: "Self CUDA time total" leaves them out)."""
     out = dict.fromkeys([*KERNEL_FAMILIES, "other"], 0.0)
     for e in prof.key_averages():
         us = getattr(e, "self_device_time_total", 0.0) or 0.0
-        if not us or e.device_type.name != "CUDA":
+        if not us or e.device_type.name != "CUDA" or getattr(e, "is_user_annotation", False):
             continue
         name = e.key.lower()
         fam = next((f for f, keys in KERNEL_FAMILIES.items() if any(k in name for k in keys)), "other")

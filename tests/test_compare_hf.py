@@ -143,3 +143,28 @@ print("CHECK " + json.dumps({{"rc": rc, "engines": engines, "refused": refused}}
     rec = json.loads(next(line for line in lines if line.startswith("RESULT "))[len("RESULT "):])
     assert rec["engine_modules_loaded"] == [] and rec["rows_file"] == str(rows) and rec["global_batch_tokens"] == 512
     assert "writing the rows" not in r.stdout  # it read the file, it did not build the dataset
+
+
+def test_backend_facts_survive_torch_refusing_the_cudnn_version(monkeypatch):
+    """2026-11-28, H200: TE's staged cuDNN 9.14 was mapped before torch's 9.19, and
+    `torch.backends.cudnn.version()` raised after every trainer run had trained all its steps, so no
+    record was written. The facts now keep the error text and still name the mapped cuDNN libraries;
+    compare_hf prints the error in place of the version."""
+    import torch
+
+    msg = ("cuDNN version incompatibility: PyTorch was compiled  against (9, 19, 0) but found runtime version "
+           "(9, 14, 0). PyTorch already comes bundled with cuDNN.")
+
+    def refuse():
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", refuse)
+    monkeypatch.setattr(same_work, "loaded_libraries", lambda fragment: [f"/tmp/site/{fragment}.so.9"])
+    facts = same_work.backend_facts()
+    assert facts["cudnn_version"] is None and facts["fact_errors"] == {"cudnn_version": f"RuntimeError: {msg}"}
+    assert facts["cudnn_libraries"] == ["/tmp/site/libcudnn.so.9"] and set(facts["sdpa_enabled"]) >= {"flash", "cudnn"}
+    line = compare_hf.facts_text(facts)
+    assert line.startswith(f"cuDNN ? (RuntimeError: {msg}) (/tmp/site/libcudnn.so.9), SDPA enabled: ")
+    monkeypatch.undo()
+    assert same_work.backend_facts()["fact_errors"] == {}
