@@ -35,12 +35,15 @@ def measured_records(folder: Path = REPO / "benchmarks") -> list[dict]:
 
 
 def run_config(record: dict):
-    """The benchmark run's config: its recipe and overrides, its global batch, bf16."""
+    """The benchmark run's config: its recipe and overrides, its global batch, bf16, and the
+    cross-entropy kernel it ran (records without the field ran megatron's unfused one, the default
+    before `auto`)."""
     from megaindex.config import load_config
 
     argv = shlex.split(record["command"])
     recipe = argv[argv.index("--recipe") + 1] if "--recipe" in argv else str(DEFAULT_RECIPE)
-    overrides = [t for t in argv if "=" in t and not t.startswith("-")]
+    kernel = record.get("cross_entropy_kernel_used") or "none"
+    overrides = [f"model.cross_entropy_fusion={kernel}"] + [t for t in argv if "=" in t and not t.startswith("-")]
     overrides += [f"data.global_batch_tokens={record['global_batch_tokens']}", "train.precision=bf16"]
     return load_config(recipe, overrides)
 

@@ -83,11 +83,20 @@ class ModelConfig:
     attention_backend: Literal["auto", "flash", "fused", "unfused"] = _f(
         "auto", "TE attention kernel choice (auto lets TE pick; fused = cuDNN)"
     )
-    cross_entropy_fusion: Literal["none", "native", "te"] = _f(
-        "none", "LM loss kernel: none = megatron's vocab-parallel cross-entropy (keeps an fp32 softmax: 6 bytes/logit), "
+    cross_entropy_fusion: Literal["auto", "none", "native", "te"] = _f(
+        "auto", "LM loss kernel: auto = te where the model runs on the Transformer Engine path and TE has the kernel, "
+        "else none; none = megatron's vocab-parallel cross-entropy (keeps an fp32 softmax: 6 bytes/logit), "
         "native = megatron's torch.compile'd version (same memory; rounds the logit gradient to bf16), "
         "te = Transformer Engine's Triton kernel, gradient written over the bf16 logits (2 bytes/logit; TE + GPU)"
     )
+
+    def cross_entropy_kernel(self, use_te: bool) -> str:
+        """The kernel `cross_entropy_fusion` asks for on a model built with (use_te) or without
+        Transformer Engine's modules: `auto` is te on the TE path, none elsewhere (model/lm_loss.py
+        falls back further where TE lacks the kernel)."""
+        if self.cross_entropy_fusion == "auto":
+            return "te" if use_te else "none"
+        return self.cross_entropy_fusion
 
     @property
     def kv_heads(self) -> int:

@@ -70,7 +70,9 @@ def _cross_entropy_kernels(use_te: bool) -> str:
     from megaindex.model.lm_loss import te_cross_entropy_kernel
 
     _, why = te_cross_entropy_kernel()
-    return "none, native (megatron), te (TE Triton kernel over the bf16 logits)" if why is None else f"none, native; te unavailable: {why}"
+    if why is None:
+        return "none, native (megatron), te (TE Triton kernel over the bf16 logits; what auto, the default, runs)"
+    return f"none, native; te unavailable: {why} (auto, the default, runs none)"
 
 
 def diagnose() -> dict:

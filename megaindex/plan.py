@@ -37,7 +37,8 @@ allowance. Bytes per GPU, bf16 mixed precision as on the GPU node (fp32 if preci
   every activation of the others;
 * head (last stage, one micro-batch): bf16 logits and the fp32 copy megatron's vocab-parallel
   cross-entropy keeps as its softmax (6 bytes per logit; fp32 runs 8), or with
-  `model.cross_entropy_fusion=te` the logits alone, which TE's kernel overwrites with the gradient
+  `model.cross_entropy_fusion=te` (and `auto`, the default, unless `model.transformer_impl=local`:
+  the plan is for a GPU node with TE) the logits alone, which TE's kernel overwrites with the gradient
   (2 bytes per logit, fp32 runs 4; model/lm_loss.py), the Norm-Head's normalised weight copies, the
   final norm's input and output;
 * runtime: CUDA context, NCCL and cuDNN/cuBLAS workspaces outside torch's allocator, and the
@@ -221,7 +222,8 @@ def _stage_estimate(cfg: Config, counts: ParamCounts, world_size: int, rank: int
     head = 0
     if last:
         vocab_local = cfg.padded_vocab_size // tp
-        per_logit = (4 if fp32 else 2) if m.cross_entropy_fusion == "te" else (8 if fp32 else 6)
+        te_loss = m.cross_entropy_kernel(use_te=m.transformer_impl != "local") == "te"  # the GPU node runs TE
+        per_logit = (4 if fp32 else 2) if te_loss else (8 if fp32 else 6)
         head += tokens * vocab_local * per_logit  # logits (+ the fp32 softmax megatron's cross-entropy keeps)
         head += 2 * tokens * m.hidden_size * act_bytes // (tp if sp else 1)  # final norm input and output
         if m.norm_head:

@@ -23,7 +23,8 @@ def models(tmp_path_factory):
 
     distributed.init_single_process()
     cfg = load_config(None, ["model.preset=tiny", "model.hidden_size=256", "model.num_attention_heads=4",
-                             "model.num_query_groups=4", "data.seq_length=256", "data.global_batch_tokens=256"])
+                             "model.num_query_groups=4", "data.seq_length=256", "data.global_batch_tokens=256",
+                             "model.cross_entropy_fusion=none"])  # the unfused loss, which the te test compares with
     distributed.seed_everything(5)
     ref = build_model(cfg, use_te=False).cuda().eval()
     te = build_model(cfg, use_te=True).cuda().eval()
@@ -129,6 +130,10 @@ def test_te_fused_cross_entropy_equals_unfused_and_frees_the_fp32_copy(models):
                               "model.cross_entropy_fusion=te"])
     fused = build_model(fcfg, use_te=True).cuda()
     fused.load_state_dict(te.state_dict())
+    from megaindex.model.lm_loss import lm_loss_kernel
+
+    auto = load_config(None, ["model.preset=tiny"])  # the default, auto: TE's kernel on the TE path
+    assert (lm_loss_kernel(te), lm_loss_kernel(fused), lm_loss_kernel(build_model(auto, use_te=True))) == ("none", "te", "te")
     t = tokens(sum(LENGTHS) + 1, 3)
     weight = torch.cat([torch.cat([torch.zeros(n - n // 2), torch.full((n // 2,), 1.0 / (n // 2))]) for n in LENGTHS]).cuda()
 

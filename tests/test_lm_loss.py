@@ -103,3 +103,30 @@ def test_te_fusion_without_transformer_engine_falls_back_with_a_warning(single_p
     assert model.compute_language_model_loss.__func__ is LanguageModule.compute_language_model_loss
     with pytest.raises(ConfigError, match="model.cross_entropy_fusion"):
         load_config(None, ["model.preset=tiny", "model.cross_entropy_fusion=apex"]).validate(1)
+
+
+def test_auto_runs_te_on_the_transformer_engine_path_and_the_unfused_loss_elsewhere(single_process_megatron, caplog,
+                                                                                     monkeypatch):
+    """The default, auto: on the CPU / local-module path megatron's unfused loss, unchanged and quietly
+    (no warning: nothing was asked by name); where the model is built with TE's modules and TE has the
+    kernel, TE's. (Building with TE's modules needs a GPU, so the TE side is the routing alone: the
+    kernel lookup is stubbed; tests/test_gpu_model.py builds the real one.)"""
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    from megaindex.model import lm_loss
+    from megaindex.model.build import build_model
+
+    default = load_config(None, ["model.preset=tiny", "data.seq_length=128", "data.global_batch_tokens=128"])
+    assert default.model.cross_entropy_fusion == "auto"
+    assert [default.model.cross_entropy_kernel(use_te) for use_te in (True, False)] == ["te", "none"]
+    with caplog.at_level("WARNING", logger="megaindex.model.lm_loss"):
+        model = build_model(default, use_te=False)
+    ours = lambda: [r for r in caplog.records if r.name == "megaindex.model.lm_loss"]  # noqa: E731 (megatron warns too)
+    assert lm_loss_kernel(model) == "none" and not ours()
+    assert model.compute_language_model_loss.__func__ is LanguageModule.compute_language_model_loss
+
+    for kernel, why, want in ((object(), None, "te"), (None, "Transformer Engine 2.19 has no ...", "none")):
+        monkeypatch.setattr(lm_loss, "te_cross_entropy_kernel", lambda: (kernel, why))
+        lm_loss.configure_lm_loss(model, default, use_te=True)
+        assert lm_loss_kernel(model) == want and not ours()  # an older TE: auto falls back quietly too
+        vars(model).pop("compute_language_model_loss", None)

@@ -4,7 +4,9 @@ GPTModel computes `compute_language_model_loss(labels, logits)` -> per-token los
 forward step passes labels; megaindex's loss function (training/loss.py) masks and weights that
 afterwards (loss masks, response-only SFT, LongAlign 1/N_i), so every kernel here sees the same input:
 vocab-parallel logits [s, b, V/TP] (padded columns -inf, output_layer.py) and the labels.
-`model.cross_entropy_fusion` picks the kernel:
+`model.cross_entropy_fusion` picks the kernel (default `auto`: te where the model is built with
+Transformer Engine's modules and TE has the kernel, none elsewhere: CPU, the local spec; measured
+on one H200 at 32K, 2026-11-28: the same losses as none, +1.3% step throughput, 7.6 GiB less peak):
 
 * none: megatron's `vocab_parallel_cross_entropy`. It casts the logits to fp32 and keeps that copy as
   the softmax for backward: the head peaks at bf16 logits + fp32 copy = 6 bytes per logit
@@ -65,18 +67,20 @@ def te_language_model_loss(tp_group, labels: torch.Tensor, logits: torch.Tensor)
 
 
 def configure_lm_loss(model, cfg: Config, *, use_te: bool) -> None:
-    """Route a last-stage GPTModel's loss through the chosen kernel (none/native: megatron's own).
+    """Route a last-stage GPTModel's loss through the chosen kernel (none/native: megatron's own;
+    auto: te when `use_te`, else none).
 
     `te` where TE's kernel cannot run (no GPU or TE, the local spec, an older TE) falls back to
     megatron's unfused loss with a warning instead of failing: the kernels give the same losses (see
     the module doc), so a checkpoint trained with `te` stays usable by `megaindex eval` or the
     converters on any machine; only the memory differs."""
-    if cfg.model.cross_entropy_fusion != "te":
+    if cfg.model.cross_entropy_kernel(use_te) != "te":
         return
     _, why = te_cross_entropy_kernel() if use_te else (None, "it needs the Transformer Engine path (TE and a GPU)")
     if why:
-        log.warning("model.cross_entropy_fusion=te: %s; using megatron's unfused cross-entropy here "
-                    "(same losses, 6 instead of 2 bytes per logit).", why)
+        if cfg.model.cross_entropy_fusion == "te":  # asked for by name: say so; auto falls back quietly
+            log.warning("model.cross_entropy_fusion=te: %s; using megatron's unfused cross-entropy here "
+                        "(same losses, 6 instead of 2 bytes per logit).", why)
         return
     # An instance attribute shadows LanguageModule.compute_language_model_loss; GPTModel._postprocess
     # (and MTP) call it through self.
