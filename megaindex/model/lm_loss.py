@@ -6,7 +6,7 @@ afterwards (loss masks, response-only SFT, LongAlign 1/N_i), so every kernel her
 vocab-parallel logits [s, b, V/TP] (padded columns -inf, output_layer.py) and the labels.
 `model.cross_entropy_fusion` picks the kernel (default `auto`: te where the model is built with
 Transformer Engine's modules and TE has the kernel, none elsewhere: CPU, the local spec; measured
-on one H200 at 32K, 2026-11-28: the same losses as none, +1.3% step throughput, 7.6 GiB less peak):
+on one H200 at 32K, 2026-11-28: the same losses as none, +1.4% step throughput, 7.6 GiB less peak):
 
 * none: megatron's `vocab_parallel_cross_entropy`. It casts the logits to fp32 and keeps that copy as
   the softmax for backward: the head peaks at bf16 logits + fp32 copy = 6 bytes per logit
