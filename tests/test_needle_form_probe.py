@@ -1,0 +1,89 @@
+"""The needle-form probe's sample changes (examples/mini_replication/needle_form_probe.py) and the unseen-filler
+builder's document cutting (fresh_filler.py), on the fixture's held-out text and the real tokenizer; no model."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from examples.mini_replication import fresh_filler
+from examples.mini_replication.needle_form_probe import respaced, samples
+from megaindex.data.needle_words import draw_needle
+from megaindex.data.tokenizer import IndexTokenizer
+from megaindex.eval.haystack import Haystack, load_documents
+from megaindex.eval.needle import needle_sample
+from megaindex.eval.sample import encode_text
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def hays():
+    tok = IndexTokenizer(str(FIX / "tokenizer.model"))
+    docs = load_documents([FIX / "corpus" / "heldout.jsonl"])
+    return {"held": Haystack(docs, tok), "clean": Haystack(respaced(docs), tok)}
+
+
+def _needle(lang, length, depth, repeat):
+    return draw_needle(lang, random.Random(f"needle-{lang}-{length}-{depth}-{repeat}"))
+
+
+def test_eval_form_is_the_evaluation_sample_and_the_others_change_one_part(hays):
+    tok, L = hays["held"].tok, 512
+    forms = {f: samples(f, hays, [L], 1) for f in ("eval", "inline", "clean_hay", "train_qa")}
+    for f, ss in forms.items():
+        assert len(ss) == 11 * len(hays["held"].langs), f
+    for i, s in enumerate(forms["eval"]):
+        ref = needle_sample(hays["held"], lang=s.lang, length=L, depth=s.depth, repeat=0)
+        assert s.prompt_ids == ref.prompt_ids and s.answer_ids == ref.answer_ids
+        needle = _needle(s.lang, L, s.depth, 0)
+        text = tok.decode(list(s.prompt_ids))
+        # inline: the needle's own lines go, everything else stays
+        inl = forms["inline"][i]
+        itext = tok.decode(list(inl.prompt_ids))
+        assert f"\n{needle.text}\n" in text and f"\n{needle.text}\n" not in itext and needle.text in itext
+        assert inl.answer_ids == s.answer_ids and len(s.prompt_ids) - len(inl.prompt_ids) in (0, 1, 2)
+        # train_qa: no instruction lines, the question in Q/A form, the same gold value
+        qa = forms["train_qa"][i]
+        qtext = tok.decode(list(qa.prompt_ids))
+        full = tok.decode(list(qa.prompt_ids) + list(qa.answer_ids)).replace(" ", "")
+        marker = "Q: " if s.lang == "en" else "问："
+        assert full.endswith((needle.answer_prefix + needle.answer).replace(" ", "")) and marker + needle.question in qtext
+        assert "Question:" not in qtext and "问题：" not in qtext and needle.text in qtext
+        assert needle.answer.strip().rstrip(".。") in qa.gold
+        # clean_hay: the same needle and question, re-spaced haystack text
+        assert forms["clean_hay"][i].answer_ids == s.answer_ids
+
+
+def test_respaced_joins_sentences_as_the_retrieval_filler_does():
+    out = respaced({"en": ["One. Two!\n\nThree\nfour.  Five"], "zh": ["一。\n\n二！三"]})
+    assert out == {"en": ["One. Two! Three\nfour. Five"], "zh": ["一。\n\n二！三"]}
+
+
+def test_fresh_filler_cuts_chinese_books_and_keeps_git_texts(tmp_path):
+    import gzip
+
+    share = tmp_path / "usr/share/doc"
+    (share / "git-doc").mkdir(parents=True)
+    english = json.loads((FIX / "corpus" / "heldout.jsonl").read_text().splitlines()[0])["text"]
+    (share / "git-doc" / "git-foo.txt").write_text(english)
+    (share / "git-doc" / "short.txt").write_text("too short")
+    zh = "\n\n".join(f"第{i}段：这是一个关于软件包维护的中文段落，说明如何构建和上传。" * 8 for i in range(40))
+    for rel in ("debian/FAQ/debian-faq.zh-cn.txt.gz", "maint-guide-zh-cn/maint-guide.zh-cn.txt.gz"):
+        (share / rel).parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(share / rel, "wt", encoding="utf-8") as f:
+            f.write(zh)
+    docs = list(fresh_filler.documents(tmp_path))
+    assert [d["source"] for d in docs if d["lang"] == "en"] == ["git-doc:git-foo"]
+    zh_docs = [d for d in docs if d["lang"] == "zh"]
+    for book in ("debian-faq-zh-cn", "maint-guide-zh-cn"):
+        chunks = [d["text"] for d in zh_docs if d["source"].startswith(book + ":")]
+        assert len(chunks) > 1 and all(len(c) >= fresh_filler.CHUNK_CHARS for c in chunks[:-1]), book
+    assert "".join(d["text"].replace("\n", "") for d in zh_docs if d["source"].startswith("debian-faq")) == zh.replace("\n", "")
+
+
+def test_fresh_filler_refuses_a_corpus_package(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(fresh_filler.PACKAGES, "perl-doc", "en")
+    assert fresh_filler.main([str(tmp_path)]) == 2
+    assert "perl-doc" in capsys.readouterr().err
