@@ -87,3 +87,33 @@ def test_fresh_filler_refuses_a_corpus_package(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(fresh_filler.PACKAGES, "perl-doc", "en")
     assert fresh_filler.main([str(tmp_path)]) == 2
     assert "perl-doc" in capsys.readouterr().err
+
+
+def test_entered_midway_starts_each_document_after_a_sentence_end_in_its_first_80_percent():
+    from examples.mini_replication.needle_form_probe import entered_midway
+
+    docs = load_documents([FIX / "corpus" / "heldout.jsonl"])
+    out = entered_midway(docs)
+    assert out == entered_midway(docs) and out != docs
+    for lang, texts in docs.items():
+        for d, m in zip(texts, out[lang]):
+            assert d.endswith(m) and len(m) > 0.2 * len(d) - 200
+            if m != d:
+                before = d[:len(d) - len(m)].rstrip()
+                assert before.endswith((".", "?", "!", "。", "？", "！")), before[-20:]
+
+
+def test_train_fact_puts_a_generator_fact_in_the_evaluation_frame(hays):
+    from examples.mini_replication.needle_form_probe import training_needle
+
+    tok, L = hays["held"].tok, 512
+    evals, facts = samples("eval", hays, [L], 1), samples("train_fact", hays, [L], 1)
+    for e, f in zip(evals, facts):
+        own = training_needle(f.lang, random.Random(f"train-fact-{f.lang}-{L}-{f.depth}-0"))
+        text = tok.decode(list(f.prompt_ids))
+        question = ("Question: " if f.lang == "en" else "问题：") + own.question
+        assert f"\n{own.text}\n" in text and question in text and len(f.prompt_ids) + len(f.answer_ids) == L
+        assert own.keyword in f.gold and f.gold != e.gold
+        # the evaluation's own needle is gone; its instruction lines stay
+        assert _needle(e.lang, L, e.depth, 0).text not in text
+        assert tok.decode(list(f.prompt_ids[:8])) == tok.decode(list(e.prompt_ids[:8]))

@@ -18,6 +18,13 @@ NeedleBench score, exact match):
                 whitespace after every sentence end becomes one space in English, so a paragraph or line break
                 after a full stop goes; lines without a sentence end stay; Chinese filler keeps its breaks)
   clean_inline  clean_hay with the needle inline: the training documents' layout around the evaluation's needle
+  mid_hay       each held-out document entered at a random sentence start in its first 80% instead of its
+                beginning (the retrieval filler's way in: a run of sentences from a random place), so the
+                haystack opens in running text, not at a title and headers
+  train_fact    the evaluation's haystack, prompt and place, but the needle is a fact the retrieval documents'
+                generator draws (draw_facts, closed word lists: a table word or phrase, its plain statement
+                "{S} is {v}." / "{s}是{v}。") and the question asks for it in the evaluation's own template:
+                the needle's vocabulary and kind alone
   train_qa      the evaluation's haystack and needle, but no instruction lines before the document and the
                 question asked in the retrieval documents' plainest form ("Q: {question}\nA: {answer prefix}",
                 "问：{question}\n答：{answer prefix}"): the prompt's wording alone
@@ -39,12 +46,15 @@ import random
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from megaindex.data.needle_words import draw_needle  # noqa: E402
+from megaindex.data.needle_words import Needle, draw_needle  # noqa: E402
+from megaindex.data.retrieval_docs import draw_facts  # noqa: E402
+from megaindex.eval import needle as needle_module  # noqa: E402
 from megaindex.data.retrieval_docs import JOIN  # noqa: E402
 from megaindex.data.retrieval_filler import SENTENCE  # noqa: E402
 from megaindex.eval.grid import EvalSpec  # noqa: E402
@@ -55,7 +65,7 @@ from megaindex.eval.sample import Sample, encode_text, split_answer  # noqa: E40
 
 TAIL = {lang: "\n\n" + TEXT[lang]["question"] + "\n" + TEXT[lang]["answer"] for lang in TEXT}  # as needle_sample
 
-FORMS = ("eval", "inline", "fresh_hay", "fresh_inline", "clean_hay", "clean_inline", "train_qa")
+FORMS = ("eval", "inline", "fresh_hay", "fresh_inline", "clean_hay", "clean_inline", "mid_hay", "train_fact", "train_qa")
 DEPTHS = [float(d) for d in range(0, 101, 10)]
 
 
@@ -96,6 +106,17 @@ def train_qa(s: Sample, tok, needle, head_len: int) -> Sample:
                   keyword=s.keyword, depth=s.depth, actual_depth=s.actual_depth)
 
 
+def training_needle(lang: str, rng: random.Random) -> Needle:
+    """One fact as the retrieval documents' generator draws it (a closed word list's table word or phrase), as
+    the evaluation's Needle: the plain statement, "What is {s}?" / "{s}是什么？", the answer prefix "{S} is"."""
+    fact = draw_facts(1, rng, lang, kind=rng.choice(("word", "phrase")))[0]
+    if lang == "en":
+        S = fact.subject[0].upper() + fact.subject[1:]
+        return Needle(f"{S} is {fact.value}.", f"What is {fact.subject}?", f"{S} is", f" {fact.value}.", fact.value)
+    return Needle(f"{fact.subject}是{fact.value}。", f"{fact.subject}是什么？", f"{fact.subject}是", f"{fact.value}。",
+                  fact.value)
+
+
 def respaced(docs: dict[str, list[str]]) -> dict[str, list[str]]:
     """Each document re-spaced as FillerText cuts the retrieval documents' filler into sentences and the generator
     joins them: in English the whitespace after a sentence end becomes one space (JOIN); Chinese pieces keep
@@ -104,14 +125,34 @@ def respaced(docs: dict[str, list[str]]) -> dict[str, list[str]]:
             for lang, texts in docs.items()}
 
 
+def entered_midway(docs: dict[str, list[str]], seed: str = "mid") -> dict[str, list[str]]:
+    """Each document from a random sentence start in its first 80% (seeded per document) to its end."""
+    out = {}
+    for lang, texts in docs.items():
+        ends = (". ", "? ", "! ", ".\n", "。", "？", "！")
+        cut = []
+        for i, d in enumerate(texts):
+            at = random.Random(f"{seed}-{lang}-{i}").randrange(max(1, int(0.8 * len(d))))
+            nxt = [j for j in (d.find(e, at) for e in ends) if j >= 0]
+            cut.append(d[min(nxt) + 1:].lstrip() if nxt else d)
+        out[lang] = cut
+    return out
+
+
 def samples(form: str, hays: dict[str, Haystack], lengths: list[int], repeats: int) -> list[Sample]:
     held = hays["held"]
-    hay = hays[form.split("_")[0]] if form.startswith(("fresh", "clean")) else held
+    hay = hays[form.split("_")[0]] if form.startswith(("fresh", "clean", "mid")) else held
     out = []
     for lang in held.langs:
         for length in lengths:
             for depth in DEPTHS:
                 for repeat in range(repeats):
+                    if form == "train_fact":  # needle_sample draws its needle through the module's draw_needle
+                        own = training_needle(lang, random.Random(f"train-fact-{lang}-{length}-{depth}-{repeat}"))
+                        with mock.patch.object(needle_module, "draw_needle", lambda *_: own):
+                            s = needle_sample(hay, lang=lang, length=length, depth=depth, repeat=repeat)
+                        out.append(s)
+                        continue
                     s = needle_sample(hay, lang=lang, length=length, depth=depth, repeat=repeat)
                     needle = draw_needle(lang, random.Random(f"needle-{lang}-{length}-{depth}-{repeat}"))
                     if form.endswith("inline"):
@@ -177,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = load(resolved, tokenizer_model=args.tokenizer, dtype=torch.float32)
     tok = engine.tokenizer
     held_docs = load_documents([args.haystack])
-    hays = {"held": Haystack(held_docs, tok), "clean": Haystack(respaced(held_docs), tok)}
+    hays = {"held": Haystack(held_docs, tok), "clean": Haystack(respaced(held_docs), tok),
+            "mid": Haystack(entered_midway(held_docs), tok)}
     if args.fresh:
         hays["fresh"] = Haystack(load_documents([args.fresh]), tok)
     lengths = [int(x) for x in args.lengths.split(",")]
