@@ -16,10 +16,10 @@
 # 600), LIMIT_S (caps every group's limit: a quick hunt for a hang), FAULT_S (default 240: pytest's
 # faulthandler_timeout, a test running longer dumps every thread's stack into the log and goes on).
 # A group whose estimate does not fit the budget left is not started, and a group whose limit the
-# budget cut and that was stopped there is not failed but left over too; the summary prints the
-# command that runs what is left. Exit: 0 every selected group ran and passed (skips included), 1 a
-# group failed or hit its own limit or the collection failed, 2 bad GPUS/ONLY, 4 nothing failed but
-# groups were left for another call.
+# budget cut and that was stopped there is left over too (failed as well if a test of it failed before
+# the stop); the summary prints the command that runs what is left. Exit: 0 every selected group ran
+# and passed (skips included), 1 a group failed or hit its own limit or the collection failed, 2 bad
+# GPUS/ONLY, 4 nothing failed but groups were left for another call.
 # pytest-timeout is not in the venv, so the limit is per group (`timeout -s INT`: pytest stops the
 # running test, prints where it was and writes its junit file; the kill follows 30 s later).
 #
@@ -178,11 +178,19 @@ for row in "${selected[@]}"; do
     # the last test that started and has no result yet (a faulthandler dump puts its result on a later line)
     running=$(awk '/^tests\/.*::/ {cur = $1; done = / (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)/; next}
                    /^ *(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)/ {done = 1} END {if (cur != "" && !done) print cur}' "$WORK/$name.log")
-    if [ $cut = 1 ]; then
+    # a test that FAILED or ERRORed before the stop (its own result line, a late result line, the -rfE summary)
+    broke=$(grep -cE '^tests/[^ ]*::[^ ]* +(FAILED|ERROR)|^(FAILED|ERROR) tests/|^ *(FAILED|ERROR) *([0-9]|$)' "$WORK/$name.log")
+    if [ $cut = 1 ] && [ "$broke" = 0 ]; then
       # stopped by the budget before its own limit: not a verdict on the tests, the group goes to the next call
       status+=("$name: STOPPED by the budget after ${limit} s (its own limit is ${f[3]} s); running: ${running:-none (still collecting)}; ${counts:-no pytest summary}; run it again in another call")
       echo "$name|$limit|${running:-collection}|budget" >> "$WORK/timeouts.txt"
       left_over+=("$name")
+    elif [ $cut = 1 ]; then
+      # the budget stopped it, but what ran already failed: a verdict; the rest of the group is still left over
+      status+=("$name: FAILED (${counts:-no pytest summary}) before the budget stopped it after ${limit} s; running: ${running:-none (still collecting)}; the rest of the group in another call")
+      echo "$name|$limit|${running:-collection}|budget" >> "$WORK/timeouts.txt"
+      left_over+=("$name")
+      failed=1
     else
       status+=("$name: TIMEOUT after ${limit} s; running: ${running:-none (still collecting)}; ${counts:-no pytest summary}")
       echo "$name|$limit|${running:-collection}|limit" >> "$WORK/timeouts.txt"
