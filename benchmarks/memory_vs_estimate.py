@@ -36,14 +36,16 @@ def measured_records(folder: Path = REPO / "benchmarks") -> list[dict]:
 
 def run_config(record: dict):
     """The benchmark run's config: its recipe and overrides, its global batch, bf16, and the
-    cross-entropy kernel it ran (records without the field ran megatron's unfused one, the default
-    before `auto`)."""
+    cross-entropy kernel it ran: `cross_entropy_kernel_used` (after any fallback) over what the command
+    asked for; records without the field ran what the command named or megatron's unfused loss, the
+    default before `auto`."""
     from megaindex.config import load_config
 
     argv = shlex.split(record["command"])
     recipe = argv[argv.index("--recipe") + 1] if "--recipe" in argv else str(DEFAULT_RECIPE)
-    kernel = record.get("cross_entropy_kernel_used") or "none"
-    overrides = [f"model.cross_entropy_fusion={kernel}"] + [t for t in argv if "=" in t and not t.startswith("-")]
+    used = record.get("cross_entropy_kernel_used")
+    overrides = ["model.cross_entropy_fusion=none"] + [t for t in argv if "=" in t and not t.startswith("-")]
+    overrides += [f"model.cross_entropy_fusion={used}"] if used else []
     overrides += [f"data.global_batch_tokens={record['global_batch_tokens']}", "train.precision=bf16"]
     return load_config(recipe, overrides)
 

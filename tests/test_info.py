@@ -68,6 +68,25 @@ def test_estimate_within_15_percent_of_measured_gpu_peaks():
         assert abs(c["footprint_error"]) <= 0.15, c
 
 
+def test_memory_vs_estimate_rebuilds_a_record_with_the_kernel_it_ran():
+    """A record's `cross_entropy_kernel_used` (what the built model ran, after any fallback) wins over the
+    kernel its command asked for by name: a `te` run that fell back to the unfused loss is estimated as
+    unfused (the command's override used to come last and win). A record without the field (before
+    `auto`) ran what its command named, or megatron's unfused loss."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import memory_vs_estimate
+
+    def fusion(command, **used):
+        record = {"command": command, "global_batch_tokens": 65536, **used}
+        return memory_vs_estimate.run_config(record).model.cross_entropy_fusion
+
+    te = "benchmarks/train_throughput.py --steps 4 parallel.context_parallel_size=1 model.cross_entropy_fusion=te"
+    plain = "benchmarks/train_throughput.py --steps 4 parallel.context_parallel_size=1"
+    assert fusion(te, cross_entropy_kernel_used="none") == "none"
+    assert fusion(plain, cross_entropy_kernel_used="te") == "te"
+    assert (fusion(te), fusion(plain)) == ("te", "none")
+
+
 def test_python_m_megaindex_freezes_the_heap_before_exit(monkeypatch):
     """`python -m megaindex` runs main() then gc.freeze(), returned or raised: the interpreter's
     teardown then skips torch's and megatron's objects (~1.2 s per process, __main__.py)."""
