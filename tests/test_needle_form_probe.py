@@ -89,6 +89,21 @@ def test_fresh_filler_refuses_a_corpus_package(monkeypatch, tmp_path, capsys):
     assert "perl-doc" in capsys.readouterr().err
 
 
+def test_fresh_filler_says_in_one_line_why_apt_failed(monkeypatch, tmp_path, capsys):
+    """apt-get's own message, not a CalledProcessError traceback with its output swallowed."""
+    import subprocess
+
+    def apt(cmd, **kw):
+        raise subprocess.CalledProcessError(100, cmd, "", "Reading package lists...\nE: Unable to locate package git-doc\n")
+
+    monkeypatch.setattr(fresh_filler.subprocess, "run", apt)
+    assert fresh_filler.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: `apt-get download git-doc debian-faq-zh-cn maint-guide-zh-cn` failed: "
+                          "E: Unable to locate package git-doc (") and err.count("\n") == 1
+    assert not (tmp_path / ".unpacked").exists()
+
+
 def test_entered_midway_starts_each_document_after_a_sentence_end_in_its_first_80_percent():
     from examples.mini_replication.needle_form_probe import entered_midway
 

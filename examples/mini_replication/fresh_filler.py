@@ -39,15 +39,28 @@ CJK = re.compile(r"[\u3400-\u9fff]")
 CHUNK_CHARS = 4000
 
 
+class FetchError(RuntimeError):
+    """apt-get download or dpkg-deb failed; the message is one line naming the command and apt's last words."""
+
+
 def fetch(work: Path) -> Path:
     """apt-get download + dpkg-deb -x every package into WORK/root (skipped when already unpacked)."""
     root, dl = work / "root", work / "downloads"
     if (work / ".unpacked").exists():
         return root
     dl.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["apt-get", "download", *PACKAGES], cwd=dl, check=True, capture_output=True)
+
+    def run(cmd: list[str], cwd: Path | None = None) -> None:
+        try:
+            subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            said = (getattr(e, "stderr", None) or str(e)).strip().splitlines() or ["no message"]
+            raise FetchError(f"`{' '.join(cmd)}` failed: {said[-1]} (needs Debian 12 apt sources and dpkg-deb; "
+                             f"or unpack the packages into {root} and touch {work / '.unpacked'})") from e
+
+    run(["apt-get", "download", *PACKAGES], cwd=dl)
     for deb in sorted(dl.glob("*.deb")):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        run(["dpkg-deb", "-x", str(deb), str(root)])
     (work / ".unpacked").write_text(" ".join(PACKAGES))
     return root
 
@@ -88,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {clash} are corpus packages (tools/prepare_corpus.py DEBS); fresh text must come from others",
               file=sys.stderr)
         return 2
-    docs = list(documents(fetch(args.work)))
+    try:
+        root = fetch(args.work)
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    docs = list(documents(root))
     out = args.work / "fresh.jsonl"
     with open(out, "w", encoding="utf-8") as f:
         for d in docs:
