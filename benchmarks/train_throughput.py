@@ -57,6 +57,19 @@ def memory_by_rank() -> dict:
             **{k: max(r[i] for r in rows) for i, k in enumerate(keys)}}
 
 
+def loss_kernel(chunks) -> str | None:
+    """The cross-entropy kernel the run's LM head ran (model/lm_loss.py), from the rank that holds it:
+    with PP rank 0, which writes the record, has no head. Every rank calls it (an all-gather)."""
+    import torch.distributed as dist
+
+    from megaindex.model.lm_loss import lm_loss_kernel
+
+    mine = next((k for k in map(lm_loss_kernel, reversed(chunks)) if k is not None), None)
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return next((k for k in every if k is not None), None)
+
+
 def te_attention_backend() -> dict | None:
     """The attention backend Transformer Engine selected last in this process (its module-level
     `_attention_backends`: FlashAttention, cuDNN fused (F16 or FP8 sub-backend) or unfused); None
@@ -82,7 +95,6 @@ def main() -> int:
     from megaindex.config import load_config
     from megaindex.distributed import destroy_distributed
     from megaindex.plan import dense_params, memory_estimate, parameter_counts
-    from megaindex.model.lm_loss import lm_loss_kernel
     from megaindex.training.trainer import Trainer
 
     run_dir = Path(os.environ.get("BENCH_RUN_DIR", f"/tmp/megaindex-bench-{args.name}"))
@@ -93,6 +105,7 @@ def main() -> int:
     trainer.train()
     world = trainer.layout.world_size
     mem = memory_by_rank()
+    kernel = loss_kernel(trainer.chunks)
     if trainer.rank == 0:
         every = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
         rows = every[args.warmup:]
@@ -112,7 +125,7 @@ def main() -> int:
             "layout": {"tp": trainer.layout.tp, "pp": trainer.layout.pp, "cp": trainer.layout.cp, "dp": trainer.layout.dp},
             "recompute": cfg.train.recompute_granularity, "recompute_method": cfg.train.recompute_method,
             "recompute_num_layers": cfg.train.recompute_num_layers, "cross_entropy_fusion": cfg.model.cross_entropy_fusion,
-            "cross_entropy_kernel_used": lm_loss_kernel(trainer.chunks[-1]),
+            "cross_entropy_kernel_used": kernel,
             "fp8": cfg.train.fp8, "fp8_recipe": cfg.train.fp8_recipe,
             "fp8_dot_product_attention": cfg.train.fp8_dot_product_attention,
             "num_layers_at_start_in_bf16": cfg.train.num_layers_at_start_in_bf16,

@@ -130,3 +130,25 @@ def test_auto_runs_te_on_the_transformer_engine_path_and_the_unfused_loss_elsewh
         lm_loss.configure_lm_loss(model, default, use_te=True)
         assert lm_loss_kernel(model) == want and not ours()  # an older TE: auto falls back quietly too
         vars(model).pop("compute_language_model_loss", None)
+
+
+def test_the_recorded_kernel_comes_from_the_rank_that_holds_the_head(single_process_megatron, monkeypatch):
+    """With PP, rank 0 (which writes train_throughput's record) holds no LM head: its chunk reported
+    "none" whatever the last stage ran, and memory_vs_estimate rebuilds a record with that kernel. A
+    chunk without the head now says None, and the record's kernel is gathered from the ranks that
+    have one (one rank here; the world's gather is the same call)."""
+    import sys
+    from types import SimpleNamespace
+
+    from conftest import REPO
+    from megaindex.model.build import build_model
+
+    cfg = config("none")
+    first_stage = build_model(cfg, post_process=False)
+    assert lm_loss_kernel(first_stage) is None and lm_loss_kernel(build_model(cfg)) == "none"
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_throughput
+
+    te_head = SimpleNamespace(post_process=True, compute_language_model_loss=lambda *a: None)  # as configure_lm_loss sets it
+    assert train_throughput.loss_kernel([first_stage, te_head]) == "te"
+    assert train_throughput.loss_kernel([first_stage]) is None  # a rank without the head; another rank's answer wins

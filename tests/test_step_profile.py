@@ -191,4 +191,5 @@ def test_gpu_x2_session_runs_end_to_end_on_cpu(tmp_path):
     assert "test_layout_matches_one_gpu[cp2_p2p_thd] SKIPPED" in summary, summary
     rec = json.loads((out / "train.jsonl").read_text())
     assert rec["layout"]["cp"] == 2 and rec["steps_measured"] == 2
+    assert rec["cross_entropy_kernel_used"] == "none"  # gathered over both ranks (auto on CPU: the unfused loss)
     assert (tmp_path / "run" / "profile" / "trace_steps2-2_rank1.json").is_file()

@@ -87,10 +87,13 @@ def configure_lm_loss(model, cfg: Config, *, use_te: bool) -> None:
     model.compute_language_model_loss = partial(te_language_model_loss, model.pg_collection.tp)
 
 
-def lm_loss_kernel(model) -> str:
-    """The kernel a built model's loss actually runs (after any fallback): none, native or te."""
+def lm_loss_kernel(model) -> str | None:
+    """The kernel a built model's loss actually runs (after any fallback): none, native or te; None for
+    a pipeline chunk without the LM head, which computes no loss."""
     model = getattr(model, "module", model)  # through megatron's DDP / Float16Module wrappers
     model = getattr(model, "module", model)
+    if not getattr(model, "post_process", True):
+        return None
     if "compute_language_model_loss" in vars(model):
         return "te"
     return "native" if model.config.cross_entropy_loss_fusion else "none"
