@@ -118,13 +118,17 @@ def test_entered_midway_starts_each_document_after_a_sentence_end_in_its_first_8
                 assert before.endswith((".", "?", "!", "。", "？", "！")), before[-20:]
 
 
-def test_train_fact_puts_a_generator_fact_in_the_evaluation_frame(hays):
-    from examples.mini_replication.needle_form_probe import training_needle
+@pytest.mark.parametrize("form", ["train_fact", "train_random", "train_open"])
+def test_train_forms_put_a_generator_fact_in_the_evaluation_frame(hays, form):
+    from examples.mini_replication.needle_form_probe import TRAIN_FACT, training_needle
+    from megaindex.data.retrieval_filler import FillerText
 
     tok, L = hays["held"].tok, 512
-    evals, facts = samples("eval", hays, [L], 1), samples("train_fact", hays, [L], 1)
+    filler = FillerText([FIX / "corpus" / "pretrain.jsonl"])
+    evals, facts = samples("eval", hays, [L], 1), samples(form, hays, [L], 1, filler)
     for e, f in zip(evals, facts):
-        own = training_needle(f.lang, random.Random(f"train-fact-{f.lang}-{L}-{f.depth}-0"))
+        rng = random.Random(f"{form.replace('_', '-')}-{f.lang}-{L}-{f.depth}-0")
+        own = training_needle(f.lang, rng, TRAIN_FACT[form], filler)
         text = tok.decode(list(f.prompt_ids))
         question = ("Question: " if f.lang == "en" else "问题：") + own.question
         assert f"\n{own.text}\n" in text and question in text and len(f.prompt_ids) + len(f.answer_ids) == L
@@ -132,3 +136,32 @@ def test_train_fact_puts_a_generator_fact_in_the_evaluation_frame(hays):
         # the evaluation's own needle is gone; its instruction lines stay
         assert _needle(e.lang, L, e.depth, 0).text not in text
         assert tok.decode(list(f.prompt_ids[:8])) == tok.decode(list(e.prompt_ids[:8]))
+
+
+def test_swap_forms_change_only_the_subject_or_only_the_value(hays):
+    from megaindex.data.retrieval_filler import FillerText
+
+    tok, L = hays["held"].tok, 512
+    filler = FillerText([FIX / "corpus" / "pretrain.jsonl"])
+    evals = samples("eval", hays, [L], 1)
+    values, subjects = samples("swap_value", hays, [L], 1, filler), samples("swap_subject", hays, [L], 1, filler)
+    for e, v, s in zip(evals, values, subjects):
+        ref = _needle(e.lang, L, e.depth, 0)
+        vtext, stext = tok.decode(list(v.prompt_ids)), tok.decode(list(s.prompt_ids))
+        assert ref.question in vtext and ref.keyword not in v.gold and ref.answer_prefix in vtext
+        assert ref.question not in stext and ref.keyword.replace(" ", "") in s.gold.replace(" ", "")
+
+
+def test_every_form_but_eval_changes_the_samples(hays):
+    """A form that silently falls back to the evaluation's samples would report the evaluation's numbers."""
+    from examples.mini_replication.needle_form_probe import FORMS
+    from megaindex.data.retrieval_filler import FillerText
+
+    filler = FillerText([FIX / "corpus" / "pretrain.jsonl"])
+    hays = {**hays, "fresh": hays["held"], "mid": hays["held"]}  # stand-ins: the haystack forms differ by their text
+    base = [list(s.prompt_ids) for s in samples("eval", hays, [512], 1)]
+    for form in FORMS:
+        if form == "eval" or form.startswith(("fresh", "mid", "clean_hay")):
+            continue
+        got = [list(s.prompt_ids) for s in samples(form, hays, [512], 1, filler)]
+        assert all(g != b for g, b in zip(got, base)), form

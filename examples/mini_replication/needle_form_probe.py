@@ -25,6 +25,16 @@ NeedleBench score, exact match):
                 generator draws (draw_facts, closed word lists: a table word or phrase, its plain statement
                 "{S} is {v}." / "{s}是{v}。") and the question asks for it in the evaluation's own template:
                 the needle's vocabulary and kind alone
+  train_random  as train_fact, the value a v5 random value (1-4 words / 2-6 CJK characters drawn uniformly from
+                the training filler's vocabulary, `--filler`): no value list to remember, only copying gives it
+  train_open    as train_fact, the value a span cut from the training filler (1-6 words / 2-8 characters)
+  swap_value    the evaluation's needle with its value replaced by a v5 random value (its subject, statement,
+                question and answer prefix kept): held-out subject, trained kind of value
+  novel_owner   the generator's subject frame ("the {attribute} of {owner}" / "{owner}'s {attribute}" / "{owner}的
+                {attribute}", a closed-list attribute) around the evaluation needle's own words as the owner (its
+                city, or its person's dish), a v5 random value: the key's words held out, its grammar trained
+  swap_subject  a generator fact's subject (closed lists) stating the evaluation needle's own value, asked in the
+                evaluation's template: trained subject, held-out value
   train_qa      the evaluation's haystack and needle, but no instruction lines before the document and the
                 question asked in the retrieval documents' plainest form ("Q: {question}\nA: {answer prefix}",
                 "问：{question}\n答：{answer prefix}"): the prompt's wording alone
@@ -53,7 +63,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from megaindex.data.needle_words import Needle, draw_needle  # noqa: E402
-from megaindex.data.retrieval_docs import draw_facts  # noqa: E402
+from megaindex.data import retrieval_words as W  # noqa: E402
+from megaindex.data.retrieval_docs import Fact, _subject, draw_facts  # noqa: E402
+from megaindex.data.retrieval_filler import FillerText  # noqa: E402
+from megaindex.data.retrieval_subjects import open_value, random_value  # noqa: E402
 from megaindex.eval import needle as needle_module  # noqa: E402
 from megaindex.data.retrieval_docs import JOIN  # noqa: E402
 from megaindex.data.retrieval_filler import SENTENCE  # noqa: E402
@@ -65,7 +78,9 @@ from megaindex.eval.sample import Sample, encode_text, split_answer  # noqa: E40
 
 TAIL = {lang: "\n\n" + TEXT[lang]["question"] + "\n" + TEXT[lang]["answer"] for lang in TEXT}  # as needle_sample
 
-FORMS = ("eval", "inline", "fresh_hay", "fresh_inline", "clean_hay", "clean_inline", "mid_hay", "train_fact", "train_qa")
+FORMS = ("eval", "inline", "fresh_hay", "fresh_inline", "clean_hay", "clean_inline", "mid_hay", "train_fact", "train_random", "train_open", "swap_value", "novel_owner", "swap_subject", "train_qa")
+TRAIN_FACT = {"train_fact": "closed", "train_random": "random", "train_open": "open"}
+SWAPS = ("swap_value", "novel_owner", "swap_subject")
 DEPTHS = [float(d) for d in range(0, 101, 10)]
 
 
@@ -106,15 +121,46 @@ def train_qa(s: Sample, tok, needle, head_len: int) -> Sample:
                   keyword=s.keyword, depth=s.depth, actual_depth=s.actual_depth)
 
 
-def training_needle(lang: str, rng: random.Random) -> Needle:
-    """One fact as the retrieval documents' generator draws it (a closed word list's table word or phrase), as
-    the evaluation's Needle: the plain statement, "What is {s}?" / "{s}是什么？", the answer prefix "{S} is"."""
-    fact = draw_facts(1, rng, lang, kind=rng.choice(("word", "phrase")))[0]
+def training_needle(lang: str, rng: random.Random, kind: str = "closed", filler=None) -> Needle:
+    """One fact as the retrieval documents' generator draws it, as the evaluation's Needle: the plain statement,
+    "What is {s}?" / "{s}是什么？", the answer prefix "{S} is". `kind` closed: a closed word list's table word
+    or phrase; random / open: a value drawn from `filler` (FillerText) as v5 / v4 draw them."""
+    if kind == "closed":
+        fact = draw_facts(1, rng, lang, kind=rng.choice(("word", "phrase")))[0]
+    else:
+        draw = random_value if kind == "random" else open_value
+        fact = draw_facts(1, rng, lang, kind=kind, filler_value=lambda r: draw(filler, r, lang))[0]
     if lang == "en":
         S = fact.subject[0].upper() + fact.subject[1:]
         return Needle(f"{S} is {fact.value}.", f"What is {fact.subject}?", f"{S} is", f" {fact.value}.", fact.value)
     return Needle(f"{fact.subject}是{fact.value}。", f"{fact.subject}是什么？", f"{fact.subject}是", f"{fact.value}。",
                   fact.value)
+
+
+def swapped(form: str, needle: Needle, lang: str, rng: random.Random, filler) -> Needle:
+    """swap_value: `needle` stating a v5 random value; swap_subject: a closed-list subject stating needle's value."""
+    if form == "novel_owner":
+        words = needle.question.removeprefix("What is the best thing to do in ").removeprefix(
+            "What is the secret ingredient in ").rstrip("?") if lang == "en" else None
+        if lang == "zh":
+            q = needle.question.removesuffix("是什么？")
+            words = q.removeprefix("在").removesuffix("最值得做的事情").removesuffix("的秘密配料")
+        attr = rng.choice(W.attributes(lang, "word"))
+        value = draw_facts(1, rng, lang, kind="random", filler_value=lambda r: random_value(filler, r, lang))[0].value
+        fact = Fact(_subject(words, attr, lang, rng), value)
+        S = fact.subject[0].upper() + fact.subject[1:]
+        if lang == "en":
+            return Needle(f"{S} is {value}.", f"What is {fact.subject}?", f"{S} is", f" {value}.", value)
+        return Needle(f"{fact.subject}是{value}。", f"{fact.subject}是什么？", f"{fact.subject}是", f"{value}。", value)
+    if form == "swap_value":
+        value = draw_facts(1, rng, lang, kind="random", filler_value=lambda r: random_value(filler, r, lang))[0].value
+        sep, end = (" ", ".") if lang == "en" else ("", "。")
+        return Needle(f"{needle.answer_prefix}{sep}{value}{end}", needle.question, needle.answer_prefix,
+                      f"{sep}{value}{end}", value)
+    own = training_needle(lang, rng)
+    sep, end = (" ", ".") if lang == "en" else ("", "。")
+    return Needle(f"{own.answer_prefix}{sep}{needle.keyword}{end}", own.question, own.answer_prefix,
+                  f"{sep}{needle.keyword}{end}", needle.keyword)
 
 
 def respaced(docs: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -139,7 +185,7 @@ def entered_midway(docs: dict[str, list[str]], seed: str = "mid") -> dict[str, l
     return out
 
 
-def samples(form: str, hays: dict[str, Haystack], lengths: list[int], repeats: int) -> list[Sample]:
+def samples(form: str, hays: dict[str, Haystack], lengths: list[int], repeats: int, filler=None) -> list[Sample]:
     held = hays["held"]
     hay = hays[form.split("_")[0]] if form.startswith(("fresh", "clean", "mid")) else held
     out = []
@@ -147,8 +193,13 @@ def samples(form: str, hays: dict[str, Haystack], lengths: list[int], repeats: i
         for length in lengths:
             for depth in DEPTHS:
                 for repeat in range(repeats):
-                    if form == "train_fact":  # needle_sample draws its needle through the module's draw_needle
-                        own = training_needle(lang, random.Random(f"train-fact-{lang}-{length}-{depth}-{repeat}"))
+                    if form in TRAIN_FACT or form in SWAPS:  # needle_sample draws its needle through draw_needle
+                        rng = random.Random(f"{form.replace('_', '-')}-{lang}-{length}-{depth}-{repeat}")
+                        if form in TRAIN_FACT:
+                            own = training_needle(lang, rng, TRAIN_FACT[form], filler)
+                        else:
+                            ref = draw_needle(lang, random.Random(f"needle-{lang}-{length}-{depth}-{repeat}"))
+                            own = swapped(form, ref, lang, rng, filler)
                         with mock.patch.object(needle_module, "draw_needle", lambda *_: own):
                             s = needle_sample(hay, lang=lang, length=length, depth=depth, repeat=repeat)
                         out.append(s)
@@ -192,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", type=Path, help="megaindex checkpoint (or a run's checkpoints/) or Hugging Face directory")
     ap.add_argument("--haystack", type=Path, required=True, help="the evaluation's held-out JSONL (heldout.jsonl)")
     ap.add_argument("--fresh", type=Path, help="unseen documents for fresh_hay / fresh_inline (fresh_filler.py)")
+    ap.add_argument("--filler", type=Path, default=REPO / "runs/mini_replication/corpus/pretrain.jsonl",
+                    help="the training text the retrieval documents took their filler from (train_random, train_open)")
     ap.add_argument("--forms", default=",".join(FORMS), help=f"comma-separated, of {', '.join(FORMS)}")
     ap.add_argument("--lengths", default="1024,2048")
     ap.add_argument("--repeats", type=int, default=3)
@@ -226,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = EvalSpec(tasks=["needle"], lengths=lengths, depths=DEPTHS, repeats=args.repeats)
     rows = []
     for form in forms:
-        batch = samples(form, hays, lengths, args.repeats)
+        filler = FillerText([args.filler]) if form in ("train_random", "train_open", "swap_value", "novel_owner") else None
+        batch = samples(form, hays, lengths, args.repeats, filler)
         t = time.time()
         for r in run_grid(engine, spec, batch):
             rows.append({"form": form, **r})
