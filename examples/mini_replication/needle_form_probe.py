@@ -9,8 +9,10 @@ changes one part at a time, scoring each exactly as `megaindex eval` does (run_g
 NeedleBench score, exact match):
 
   eval          the evaluation's sample, unchanged (reproduces the recorded base + naive rows)
-  inline        the needle sentence inside the running text (a space before it, none after), not on a line
-                of its own ("\\n" + needle + "\\n")
+  inline        the needle sentence inside the running text (English: a space before it; Chinese: nothing;
+                nothing added after it, so the next haystack token follows as it comes, with or without its
+                space), not on a line of its own ("\\n" + needle + "\\n"); at depth 0 it opens the document
+                after the instruction's line break (" " + needle in English)
   fresh_hay     the haystack from other unseen documents (fresh_filler.py: Git manuals, Chinese Debian FAQ
                 and maintainers' guide) instead of the held-out ones: the documents' make-up, not their novelty
   fresh_inline  both
