@@ -137,3 +137,20 @@ def test_damaged_inputs_are_one_line_errors(tmp_path, capsys):
         assert err.startswith(f"error: {want}") and "\n" not in err, (name, err)
         assert "Traceback" not in err
     assert not list(tmp_path.glob("a*")) and not list(tmp_path.glob("b*"))  # nothing half-written
+
+
+def test_a_worker_dies_on_sigterm_whatever_handler_its_parent_had(monkeypatch):
+    """Pool.terminate() stops workers with SIGTERM; a worker forked under a handler that only records it (the
+    trainer's PreemptionWatcher) survived it, and the parent's join hung (CI, 2026-11-28): _init resets it."""
+    import signal
+
+    from megaindex.data import partitions, preprocess as pp
+
+    monkeypatch.setattr(pp, "_init_worker", lambda *a: None)  # the tokenizer is not what this is about
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in partitions.STOP_SIGNALS}
+    try:
+        partitions._init(None, str(TOK), 1)
+        assert all(signal.getsignal(sig) == signal.SIG_DFL for sig in partitions.STOP_SIGNALS)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

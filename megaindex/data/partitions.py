@@ -27,6 +27,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -98,8 +99,16 @@ def _finished(prefix: str, fp: str) -> pp.PreprocessStats | None:
 _DONE = None  # shared byte counter (progress), inherited through fork
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what Pool.terminate and Slurm send
+
+
 def _init(counter, tokenizer_model: str, threads: int) -> None:
     global _DONE
+    # A forked worker inherits the parent's Python signal handlers: under a trainer's PreemptionWatcher (or any
+    # handler that only records SIGTERM), Pool.terminate()'s SIGTERM would set a flag and leave a worker that
+    # waits for a task forever, and the parent's join would hang (seen in CI, 2026-11-28). Workers die on it.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
     _DONE = counter
     pp._init_worker(tokenizer_model, threads)
 
