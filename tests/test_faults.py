@@ -96,6 +96,19 @@ def _restore_process_group():
         distributed.init_single_process()
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_unchanged():
+    """An in-process trainer, finished, failed or refused, leaves SIGTERM / SIGUSR1 as it found them: a leaked
+    recording handler made later forked workers immune to Pool.terminate() (a CI hang, 2026-11-28)."""
+    import signal
+
+    from megaindex.training.preemption import STOP_SIGNALS
+
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    yield
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("faults_cache")

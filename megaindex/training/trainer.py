@@ -76,6 +76,13 @@ class Trainer:
         # First, so that a SIGUSR1/SIGTERM during setup is recorded rather than fatal, and so that
         # DataLoader workers inherit the handler (training/preemption.py).
         self.preemption = PreemptionWatcher().install()
+        try:
+            self._setup(cfg)
+        except BaseException:  # a refused or failed launch leaves the process's signal handlers as it found
+            self.preemption.restore()  # them: a later fork (preprocess workers) would inherit a SIGTERM that kills nothing
+            raise
+
+    def _setup(self, cfg: Config) -> None:
         if cfg.train.cuda_graph_impl == "full_iteration":
             cuda_graph.check_runtime(cfg)  # before NCCL starts (training/cuda_graph.py)
         self.layout = init_distributed(cfg)
@@ -313,6 +320,12 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def train(self) -> dict:
+        try:
+            return self._train()
+        finally:
+            self.preemption.restore()  # also when a step raises (idempotent after the loop's own restore)
+
+    def _train(self) -> dict:
         cfg = self.cfg
         t = cfg.train
         world = self.layout.world_size
