@@ -37,6 +37,7 @@ NeedleBench score, exact match):
                 city, or its person's dish), a v5 random value: the key's words held out, its grammar trained
   swap_subject  a generator fact's subject (closed lists) stating the evaluation needle's own value, asked in the
                 evaluation's template: trained subject, held-out value
+  fresh_fact    train_fact in the unseen documents' haystack (fresh_hay's): do other documents hurt a trained fact?
   train_qa      the evaluation's haystack and needle, but no instruction lines before the document and the
                 question asked in the retrieval documents' plainest form ("Q: {question}\nA: {answer prefix}",
                 "问：{question}\n答：{answer prefix}"): the prompt's wording alone
@@ -80,8 +81,8 @@ from megaindex.eval.sample import Sample, encode_text, split_answer  # noqa: E40
 
 TAIL = {lang: "\n\n" + TEXT[lang]["question"] + "\n" + TEXT[lang]["answer"] for lang in TEXT}  # as needle_sample
 
-FORMS = ("eval", "inline", "fresh_hay", "fresh_inline", "clean_hay", "clean_inline", "mid_hay", "train_fact", "train_random", "train_open", "swap_value", "novel_owner", "swap_subject", "train_qa")
-TRAIN_FACT = {"train_fact": "closed", "train_random": "random", "train_open": "open"}
+FORMS = ("eval", "inline", "fresh_hay", "fresh_inline", "clean_hay", "clean_inline", "mid_hay", "train_fact", "train_random", "train_open", "swap_value", "novel_owner", "swap_subject", "fresh_fact", "train_qa")
+TRAIN_FACT = {"train_fact": "closed", "train_random": "random", "train_open": "open", "fresh_fact": "closed"}
 SWAPS = ("swap_value", "novel_owner", "swap_subject")
 DEPTHS = [float(d) for d in range(0, 101, 10)]
 
