@@ -5,7 +5,7 @@
         --tokens 40000000 --max-tokens 2048 -o data/retrieval.jsonl
 
 Each line is {"text", "facts": [[subject, value], ...], "lang", "haystack", "kind", "form", "subjects",
-"open_facts", "distractors", "tokens", "source"} (and "frame" with --frame-share above 0); "tokens" counts the document with its EOD, never above
+"open_facts", "distractors", "tokens", "source"} (and "frame" with --frame-share above 0, "subject_kinds" with --random-subject-share above 0); "tokens" counts the document with its EOD, never above
 --max-tokens. Document i depends only on (--seed, i), so two runs with the same arguments write the same file. The filler must be training text only (never the
 evaluation's held-out documents).
 """
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--single-key-share", type=float, default=0.25, help="share of one-fact documents")
     defaults = RetrievalDocConfig()
     shares = ("open_value_share", "random_value_share", "phrase_value_share", "word_value_share", "repetitive_share",
-              "chinese_share", "same_form_share", "open_subject_share", "early_fact_share", "frame_share")
+              "chinese_share", "same_form_share", "open_subject_share", "early_fact_share", "frame_share",
+              "random_subject_share")
     for name in shares:
         ap.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
                         help=f"RetrievalDocConfig.{name} (default {getattr(defaults, name)})")

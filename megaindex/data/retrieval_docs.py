@@ -88,6 +88,16 @@ across packed rows so the question could not see its fact):
     transfer to unseen wording): `frame_share` of the documents (0.0, the default, draws nothing and keeps
     v1-v6b identical) get a framing of megaindex.data.retrieval_frames — a preamble, a closing line, a question
     style of generic instruction-data families, millions of combinations — answers unchanged;
+  * v8 (needle_form_probe.py on the fifth attempt's base, in the evaluation's own frame, haystack, prompt and place:
+    a generator fact 98.8/98.8 at 1K/2K, with a v5 random value 100/89.8, the evaluation's needle 76.3/55.2; a
+    trained subject frame around the needle's held-out words 88.6/68.8, the needle's held-out value under a
+    trained subject 85.6/74.5: the cost is mostly words never seen in a fact, in the key and the value):
+    `random_subject_share` of the keyed documents' facts (0.0, the default, draws nothing and keeps v1-v7
+    identical; same-form documents keep their short subjects) get a subject keyed by random vocabulary words
+    (retrieval_subjects.random_subject: 1-3 words, sometimes capitalised as a name, / 2-4 CJK characters drawn as
+    v5's random values, in the generator's subject frames and deeper ones through a generic thing: "the motto of
+    the ledger of Ember Ash", "the reply in ember's notebook", "扫笙的账本的口令"); documents then carry
+    "subject_kinds" (per fact: closed / open / random) and "subjects" may be "random";
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
     the templates, not in the repetitive sentences, and not in the filler, whose sentences
@@ -103,30 +113,20 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from megaindex.data import retrieval_frames as F
 from megaindex.data import retrieval_same_form as SF
 from megaindex.data import retrieval_words as W
 from megaindex.data.held_out import HELD_OUT_PHRASES, check_held_out, needle_word_lists
+from megaindex.data.retrieval_facts import Fact, _subject, contradictions, draw_facts  # noqa: F401 (re-exported)
 from megaindex.data.retrieval_filler import CJK, FillerText
-from megaindex.data.retrieval_subjects import FILLER_VALUES, MIN_VOCABULARY, open_subject
+from megaindex.data.retrieval_subjects import FILLER_VALUES, MIN_VOCABULARY, open_subject, random_subject
 from megaindex.data.tokenizer import IndexTokenizer
 
 log = logging.getLogger(__name__)
 
 JOIN = {"en": " ", "zh": ""}
-
-
-@dataclass(frozen=True)
-class Fact:
-    subject: str   # "the locker number of Marisol Achebe" / "Marisol Achebe's locker number" / "林晓明的房间号"
-    value: str     # "48213", "teal", "the third drawer of the oak desk", "早饭前遛狗"
-    open: bool = False  # the subject is made from a span of the filler (v3), not the closed word lists
-
-    def fill(self, template: str) -> str:
-        return template.format(s=self.subject, S=self.subject[0].upper() + self.subject[1:], v=self.value)
 
 
 @dataclass
@@ -148,69 +148,10 @@ class RetrievalDocConfig:
     early_fact_share: float = 0.0     # share of documents with one fact moved to the first early_fact_window of the body (v6b)
     early_fact_window: float = 0.1    # "early": the statement starts within this share of the body's characters
     frame_share: float = 0.0          # share of documents framed by retrieval_frames (preamble, closing, question style; v7)
+    random_subject_share: float = 0.0  # share of keyed documents' facts whose subject is keyed by random vocabulary words (v8)
 
 
 LENGTH_DRAWS = ("log-uniform", "uniform")
-
-
-def _subject(owner: str, attr: str, lang: str, rng: random.Random) -> str:
-    if lang == "zh":  # 林晓明的房间号, 林晓明最喜欢的颜色 (no doubled 的)
-        return owner + ("" if "的" in attr else "的") + attr
-    if rng.random() < 0.5 or owner.startswith("the "):
-        return f"the {attr} of {owner}"
-    return f"{owner}'s {attr}"
-
-
-def draw_facts(n: int, rng: random.Random, lang: str = "en", kind: str = "number",
-               open_subject: Callable[[random.Random, str], str | None] | None = None,
-               open_share: float = 0.0, filler_value: Callable[[random.Random], str | None] | None = None) -> list[Fact]:
-    """n facts with distinct subjects and values of one kind; mostly one attribute shared by several owners.
-
-    With `open_subject(rng, attr)` (a filler-made subject or None), a share `open_share` of the subjects
-    is open-vocabulary; values of kind "open" (a filler span) or "random" (v5: a draw from the filler's
-    vocabulary) come from `filler_value(rng)` (the value or None)."""
-    facts: list[Fact] = []
-    subjects, values = set(), set()
-    attrs = W.attributes(lang, kind)
-    shared = rng.choice(attrs)
-    for _ in range(100 * n):
-        if len(facts) == n:
-            break
-        attr = shared if rng.random() < 0.7 else rng.choice(attrs)
-        value = filler_value(rng) if kind in FILLER_VALUES else W.value(lang, kind, attr, rng)
-        subject = open_subject(rng, attr) if open_subject is not None and rng.random() < open_share else None
-        if subject is None:
-            owner = W.owner(lang, rng)
-            key: object = (owner, attr)
-        else:
-            key = subject
-        if value is None or key in subjects or value in values:  # one answer per question, no repeated value
-            continue
-        fact = Fact(_subject(owner, attr, lang, rng), value) if subject is None else Fact(subject, value, True)
-        if value in fact.subject or fact.subject in value:  # an open value inside its own subject reads as both
-            continue
-        subjects.add(key)
-        values.add(value)
-        facts.append(fact)
-    if len(facts) < n:
-        raise RuntimeError(f"could not draw {n} distinct facts")
-    return facts
-
-
-def contradictions(doc: dict) -> list[str]:
-    """Places in the body (the text before the questions) where a fact's subject is followed by "is"/"是"
-    and something other than its value — a filler sentence that happens to go on from an open subject's
-    span ("the string value obtained is ..."). Case-insensitive. A document must have none."""
-    body = doc["text"].rpartition("\n\n")[0].lower()
-    out = []
-    for subject, value in doc["facts"]:
-        head, value = subject.lower() + ("是" if doc["lang"] == "zh" else " is "), value.lower()
-        at = body.find(head)
-        while at >= 0:
-            if not body.startswith(value, at + len(head)):
-                out.append(body[at:at + len(head) + 20])
-            at = body.find(head, at + 1)
-    return out
 
 
 def early_boundary(parts: list[str], sep: str, length: int, window: float, u: float) -> int:
@@ -233,7 +174,7 @@ def starts_early(parts: list[str], sep: str, j: int, window: float) -> bool:
 
 SHARES = ("single_key_share", "open_value_share", "random_value_share", "phrase_value_share", "word_value_share",
           "repetitive_share", "chinese_share", "same_form_share", "open_subject_share", "early_fact_share",
-          "frame_share")
+          "frame_share", "random_subject_share")
 VALUE_SHARES = ("open_value_share", "random_value_share", "phrase_value_share", "word_value_share")
 VALUE_KINDS = ("open", "random", "phrase", "word")  # in VALUE_SHARES' order; the rest of the documents: "number"
 DRAFTS = 16  # a document whose draft holds a held-out phrase (a filler span next to a template) is redrawn
@@ -261,7 +202,7 @@ class RetrievalDocGenerator:
         self._needle_words = needle_word_lists()
         if config.chinese_share > 0 and not filler.docs["zh"]:
             log.warning("%s", filler.summary())
-        if config.random_value_share > 0:  # built here, before write_documents forks its workers: they share it
+        if config.random_value_share > 0 or config.random_subject_share > 0:  # built here, before write_documents forks its workers: they share it
             for lang in ("en", "zh"):
                 filler.vocabulary(lang)
 
@@ -372,7 +313,9 @@ class RetrievalDocGenerator:
             else:
                 facts = draw_facts(n, rng, lang, kind,
                                    lambda g, attr: open_subject(self.filler, g, lang, attr, self._span_ok),
-                                   cfg.open_subject_share, lambda g: filler_value(self.filler, g, lang, self._span_ok))
+                                   cfg.open_subject_share, lambda g: filler_value(self.filler, g, lang, self._span_ok),
+                                   lambda g, attr: random_subject(self.filler, g, lang, attr, self._span_ok),
+                                   cfg.random_subject_share)
                 statements = [f.fill(rng.choice(W.STATEMENTS[lang])) for f in facts]
                 questions = W.QUESTIONS[lang]
             n = len(facts)
@@ -416,14 +359,15 @@ class RetrievalDocGenerator:
                 text = self._fit(index, intro, sep, body, tail, budget, statements, listed)
                 if starts_early(body, sep, body.index(moved), cfg.early_fact_window):
                     break  # else the refit dropped filler and the window shrank: place it again
-        n_open = sum(f.open for f in facts)
+        n_open, kinds = sum(f.open for f in facts), [f.subject_kind for f in facts]
         return {"text": text, "facts": [[f.subject, f.value] for f in facts], "lang": lang,
                 "haystack": "repetitive" if repetitive else "prose", "kind": kind,
                 "form": "same_form" if distractors else "keyed",
-                "subjects": "open" if n_open == len(facts) else "closed" if not n_open else "mixed",
+                "subjects": kinds[0] if len(set(kinds)) == 1 else "mixed",  # v1-v7: open / closed / mixed
                 "open_facts": n_open, "distractors": sum(b in listed for b in body),
                 "source": f"retrieval-docs:seed{cfg.seed}/{index}",
-                **({"frame": frame and frame.key} if cfg.frame_share else {})}  # the key only when on: v1-v6b stay
+                **({"frame": frame and frame.key} if cfg.frame_share else {}),  # the key only when on: v1-v6b stay
+                **({"subject_kinds": kinds} if cfg.random_subject_share else {})}  # v8: per fact, closed / open / random
 
     def _fit(self, index: int, intro: str, sep: str, body: list[str], tail: str, budget: int, statements: list[str],
              listed: set[str]) -> str:

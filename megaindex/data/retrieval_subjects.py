@@ -6,7 +6,9 @@ character span into a fact's subject: "the quiet harbour road", "the archive cod
 configuration file option", "服务器配置的房间号", and `open_value`, a 1-6 word / 2-8 character span
 used as a fact's value as it stands ("returns the file descriptor", "内核模块"), and (v5) `random_value`,
 1-4 words / 2-6 CJK characters drawn uniformly from the filler's distinct ones (`vocabulary`, which
-FillerText caches): "aristotle armour", "扫笙退尸". v3 (after stage 0 of the second GPU attempt still
+FillerText caches): "aristotle armour", "扫笙退尸", and (v8) `random_subject`, a subject keyed by 1-3 such words /
+2-4 such characters in a generator subject frame, some two slots deep ("the motto of the ledger of Aristotle
+Armour", "扫笙的账本的口令"). v3 (after stage 0 of the second GPU attempt still
 answered the passkey with the haystack's most frequent "is -> X" continuation): with subjects drawn
 from a closed list of names and attributes, a model can key retrieval on memorised names instead of
 learning to match a novel subject exactly, which is what the evaluation asks ("The pass key", "the
@@ -157,6 +159,56 @@ def random_value(filler, rng: random.Random, lang: str, check: Callable[[str], b
         text = (" " if lang == "en" else "").join(rng.sample(vocab, rng.randint(lo, hi)))
         if check(text):
             return text
+    return None
+
+
+RANDOM_OWNER_WORDS = (1, 3)  # v8 random-owner subjects: 1-3 English words ...
+RANDOM_OWNER_CHARS = (2, 4)  # ... or 2-4 CJK characters, each drawn uniformly from the filler's vocabulary
+CAPITALISED_SHARE = 0.4      # English owner words capitalised (read as a name: "Aristotle Armour's motto"), else lowercase
+# v8 subject frames around the owner's words {w} and the attribute {a}, and deeper ones (DEEP_SHARE of the subjects)
+# with a generic thing {t} between them (retrieval_words.EN_THINGS / ZH_THINGS); the attribute is always the head
+# ("the motto in ember's ledger"). Chinese: 的 is not doubled when the attribute holds one.
+EN_RANDOM_FRAMES = ("the {a} of {w}", "{w}'s {a}")
+EN_DEEP_FRAMES = ("the {a} of the {t} of {w}", "the {a} in {w}'s {t}", "the {a} of {w}'s {t}", "{w}'s {t}'s {a}")
+ZH_RANDOM_FRAMES = ("{w}的{a}",)
+ZH_DEEP_FRAMES = ("{w}的{t}的{a}", "{w}{t}的{a}")
+DEEP_SHARE = 0.4
+
+def random_owner(filler, rng: random.Random, lang: str) -> str | None:
+    """v8: 1-3 distinct English words (each capitalised in CAPITALISED_SHARE of owners) / 2-4 distinct CJK characters
+    drawn uniformly from `filler.vocabulary(lang)`, as random_value draws; None when the vocabulary is too small."""
+    vocab = filler.vocabulary(lang)
+    if len(vocab) < MIN_VOCABULARY:
+        return None
+    lo, hi = RANDOM_OWNER_WORDS if lang == "en" else RANDOM_OWNER_CHARS
+    words = rng.sample(vocab, rng.randint(lo, hi))
+    if lang == "zh":
+        return "".join(words)
+    return " ".join(w.capitalize() for w in words) if rng.random() < CAPITALISED_SHARE else " ".join(words)
+
+
+def random_subject(filler, rng: random.Random, lang: str, attr: str,
+                   check: Callable[[str], bool] = lambda s: True) -> str | None:
+    """v8: a fact's subject keyed by words no fact has held: a random owner (random_owner) set in a frame of
+    EN_RANDOM_FRAMES / ZH_RANDOM_FRAMES or, for DEEP_SHARE of them, two slots deep through a generic thing
+    (EN_DEEP_FRAMES / ZH_DEEP_FRAMES). The owner and the
+    whole subject must pass `check` (no held-out phrase, no needle word); they hold no "is"/"是" (the vocabulary has
+    none, nor do the tables). None when the vocabulary is too small or 8 draws found none that passes."""
+    for _ in range(8):
+        owner = random_owner(filler, rng, lang)
+        if owner is None:
+            return None
+        deep = rng.random() < DEEP_SHARE
+        if lang == "zh":
+            frame = rng.choice(ZH_DEEP_FRAMES if deep else ZH_RANDOM_FRAMES)
+            subject = frame.format(w=owner, t=rng.choice(W.ZH_THINGS), a=attr)
+            if "的" in attr:  # "林晓明最喜欢的颜色": the attribute already holds 的; no doubled particle
+                subject = subject.replace(f"的{attr}", attr)
+        else:
+            frame = rng.choice(EN_DEEP_FRAMES if deep else EN_RANDOM_FRAMES)
+            subject = frame.format(w=owner, t=rng.choice(W.EN_THINGS), a=attr)
+        if check(owner) and check(subject):
+            return subject
     return None
 
 

@@ -62,6 +62,20 @@ EN_OPEN_ATTRS = ["code phrase", "motto", "watchword", "reminder", "caption", "fa
                  "slogan", "note on the door", "label on the folder", "chosen line", "reply"]
 ZH_OPEN_ATTRS = ["口令", "座右铭", "暗语", "提醒", "标题", "备注", "口头禅", "留言", "标签上的字", "回信"]
 
+# v8 random-owner subjects (megaindex.data.retrieval_subjects.random_subject): a generic thing that sits between the
+# attribute and the owner's words, so that a key is sometimes two slots deep ("the motto of the notebook of {words}",
+# "the reply in {Words}'s ledger", "{words}的笔记本的口令"); plain nouns of records, places and objects.
+EN_THINGS = ["notebook", "ledger", "workshop", "garden", "archive", "report", "manual", "cabinet", "studio",
+             "warehouse", "journal", "folder", "catalogue", "logbook", "register", "office", "library", "project",
+             "committee", "expedition", "orchestra", "laboratory", "newsletter", "diary", "toolbox", "greenhouse",
+             "bakery", "theatre", "courtyard", "attic", "barn", "caravan", "council", "almanac", "atlas", "memo",
+             "passport", "drawer", "mailbox", "radio show", "lecture", "survey", "inventory", "crew", "album",
+             "yearbook", "handbook", "mill", "station", "ship"]
+ZH_THINGS = ["笔记本", "账本", "工作室", "花园", "档案", "报告", "手册", "柜子", "画室", "仓库", "日志", "文件夹",
+             "目录", "航海日志", "登记簿", "办公室", "图书室", "项目", "委员会", "探险队", "乐团", "实验室", "简报",
+             "日记", "工具箱", "温室", "剧团", "院子", "阁楼", "谷仓", "车队", "议会", "年鉴", "地图册", "护照",
+             "信箱", "电台节目", "讲座", "调查", "清单", "相册", "纪念册", "磨坊", "车站", "船"]
+
 # Phrase values: attribute -> (template, the word list of each slot in order); one word drawn per slot.
 EN_PHRASES = {
     "hiding place": ("the {} {} of the {} {}", (_ORD, _BOX, _WOOD, _FURN)),
