@@ -45,12 +45,16 @@ def tiny_hf(tmp_path_factory) -> Path:
 
 def test_probe_runs_and_counts_add_up(tiny_hf, tmp_path):
     out = tmp_path / "probe"
-    assert P.main([str(tiny_hf), "--filler", str(CORPUS), "--lengths", "256", "--docs", "2",
+    assert P.main([str(tiny_hf), "--filler", str(CORPUS), "--lengths", "256", "--docs", "3", "--data", "v8",
                    "--threads", str(torch.get_num_threads()), "--out", str(out)]) == 0
     result = json.loads(Path(f"{out}.json").read_text(encoding="utf-8"))
     tok, filler = IndexTokenizer(TOKENIZER), FillerText([CORPUS])
     for L in ("256",):
-        docs = [RetrievalDocGenerator(tok, filler, P.probe_config(int(L))).document(i) for i in range(2)]
+        docs = [RetrievalDocGenerator(tok, filler, P.probe_config(int(L), data="v8")).document(i) for i in range(3)]
+        # v8: each question's subject kind is its own fact's (documents list them per fact)
+        assert [r["subject"] for r in result["records"][L]] == \
+            [d["subject_kinds"][q["fact"]] for d in docs for q in P.questions(d, tok, tok.encode(d["text"]))]
+        assert "random" in result["by_length"][L]["subject"], result["by_length"][L]["subject"]
         records, part = result["records"][L], result["by_length"][L]
         assert len(records) == part["all"]["questions"] == sum(len(d["facts"]) for d in docs)
         assert sorted(r["value"] for r in records) == sorted(v for d in docs for _, v in d["facts"])
@@ -65,7 +69,7 @@ def test_probe_runs_and_counts_add_up(tiny_hf, tmp_path):
             assert 0 <= r["token_accuracy"] <= 1 and r["prompt_tokens"] + r["answer_tokens"] <= int(L)
             assert not r["exact"] or (r["first"] and r["token_accuracy"] == 1.0)
     md = Path(f"{out}.md").read_text(encoding="utf-8")
-    assert "| value kind | 256 n |" in md and f"| all | {result['by_length']['256']['all']['questions']} |" in md
+    assert "| value kind | 256 n |" in md and "| subject | 256 n |" in md and f"| all | {result['by_length']['256']['all']['questions']} |" in md
     assert Path(f"{out}.png").stat().st_size > 10_000
     ev = P.evaluation_rows(REPO / "benchmarks/replication_gate5/results_base_0.jsonl.gz")["groups"]
     assert ev["passkey all"]["1024"] == {"questions": 33, "exact_pct": 90.9, "token_accuracy_pct": 98.0}  # recorded

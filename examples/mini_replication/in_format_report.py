@@ -2,7 +2,8 @@
 
 Owns turning per-question records into numbers and pictures: `scores` (exact, first piece, first character,
 forced token accuracy, the kinds of misses), `summarize` (those by value kind, language, document kind,
-haystack, fact-to-question distance, question rank and, for v7 data, framed or plain), `evaluation_rows`
+haystack, fact-to-question distance, question rank, for v7 data framed or plain, and the subject's kind: closed /
+open / random, v8), `evaluation_rows`
 (the same model's `megaindex eval` needle and passkey rows, grouped alike, to set beside the probe),
 `markdown`, `plot` and `write` (JSON + MD + PNG). No model here: `in_format_probe.py --rescore` rebuilds the
 tables from a JSON's records.
@@ -15,7 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 DISTANCE_BUCKETS = ((0, 256), (256, 512), (512, 1024), (1024, 2048), (2048, 1 << 30))
-BREAKDOWNS = ("value_kind", "lang", "doc_kind", "haystack", "distance", "question_rank", "frame")
+BREAKDOWNS = ("value_kind", "lang", "doc_kind", "haystack", "distance", "question_rank", "frame", "subject")
+DEFAULTS = {"frame": "plain", "subject": "?"}  # records made before v7 have no "frame", before v8 no "subject"
 MISS_EXAMPLES = 15  # misses listed per length in the markdown
 
 
@@ -74,7 +76,7 @@ def summarize(records: list[dict]) -> dict:
     for key in BREAKDOWNS:
         groups: dict[str, list[dict]] = defaultdict(list)
         for r in records:
-            groups[str(r.get(key, "plain") if key == "frame" else r[key])].append(r)  # before v7: none framed
+            groups[str(r.get(key, DEFAULTS[key]) if key in DEFAULTS else r[key])].append(r)  # keys older records lack
         out[key] = {g: scores(rs) for g, rs in sorted(groups.items(), key=lambda kv: _order(key, kv[0]))}
     return out
 
@@ -207,7 +209,8 @@ def plot(result: dict, path: Path) -> None:
 
     lengths = list(result["by_length"])
     framed = any("framed" in result["by_length"][L].get("frame", {}) for L in lengths)  # v7 data: a panel more
-    keys = ("value_kind", "lang", "doc_kind", "distance") + (("frame",) if framed else ())
+    keyed = any("random" in result["by_length"][L].get("subject", {}) for L in lengths)  # v8 data: one more
+    keys = ("value_kind", "lang", "doc_kind", "distance") + (("frame",) if framed else ()) + (("subject",) if keyed else ())
     colors = ["#0CD79F", "#F0496E", "#EBB839", "#4A7BF0"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), sharey=True)
     for ax, key in zip(axes, keys):
