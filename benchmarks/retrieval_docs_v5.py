@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Retrieval documents v5 against v4, v6 (and v6b) against v5, and v7 against both, on one filler and tokenizer.
+"""Retrieval documents v5 against v4, v6 (and v6b) against v5, v7 against both, v8 against v7, on one filler and tokenizer.
 
     python benchmarks/retrieval_docs_v5.py --filler runs/mini_replication/corpus/pretrain.jsonl \\
         --tokenizer runs/mini_replication/tokenizer.model --count 2000 -o benchmarks/retrieval_docs_v5.json
@@ -7,6 +7,8 @@
         -o benchmarks/retrieval_docs_v6.json --plot benchmarks/retrieval_docs_v6.png
     python benchmarks/retrieval_docs_v5.py --filler ... --tokenizer ... --count 3000 --mixes v5 v6b v7 --rounds 1 \\
         -o benchmarks/retrieval_docs_v7.json --plot benchmarks/retrieval_docs_v7.png
+    python benchmarks/retrieval_docs_v5.py --filler ... --tokenizer ... --count 3000 --mixes v7 v8 --rounds 1 \
+        -o benchmarks/retrieval_docs_v8.json --plot benchmarks/retrieval_docs_v8.png
 
 Generates documents 0..count-1 with the stage-0 settings (max_tokens 2048, min_tokens 128, seed 0)
 --rounds times each, the --mixes in turn: v4 (the v5 code with random_value_share 0 and
@@ -27,7 +29,10 @@ span that happens to equal it); the answer is "{subject} is {value}" / "{subject
 questions; the distance is the tokens of the text before the answer's value minus those before the
 statement's. For a mix with framing (v7): the share of documents and tokens framed, the distinct frames
 (megaindex.data.retrieval_frames.Frame.key) among the documents, framed documents by preamble kind and
-question style, and three framed documents, abridged (`frame_examples`).
+question style, and three framed documents, abridged (`frame_examples`). For every mix (`subjects`, v8's question):
+the facts' subjects closed / open / random, among all facts and the keyed documents' (per language), and for a mix
+with random-key subjects (v8: context.V8_RETRIEVAL's shares) their count, depth and length in tokens and three
+documents that hold them (`random_examples`); `value_kinds`: the value kinds' shares of documents and tokens.
 """
 
 from __future__ import annotations
@@ -46,9 +51,10 @@ from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, Retrie
 from megaindex.data.tokenizer import IndexTokenizer  # noqa: E402
 
 MIXES = {"v4": {"open_value_share": 0.6, "random_value_share": 0.0}, "v5": {}, "v6": {"length_draw": "uniform"},
-         "v6b": {"length_draw": "uniform", "early_fact_share": 0.5}, "v7": {"frame_share": 0.5}}
+         "v6b": {"length_draw": "uniform", "early_fact_share": 0.5}, "v7": {"frame_share": 0.5},
+         "v8": {"frame_share": 0.5, "random_subject_share": 0.4, "random_value_share": 0.25, "open_value_share": 0.35}}
 TITLES = {"v4": "v4", "v5": "log-uniform (v5)", "v6": "uniform (v6)", "v6b": "uniform + early facts (v6b)",
-          "v7": "v5 + half framed (v7)"}
+          "v7": "v5 + half framed (v7)", "v8": "v7 + random-key subjects (v8)"}
 NEAR = 80  # characters: a statement holds its subject and value within this of each other
 
 
@@ -138,6 +144,50 @@ def frame_stats(tok: IndexTokenizer, docs: list[dict]) -> dict:
             "frame_examples": [{"frame": d["frame"], "facts": d["facts"], "text": abridge(d["text"])} for d in examples]}
 
 
+def subject_stats(tok: IndexTokenizer, docs: list[dict]) -> dict:
+    """The facts' subjects (v8): closed / open / random among all facts and among the keyed documents' (same-form
+    ones keep their short subjects), per language, the random ones' depth (a thing between attribute and owner) and
+    token count, and three v8 documents with random-key subjects, abridged (`random_examples`)."""
+    kinds = [(d, k) for d in docs for k in d.get("subject_kinds",  # before v8: the count of open ones per document
+                                                 ["open"] * d["open_facts"] + ["closed"] * (len(d["facts"]) - d["open_facts"]))]
+    keyed = [k for d, k in kinds if d["form"] == "keyed"]
+    share = lambda ks: {k: round(v / max(len(ks), 1), 4) for k, v in sorted(Counter(ks).items())}  # noqa: E731
+    out = {"facts": len(kinds), "all_facts": share([k for _, k in kinds]), "keyed_facts": share(keyed),
+           "keyed_facts_by_lang": {lang: share([k for d, k in kinds if d["form"] == "keyed" and d["lang"] == lang])
+                                   for lang in ("en", "zh")}}
+    randoms = [(d, s) for d in docs for (s, _), k in zip(d["facts"], d.get("subject_kinds", [])) if k == "random"]
+    if randoms:
+        from megaindex.data import retrieval_words as W
+
+        deep = [any(re.search(rf"\b{t}\b", s) for t in W.EN_THINGS) if d["lang"] == "en" else
+                any(t in s for t in W.ZH_THINGS) for d, s in randoms]
+        out["random_subjects"] = {"count": len(randoms), "distinct": len({s for _, s in randoms}),
+                                  "two_slots_deep": round(sum(deep) / len(deep), 4),
+                                  "tokens_per_subject": round(sum(len(tok.encode(s)) for _, s in randoms) / len(randoms), 2),
+                                  "documents_with_one": round(sum("random" in d.get("subject_kinds", []) for d in docs)
+                                                              / len(docs), 4)}
+        has = lambda d: sum(k == "random" for k in d["subject_kinds"])  # noqa: E731
+        picks = [next(d for d in docs if want(d)) for want in (
+            lambda d: d["lang"] == "en" and d["form"] == "keyed" and has(d) >= 2 and not d.get("frame"),
+            lambda d: d["lang"] == "zh" and d["form"] == "keyed" and has(d) >= 1,
+            lambda d: d["lang"] == "en" and d["form"] == "keyed" and has(d) >= 1 and d.get("frame")
+            and any(" of the " in s for (s, _), k in zip(d["facts"], d["subject_kinds"]) if k == "random"))]
+        out["random_examples"] = [{"source": d["source"], "frame": d.get("frame"), "kind": d["kind"],
+                                   "subject_kinds": d["subject_kinds"], "facts": d["facts"], "text": abridge(d["text"])}
+                                  for d in picks]
+    return out
+
+
+def kind_shares(tok: IndexTokenizer, docs: list[dict]) -> dict:
+    """Value kinds: share of documents and of tokens (EOD included)."""
+    tokens = Counter()
+    for d in docs:
+        tokens[d["kind"]] += len(tok.encode(d["text"])) + 1
+    total = sum(tokens.values())
+    return {"documents": {k: round(v / len(docs), 4) for k, v in sorted(Counter(d["kind"] for d in docs).items())},
+            "tokens": {k: round(v / total, 4) for k, v in sorted(tokens.items())}}
+
+
 def abridge(text: str, head: int = 240, tail: int = 120) -> str:
     """The text with the middle of its body cut ("[...]"): the preamble, the body's start and end (where a closing
     line is) and every question whole."""
@@ -147,13 +197,17 @@ def abridge(text: str, head: int = 240, tail: int = 120) -> str:
     return f"{body}\n\n{questions}"
 
 
-def plot(stats: dict[str, dict], path: Path, frames: dict | None = None) -> None:
+def plot(stats: dict[str, dict], path: Path, frames: dict | None = None, subjects: dict | None = None) -> None:
+    """Lengths and distances per mix; with `frames`, the first framed mix's framing; with `subjects` holding a mix
+    with random-key subjects (v8), the keyed documents' subjects by kind per mix and language."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3 if frames else 2, figsize=(15 if frames else 10, 3.6))
+    keyed = subjects if subjects and any("random_subjects" in x for x in subjects.values()) else None
+    panels = 2 + bool(frames) + bool(keyed)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
     for k, (name, st) in enumerate(stats.items()):
         style = {"histtype": "step", "linewidth": 1.5, "linestyle": ("-", "--", ":")[k % 3]}  # v6b's lengths are v6's
         axes[0].hist(st["_lengths"], bins=range(0, 2049, 64), **style,
@@ -172,6 +226,16 @@ def plot(stats: dict[str, dict], path: Path, frames: dict | None = None) -> None
         axes[2].set(title=f"{name}: {fr['framed']} of {fr['documents']} framed, {fr['distinct_frames']} distinct frames",
                     xlabel="% of framed documents")
         axes[2].tick_params(axis="y", labelsize=8)
+    if keyed:
+        ax, rows = axes[-1], [(f"{m} {lang}", part) for m, x in keyed.items()
+                              for lang, part in x["keyed_facts_by_lang"].items()][::-1]
+        left = [0.0] * len(rows)
+        for kind, color in (("closed", "#BBBBBB"), ("open", "#0CD79F"), ("random", "#F0496E")):
+            share = [100 * part.get(kind, 0) for _, part in rows]
+            ax.barh([r for r, _ in rows], share, left=left, color=color, label=kind)
+            left = [a + b for a, b in zip(left, share)]
+        ax.set(title="keyed documents' facts: subject kind", xlabel="% of facts", xlim=(0, 100))
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
     for ax in axes[:2]:
         ax.legend(fontsize=8)
     for ax in axes:
@@ -216,8 +280,10 @@ def main() -> int:
                                     for name, st in stats.items()}
     frames = {name: frame_stats(tok, got) for name, got in docs.items() if MIXES[name].get("frame_share")}
     out["frames"] = frames
+    out["subjects"] = {name: subject_stats(tok, got) for name, got in docs.items()}
+    out["value_kinds"] = {name: kind_shares(tok, got) for name, got in docs.items()}
     if args.plot:
-        plot(stats, args.plot, frames)
+        plot(stats, args.plot, frames, out["subjects"])
     if "v5" in docs:
         v5_mix(tok, docs["v5"], out)
     print(json.dumps(out, indent=1, ensure_ascii=False))
