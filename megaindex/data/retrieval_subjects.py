@@ -146,17 +146,23 @@ def vocabulary(texts: Iterable[str], lang: str) -> list[str]:
     return sorted(w for w, c in counts.items() if c >= VOCAB_MIN_COUNT and w not in W.BANNED_WORDS)
 
 
+def vocabulary_draw(filler, rng: random.Random, lang: str, words: tuple[int, int], chars: tuple[int, int]) -> list[str]:
+    """Distinct items drawn uniformly from `filler.vocabulary(lang)`: words[0]..words[1] English words or
+    chars[0]..chars[1] CJK characters (the count drawn first); what random_value and random_owner are made of."""
+    lo, hi = words if lang == "en" else chars
+    return rng.sample(filler.vocabulary(lang), rng.randint(lo, hi))
+
+
 def random_value(filler, rng: random.Random, lang: str, check: Callable[[str], bool] = lambda s: True) -> str | None:
     """v5: a random sequence as a fact's value, 1-4 distinct words (joined by spaces) / 2-6 distinct CJK
     characters, each drawn uniformly from `filler.vocabulary(lang)` (its distinct items, so most draws are
     rare ones no prior predicts: only copying gives them). None when the vocabulary is too small or 8
     draws found none that passes `check`."""
-    vocab = filler.vocabulary(lang)
-    lo, hi = RANDOM_VALUE_WORDS if lang == "en" else RANDOM_VALUE_CHARS
-    if len(vocab) < MIN_VOCABULARY:
+    if len(filler.vocabulary(lang)) < MIN_VOCABULARY:
         return None
     for _ in range(8):
-        text = (" " if lang == "en" else "").join(rng.sample(vocab, rng.randint(lo, hi)))
+        text = (" " if lang == "en" else "").join(vocabulary_draw(filler, rng, lang, RANDOM_VALUE_WORDS,
+                                                                 RANDOM_VALUE_CHARS))
         if check(text):
             return text
     return None
@@ -177,11 +183,9 @@ DEEP_SHARE = 0.4
 def random_owner(filler, rng: random.Random, lang: str) -> str | None:
     """v8: 1-3 distinct English words (each capitalised in CAPITALISED_SHARE of owners) / 2-4 distinct CJK characters
     drawn uniformly from `filler.vocabulary(lang)`, as random_value draws; None when the vocabulary is too small."""
-    vocab = filler.vocabulary(lang)
-    if len(vocab) < MIN_VOCABULARY:
+    if len(filler.vocabulary(lang)) < MIN_VOCABULARY:
         return None
-    lo, hi = RANDOM_OWNER_WORDS if lang == "en" else RANDOM_OWNER_CHARS
-    words = rng.sample(vocab, rng.randint(lo, hi))
+    words = vocabulary_draw(filler, rng, lang, RANDOM_OWNER_WORDS, RANDOM_OWNER_CHARS)
     if lang == "zh":
         return "".join(words)
     return " ".join(w.capitalize() for w in words) if rng.random() < CAPITALISED_SHARE else " ".join(words)
