@@ -65,14 +65,13 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from megaindex.data.needle_words import Needle, draw_needle  # noqa: E402
 from megaindex.data import retrieval_words as W  # noqa: E402
-from megaindex.data.retrieval_docs import Fact, _subject, draw_facts  # noqa: E402
-from megaindex.data.retrieval_filler import FillerText  # noqa: E402
+from megaindex.data.needle_words import Needle, draw_needle  # noqa: E402
+from megaindex.data.retrieval_docs import JOIN  # noqa: E402
+from megaindex.data.retrieval_facts import _subject, draw_facts  # noqa: E402
+from megaindex.data.retrieval_filler import SENTENCE, FillerText  # noqa: E402
 from megaindex.data.retrieval_subjects import open_value, random_value  # noqa: E402
 from megaindex.eval import needle as needle_module  # noqa: E402
-from megaindex.data.retrieval_docs import JOIN  # noqa: E402
-from megaindex.data.retrieval_filler import SENTENCE  # noqa: E402
 from megaindex.eval.grid import EvalSpec  # noqa: E402
 from megaindex.eval.haystack import Haystack  # noqa: E402
 from megaindex.eval.needle import TEXT, needle_sample  # noqa: E402
@@ -84,6 +83,7 @@ TAIL = {lang: "\n\n" + TEXT[lang]["question"] + "\n" + TEXT[lang]["answer"] for 
 FORMS = ("eval", "inline", "fresh_hay", "fresh_inline", "clean_hay", "clean_inline", "mid_hay", "train_fact", "train_random", "train_open", "swap_value", "novel_owner", "swap_subject", "fresh_fact", "train_qa")
 TRAIN_FACT = {"train_fact": "closed", "train_random": "random", "train_open": "open", "fresh_fact": "closed"}
 SWAPS = ("swap_value", "novel_owner", "swap_subject")
+NEEDS_FILLER = ("train_random", "train_open", "swap_value", "novel_owner")  # forms that draw values from `--filler`
 DEPTHS = [float(d) for d in range(0, 101, 10)]
 
 
@@ -124,24 +124,40 @@ def train_qa(s: Sample, tok, needle, head_len: int) -> Sample:
                   keyword=s.keyword, depth=s.depth, actual_depth=s.actual_depth)
 
 
+def stating(prefix: str, question: str, value: str, lang: str) -> Needle:
+    """The Needle whose sentence is `prefix` + `value` + the full stop, asked by `question`."""
+    sep, end = (" ", ".") if lang == "en" else ("", "。")
+    return Needle(f"{prefix}{sep}{value}{end}", question, prefix, f"{sep}{value}{end}", value)
+
+
+def about(subject: str, value: str, lang: str) -> Needle:
+    """The plain statement of a generator fact as a Needle: "{S} is {v}." asked "What is {s}?" / "{s}是{v}。"
+    asked "{s}是什么？"."""
+    if lang == "en":
+        return stating(f"{subject[0].upper()}{subject[1:]} is", f"What is {subject}?", value, lang)
+    return stating(f"{subject}是", f"{subject}是什么？", value, lang)
+
+
+def random_fact_value(rng: random.Random, lang: str, filler) -> str:
+    """A v5 random value, drawn as the generator draws one for a fact of kind "random"."""
+    return draw_facts(1, rng, lang, kind="random", filler_value=lambda r: random_value(filler, r, lang))[0].value
+
+
 def training_needle(lang: str, rng: random.Random, kind: str = "closed", filler=None) -> Needle:
-    """One fact as the retrieval documents' generator draws it, as the evaluation's Needle: the plain statement,
-    "What is {s}?" / "{s}是什么？", the answer prefix "{S} is". `kind` closed: a closed word list's table word
-    or phrase; random / open: a value drawn from `filler` (FillerText) as v5 / v4 draw them."""
+    """One fact as the retrieval documents' generator draws it, as the evaluation's Needle (`about`). `kind`
+    closed: a closed word list's table word or phrase; random / open: a value drawn from `filler` (FillerText)
+    as v5 / v4 draw them."""
     if kind == "closed":
         fact = draw_facts(1, rng, lang, kind=rng.choice(("word", "phrase")))[0]
     else:
         draw = random_value if kind == "random" else open_value
         fact = draw_facts(1, rng, lang, kind=kind, filler_value=lambda r: draw(filler, r, lang))[0]
-    if lang == "en":
-        S = fact.subject[0].upper() + fact.subject[1:]
-        return Needle(f"{S} is {fact.value}.", f"What is {fact.subject}?", f"{S} is", f" {fact.value}.", fact.value)
-    return Needle(f"{fact.subject}是{fact.value}。", f"{fact.subject}是什么？", f"{fact.subject}是", f"{fact.value}。",
-                  fact.value)
+    return about(fact.subject, fact.value, lang)
 
 
 def swapped(form: str, needle: Needle, lang: str, rng: random.Random, filler) -> Needle:
-    """swap_value: `needle` stating a v5 random value; swap_subject: a closed-list subject stating needle's value."""
+    """novel_owner: a generator subject frame around `needle`'s own words, a random value; swap_value: `needle`
+    stating a random value; swap_subject: a closed-list subject stating `needle`'s value."""
     if form == "novel_owner":
         words = needle.question.removeprefix("What is the best thing to do in ").removeprefix(
             "What is the secret ingredient in ").rstrip("?") if lang == "en" else None
@@ -149,21 +165,12 @@ def swapped(form: str, needle: Needle, lang: str, rng: random.Random, filler) ->
             q = needle.question.removesuffix("是什么？")
             words = q.removeprefix("在").removesuffix("最值得做的事情").removesuffix("的秘密配料")
         attr = rng.choice(W.attributes(lang, "word"))
-        value = draw_facts(1, rng, lang, kind="random", filler_value=lambda r: random_value(filler, r, lang))[0].value
-        fact = Fact(_subject(words, attr, lang, rng), value)
-        S = fact.subject[0].upper() + fact.subject[1:]
-        if lang == "en":
-            return Needle(f"{S} is {value}.", f"What is {fact.subject}?", f"{S} is", f" {value}.", value)
-        return Needle(f"{fact.subject}是{value}。", f"{fact.subject}是什么？", f"{fact.subject}是", f"{value}。", value)
+        value = random_fact_value(rng, lang, filler)
+        return about(_subject(words, attr, lang, rng), value, lang)
     if form == "swap_value":
-        value = draw_facts(1, rng, lang, kind="random", filler_value=lambda r: random_value(filler, r, lang))[0].value
-        sep, end = (" ", ".") if lang == "en" else ("", "。")
-        return Needle(f"{needle.answer_prefix}{sep}{value}{end}", needle.question, needle.answer_prefix,
-                      f"{sep}{value}{end}", value)
+        return stating(needle.answer_prefix, needle.question, random_fact_value(rng, lang, filler), lang)
     own = training_needle(lang, rng)
-    sep, end = (" ", ".") if lang == "en" else ("", "。")
-    return Needle(f"{own.answer_prefix}{sep}{needle.keyword}{end}", own.question, own.answer_prefix,
-                  f"{sep}{needle.keyword}{end}", needle.keyword)
+    return stating(own.answer_prefix, own.question, needle.keyword, lang)
 
 
 def respaced(docs: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -280,9 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         hays["fresh"] = Haystack(load_documents([args.fresh]), tok)
     lengths = [int(x) for x in args.lengths.split(",")]
     spec = EvalSpec(tasks=["needle"], lengths=lengths, depths=DEPTHS, repeats=args.repeats)
+    filler = FillerText([args.filler]) if set(forms) & set(NEEDS_FILLER) else None  # read once (its vocabulary too)
     rows = []
     for form in forms:
-        filler = FillerText([args.filler]) if form in ("train_random", "train_open", "swap_value", "novel_owner") else None
         batch = samples(form, hays, lengths, args.repeats, filler)
         t = time.time()
         for r in run_grid(engine, spec, batch):
