@@ -430,6 +430,20 @@ def test_open_values_are_spans_of_the_filler(tok):
     assert sum(len(v) >= 4 for v in zh) >= 0.4 * len(zh)
 
 
+def needle_word_filler(tmp_path: Path) -> FillerText:
+    """A filler whose vocabulary holds every needle word (English: beside 60 neutral words; Chinese: the needles'
+    characters only), to show that what draws from a vocabulary is kept off them by the generator's check."""
+    from megaindex.data import needle_words
+
+    needles = [w for table in needle_words.WORDS["en"].values() for w in table]
+    plain = " ".join(f"word{chr(97 + i)}{chr(97 + j)}" for i in range(6) for j in range(10))  # 60 neutral words
+    zh_needles = "，".join(w for table in needle_words.WORDS["zh"].values() for w in table)
+    poisoned = tmp_path / "filler.jsonl"
+    poisoned.write_text(json.dumps({"text": (". ".join(needles) + ". " + plain + ". ") * 2}) + "\n" +
+                        json.dumps({"text": zh_needles * 2}, ensure_ascii=False) + "\n", encoding="utf-8")
+    return FillerText([poisoned])
+
+
 def _touches_needle(x: str) -> bool:
     """x (lowercased) holds an entry of the evaluation's needle word lists, or, for 2+ words / CJK, lies inside one."""
     from megaindex.data import needle_words
@@ -514,13 +528,7 @@ def test_random_values_are_uniform_draws_from_the_filler_vocabulary(tok, docs, t
     assert " random " in describe_mix(mix).split("; kind ")[1].split(";")[0]
 
     # A filler whose vocabulary holds needle words: they are drawn, and never pass the check.
-    needles = [w for table in needle_words.WORDS["en"].values() for w in table]
-    plain = " ".join(f"word{chr(97 + i)}{chr(97 + j)}" for i in range(6) for j in range(10))  # 60 neutral words
-    zh_needles = "，".join(w for table in needle_words.WORDS["zh"].values() for w in table)
-    poisoned = tmp_path / "filler.jsonl"
-    poisoned.write_text(json.dumps({"text": (". ".join(needles) + ". " + plain + ". ") * 2}) + "\n" +
-                        json.dumps({"text": zh_needles * 2}, ensure_ascii=False) + "\n", encoding="utf-8")
-    small = FillerText([poisoned])
+    small = needle_word_filler(tmp_path)
     for lang in ("en", "zh"):
         checked = [random_value(small, rng, lang, gen._span_ok) for _ in range(300)]
         assert sum(v is not None for v in checked) > 200 and not [v for v in checked if v and _touches_needle(v)]

@@ -128,16 +128,9 @@ def test_owner_words_never_a_needle_word(tok, filler, tmp_path):
     """A vocabulary that holds the needles' words: random_subject draws them, and the generator's check refuses them."""
     import random
 
-    from megaindex.data import needle_words
-    from test_retrieval_docs import _touches_needle
+    from test_retrieval_docs import _touches_needle, needle_word_filler
 
-    needles = [w for table in needle_words.WORDS["en"].values() for w in table]
-    plain = " ".join(f"word{chr(97 + i)}{chr(97 + j)}" for i in range(6) for j in range(10))  # 60 neutral words
-    zh = "，".join(w for table in needle_words.WORDS["zh"].values() for w in table)
-    poisoned = tmp_path / "filler.jsonl"
-    poisoned.write_text(json.dumps({"text": (". ".join(needles) + ". " + plain + ". ") * 2}) + "\n" +
-                        json.dumps({"text": zh * 2}, ensure_ascii=False) + "\n", encoding="utf-8")
-    small, rng = FillerText([poisoned]), random.Random(0)
+    small, rng = needle_word_filler(tmp_path), random.Random(0)
     check = RetrievalDocGenerator(tok, filler, RetrievalDocConfig())._span_ok
     for lang, attr in (("en", "motto"), ("zh", "口令")):
         got = [RS.random_subject(small, rng, lang, attr, check) for _ in range(300)]
