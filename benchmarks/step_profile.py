@@ -9,8 +9,7 @@ writes OUT/step_profile.md (tables, also printed), OUT/step_profile.json and OUT
 * **Steps**: the trainer wraps each recorded step in a `megaindex.step#N` range (megaindex/trace_ranges.py;
   `ProfilerStep#N` works too). A step's kernels are those launched inside it; its window runs from
   the range's start to the later of its end and the last kernel's end. A trace without step ranges
-  is one window from the first kernel to the last, divided by `--steps` (default: from the file
-  name `trace_stepsA-B`).
+  is one window from the first kernel to the last, divided by `--steps` (default: from its name).
 * **Categories** come from RULES, one table, first match wins: a kernel-name pattern and/or a pattern
   over the CPU ops the kernel was launched from (its *context*: the ranges and ops enclosing the
   launch, and for a backward kernel also those enclosing the forward op of the same autograd
@@ -74,8 +73,10 @@ RULES: list[tuple[str, str, str | None, str | None]] = [
     ("rope", "generic kernels inside RoPE", None, r"RoPE|rotary"),
     ("swiglu", "generic kernels inside megatron's SwiGLU", None, r"SwiGLU|swiglu"),
     ("cross_entropy", "vocab-parallel cross-entropy pieces", None, r"CrossEntropy|cross_entropy"),
+    ("cross_entropy", "-inf fill of the padded vocabulary columns before the loss (megaindex head)", None, r"_FillPaddedColumns"),
     ("norm_head", "Norm-Head row normalisation (fwd + bwd)", None, r"megaindex\.norm_head"),
     ("optimizer", "generic kernels in the optimizer phase", None, r"Optimizer\.step|megaindex\.optimizer"),
+    ("elementwise", "embedding lookup and its backward (token-id sort, gradient scatter)", None, r"EmbeddingBackward|aten::embedding"),
     ("elementwise", "generic torch / triton kernels", r"at::native|elementwise|reduce_kernel|triton_|CatArray|Fill|Copy|index", None),
 ]
 CATEGORIES = {
@@ -85,7 +86,7 @@ CATEGORIES = {
     "rope": "rotary position embedding (TE fused RoPE, THD)",
     "swiglu": "SwiGLU activation fwd/bwd",
     "fp8_cast": "FP8 runs: quantizing GEMM inputs (cast, cast-transpose), amax and scaling-factor kernels",
-    "cross_entropy": "cross-entropy: TE's triton kernels or megatron's vocab-parallel pieces",
+    "cross_entropy": "cross-entropy: TE's triton kernels or megatron's vocab-parallel pieces, and the head's -inf fill of the padded vocabulary",
     "norm_head": "Norm-Head: L2-normalising the LM head's rows and its backward",
     "optimizer": "distributed Adam, grad-norm, param copies in the optimizer phase",
     "comm_p2p": "NCCL send/recv: the CP ring's KV exchange",
@@ -318,7 +319,7 @@ def analyse(path: Path, steps_hint: int | None = None, n_gaps: int = 10, events:
         main_tid = max(trace.threads, key=lambda t: sum(e.get("cat") == "cuda_runtime" for e in trace.threads[t]), default=None)
     cats = {c: {"gpu_ms": 0.0, "kernels": 0, "wall_share_ms": 0.0} for c in ORDER + ["idle"]}
     rules: dict = collections.defaultdict(lambda: {"category": "", "gpu_ms": 0.0, "kernels": 0})
-    names: dict = collections.defaultdict(lambda: {"gpu_ms": 0.0, "kernels": 0, "context": ""})
+    names: dict = collections.defaultdict(lambda: {"gpu_ms": 0.0, "kernels": 0, "contexts": collections.Counter()})
     tot = collections.Counter()
     gaps = []
     if not any(w[3] for w in wins):
@@ -343,7 +344,7 @@ def analyse(path: Path, steps_hint: int | None = None, n_gaps: int = 10, events:
             nm = names[(c, k.get("name", ""))]
             nm["gpu_ms"] += dur
             nm["kernels"] += 1
-            nm["context"] = nm["context"] or _short(k["args"]["megaindex_context"])
+            nm["contexts"][_short(k["args"]["megaindex_context"])] += dur  # shown: the context with the most GPU time
         for c, us in wall_shares(ks, a, b).items():
             cats[c]["wall_share_ms"] += us
         edges = [a] + [x for iv in active for x in iv] + [b]
@@ -368,7 +369,8 @@ def analyse(path: Path, steps_hint: int | None = None, n_gaps: int = 10, events:
         others = [f"{tid[1]}: {st[i][-1]}" for tid, st in other_stacks.items() if st[i]]
         top_gaps.append({"step": label, "at_ms": round((s - a) / 1000, 3), "ms": round(g / 1000, 3),
                          "host": " > ".join(stack[-5:]) or "(no host event on the step's thread)", "other_threads": others[:2]})
-    top = lambda cat, k: sorted(({"name": nm, "gpu_ms": per(v["gpu_ms"]), "kernels": round(v["kernels"] / n, 1), "context": v["context"]}  # noqa: E731
+    top = lambda cat, k: sorted(({"name": nm, "gpu_ms": per(v["gpu_ms"]), "kernels": round(v["kernels"] / n, 1),  # noqa: E731
+                                  "context": v["contexts"].most_common(1)[0][0]}
                                  for (c, nm), v in names.items() if c == cat), key=lambda d: -d["gpu_ms"])[:k]
     return {
         "trace": str(path), "rank": rank_of(path), "steps": [w[0] for w in wins], "n_steps": n,

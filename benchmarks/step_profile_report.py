@@ -52,7 +52,7 @@ def markdown(results: list[dict], title: str, order: list[str]) -> str:
     for c, why in (("other", "no rule names them: a rule is missing from RULES"),
                    ("elementwise", "generic kernels no op-based rule claimed: the launching ops say what they served")):
         L += ["", f"Top `{c}` kernels ({ranks[0]}): {why}.", "",
-              "| kernel | GPU ms | kernels | launched from |", "|---|---|---|---|"]
+              "| kernel | GPU ms | kernels | launched from (the context with most of its GPU time) |", "|---|---|---|---|"]
         for k in results[0]["top_kernels"][c]:
             L.append(f"| `{k['name'][:110]}` | {k['gpu_ms']:.2f} | {k['kernels']:.0f} | {f'`{k['context']}`' if k['context'] else '-'} |")
     return "\n".join(L) + "\n"

@@ -174,6 +174,37 @@ def test_rules_name_the_kernels_of_an_h100_trace():
     assert step_profile.classify("void at::native::elementwise_kernel<128, 2>", "AttnFuncWithCPAndKVP2P")[0] == "attention"
 
 
+# (kernel name, launching context) as the 2026-11-28 CP2 H200 profile recorded them
+# (benchmarks/logs_2026-11-28b_h200x2/) -> category: the head's padded-vocabulary fill and the
+# embedding backward's sort kernels had fallen to `elementwise` / `other` there.
+H200_CP2 = [
+    ("void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::(anonymous namespace)::masked_fill_kernel>",
+     "megaindex.step#6 > megaindex.forward_backward > _FillPaddedColumns > aten::masked_fill_", "cross_entropy"),
+    ("void at_cuda_detail::cub::detail::radix_sort::DeviceRadixSortOnesweepKernel<at_cuda_detail::cub::detail::radix_sort::policy_hub<long, long, unsigned int>::Policy900>",
+     "autograd::engine::evaluate_function: EmbeddingBackward0 > EmbeddingBackward0 > aten::embedding_backward > aten::embedding_dense_backward",
+     "elementwise"),
+    ("void at::native::unrolled_elementwise_kernel<at::native::CUDAFunctor_add<float>, std::array<char*, 3ul>, 4>",
+     "autograd::engine::evaluate_function: torch::autograd::AccumulateGrad > aten::add_", "elementwise"),
+    ("void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::FillFunctor<c10::BFloat16>>>",
+     "megaindex.forward_backward > AttnFuncWithCPAndKVP2P > aten::masked_fill_", "attention"),
+]
+
+
+def test_rules_on_the_h200_cp2_profile_and_the_heaviest_context_is_shown(tmp_path):
+    assert [step_profile.classify(n, x)[0] for n, x, _ in H200_CP2] == [c for *_, c in H200_CP2]
+    # one kernel name launched from two ops: the table names the op with most of its GPU time, not the first seen
+    ev = [{"ph": "X", "cat": "user_annotation", "name": "megaindex.step#1", "pid": PID, "tid": MAIN, "ts": 0, "dur": 200}]
+    for i, (op, ts, dur) in enumerate([("aten::outer", 10, 5), ("aten::mul_", 50, 60), ("aten::mul_", 120, 60)], start=1):
+        ev += [{"ph": "X", "cat": "cpu_op", "name": op, "pid": PID, "tid": MAIN, "ts": ts - 2, "dur": 2},
+               {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": PID, "tid": MAIN, "ts": ts - 1, "dur": 1,
+                "args": {"correlation": i}},
+               {"ph": "X", "cat": "kernel", "name": "void at::native::elementwise_kernel<128, 2>", "pid": 0, "tid": 7,
+                "ts": ts, "dur": dur, "args": {"correlation": i, "stream": 7}}]
+    (trace := tmp_path / "trace_steps1-1_rank0.json").write_text(json.dumps({"traceEvents": ev}))
+    top = step_profile.analyse(trace)["top_kernels"]["elementwise"]
+    assert [(k["gpu_ms"], k["kernels"], k["context"]) for k in top] == [(0.125, 3, "aten::mul_")]
+
+
 def test_gpu_x2_session_runs_end_to_end_on_cpu(tmp_path):
     """SMOKE=1: the tiny model at CP2 over gloo through train_throughput.py with a profiled step, the
     profile (a CPU trace: refused in one line), the GPU tests (skipped), the summary and the logs. ~25 s."""
