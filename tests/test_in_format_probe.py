@@ -171,3 +171,16 @@ def test_the_probe_feeds_the_cache_under_the_name_the_model_takes(tiny_hf):
     assert probe.cache_arg in inspect.signature(model.forward).parameters
     out = model.model(input_ids=probe._ids([5, 6, 7]), use_cache=True)
     assert probe.cache_of(out).get_seq_length() == 3
+
+
+def test_v9_records_tell_frequency_draws_from_uniform_ones():
+    """--data v9: a random value / owner drawn by frequency is grouped as "random-frequency", a uniform one as
+    "random", per fact (documents list both per fact)."""
+    tok = IndexTokenizer(TOKENIZER)
+    gen = RetrievalDocGenerator(tok, FillerText([CORPUS]), P.probe_config(384, seed=6, data="v9"))
+    docs = [gen.document(i) for i in range(60)]
+    values = [P.value_kind(d, f) for d in docs for f in range(len(d["facts"]))]
+    owners = [P.subject_kind(d, f) for d in docs for f in range(len(d["facts"]))]
+    assert [v == "random-frequency" for v in values] == [x for d in docs for x in d["frequent_values"]]
+    assert [o == "random-frequency" for o in owners] == [x for d in docs for x in d["frequent_owners"]]
+    assert {"random", "random-frequency"} <= set(values) and {"random", "random-frequency", "closed"} <= set(owners)

@@ -63,14 +63,15 @@ def test_recipes_and_ablations_validate():
     ablations = yaml.safe_load((HERE / "ablations.yaml").read_text())
     assert set(ablations) == {"rope_10k", "rope_5m", "concat", "ctx_warmup"}  # Long-PT is their reference
     assert run.FULL.ablation_iters is None  # stage1.yaml's steps: the same budget as Long-PT
-    # v8 retrieval documents in both scales: v7 (v5's lengths and fact places, half of the documents framed) with
-    # random-key subjects and more random values; the base's in-format probe draws like them
+    # v9 retrieval documents in both scales: v8 (v7, half of the documents framed, with random-key subjects and more
+    # random values) with half of the random draws by word frequency; the base's in-format probe draws like them
     assert run.FULL.retrieval == run.SMOKE.retrieval == {"length_draw": "log-uniform", "early_fact_share": 0.0,
                                                          "frame_share": 0.5, "random_subject_share": 0.4,
-                                                         "random_value_share": 0.25, "open_value_share": 0.35}
+                                                         "random_value_share": 0.25, "open_value_share": 0.35,
+                                                         "random_frequency_share": 0.5}
     import in_format_probe
 
-    assert in_format_probe.DATA["v8"] == run.FULL.retrieval and run.FULL.probe_data == run.SMOKE.probe_data == "v8"
+    assert in_format_probe.DATA["v9"] == run.FULL.retrieval and run.FULL.probe_data == run.SMOKE.probe_data == "v9"
     for name, overrides in ablations.items():
         cfg = load_config(HERE / "stage1.yaml", [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
         cfg.validate(1)
@@ -331,11 +332,13 @@ def test_smoke_runs_every_step(tmp_path):
         assert set(v["needle_mean_by_length"]) == {"256", "512", "1024"}
         assert set(v["passkey_accuracy_by_length"]) == {"256", "512", "1024"}
         assert set(v["passkey_token_accuracy_by_length"]) == {"256", "512", "1024"}
-    # v8 retrieval documents (context.V8_RETRIEVAL): framed and plain ones, random-key subjects, in both stages' files
+    # v9 retrieval documents (context.V9_RETRIEVAL): framed and plain ones, random-key subjects, some random values and
+    # owners drawn by frequency, in both stages' files
     for seed in (0, 1):
         docs = [json.loads(x) for x in (work / "corpus" / f"retrieval_s{seed}.jsonl").read_text().splitlines()]
         assert {d["frame"] is None for d in docs} == {True, False}, seed
         assert {k for d in docs for k in d["subject_kinds"]} == {"closed", "open", "random"}, seed
+        assert any(f for d in docs for f in d["frequent_values"] + d["frequent_owners"]), seed
     # the corpus, split by document length: a partition; stage 0 reads both parts, stage 1 the long one
     parts = json.loads((work / "data" / "corpus_parts.json").read_text())
     assert parts["corpus_short"]["documents"] > 0 and parts["corpus_long"]["documents"] > 0, parts

@@ -118,7 +118,7 @@ def test_entered_midway_starts_each_document_after_a_sentence_end_in_its_first_8
                 assert before.endswith((".", "?", "!", "。", "？", "！")), before[-20:]
 
 
-@pytest.mark.parametrize("form", ["train_fact", "train_random", "train_open"])
+@pytest.mark.parametrize("form", ["train_fact", "train_random", "train_frequent", "train_open"])
 def test_train_forms_put_a_generator_fact_in_the_evaluation_frame(hays, form):
     from examples.mini_replication.needle_form_probe import TRAIN_FACT, training_needle
     from megaindex.data.retrieval_filler import FillerText

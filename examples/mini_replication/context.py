@@ -67,8 +67,16 @@ V8_RETRIEVAL = {
     # taken from the filler spans (still the largest kind), not numbers (25%) or table phrases / words (15%)
     "open_value_share": 0.35,
 }
+# The ninth attempt's (v9): v8 and, in one line, why (the eighth base's needle errors are single value tokens right
+# after a frequent word, "watching the serverbet theatre", "the best thing" template 65.2/40.1 at 1K/2K, while v5/v8
+# random words are rare: every token before a trained random value is unique in its context):
+V9_RETRIEVAL = {
+    **V8_RETRIEVAL,
+    # half of the random values and random owners drawn by word frequency (count ** 0.75): "the", "a", "at" recur
+    "random_frequency_share": 0.5,
+}
 FULL = Scale(corpus="prepare", vocab_size=8000, retrieval_max_tokens=2048, retrieval_min_tokens=128,
-             retrieval=V8_RETRIEVAL, probe_data="v8")
+             retrieval=V9_RETRIEVAL, probe_data="v9")
 SMOKE = Scale(
     corpus="fixture", vocab_size=4000, retrieval_max_tokens=256, retrieval_min_tokens=48,
     # The tiny preset at 2 layers: on CPU a step's time is mostly per-layer overhead, not FLOPs.
@@ -90,7 +98,7 @@ SMOKE = Scale(
     # would leave corpus_short empty; the full run's 16384 puts about half of them in each part,
     # so CI runs the two-part blend of stage 0 and the long-only corpus of stage 1.
     long_min_tokens=16384,
-    retrieval=V8_RETRIEVAL, probe_data="v8",  # CI generates framed documents and random-key subjects too
+    retrieval=V9_RETRIEVAL, probe_data="v9",  # CI generates framed, random-key and frequency-drawn documents too
     probe_lengths="256", probe_docs=2,  # the tiny base's window; two documents exercise the step
 )
 

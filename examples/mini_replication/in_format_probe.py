@@ -8,7 +8,8 @@ documents with the generator that made the training data (megaindex.data.retriev
 an attempt's stage-0 data, `--data`: v5, the fifth's, the RetrievalDocConfig defaults, v6b, the sixth's,
 one fact moved early in half the documents, or v7, the seventh's, half of them framed in varied wordings, so
 that framed and plain questions show apart (breakdown "frame"), or v8, the eighth's, with subjects keyed by random
-words (breakdown "subject": closed / open / random); a seed training never used), at a fixed target length each
+words (breakdown "subject": closed / open / random), or v9, the ninth's, half of the random values and owners drawn
+by word frequency (value_kind "random-frequency", subject "random-frequency"); a seed training never used), at a fixed target length each
 (min_tokens = max_tokens = L, so every document is ~L tokens and its facts spread over the whole body), and
 for every question feeds the document, as training tokenized it, up to and including the answer prefix
 ("...A: {Subject} is" / "...{subject}是", or a framed document's "...According to the text, {subject} is") and
@@ -71,12 +72,14 @@ EXTRA_TOKENS = 3  # greedy tokens past the gold answer's length, so a miss shows
 # The stage-0 data of an attempt, as run.py's step_retrieval configured it (besides max/min tokens and seed):
 # v5 the fifth attempt's (every share at its default: lengths log-uniform, early_fact_share 0), v6b the sixth's,
 # v7 the seventh's (v5 with half of the documents framed: context.V7_RETRIEVAL; records say "frame"), v8 the eighth's
-# (v7 with random-key subjects and more random values: context.V8_RETRIEVAL; records say "subject").
+# (v7 with random-key subjects and more random values: context.V8_RETRIEVAL; records say "subject"), v9 the ninth's
+# (v8 with half of the random draws by word frequency: context.V9_RETRIEVAL).
 DATA = {"v5": {"length_draw": "log-uniform", "early_fact_share": 0.0},
         "v6b": {"length_draw": "uniform", "early_fact_share": 0.5},
         "v7": {"length_draw": "log-uniform", "early_fact_share": 0.0, "frame_share": 0.5},
         "v8": {"length_draw": "log-uniform", "early_fact_share": 0.0, "frame_share": 0.5, "random_subject_share": 0.4,
                "random_value_share": 0.25, "open_value_share": 0.35}}
+DATA["v9"] = {**DATA["v8"], "random_frequency_share": 0.5}
 
 
 def probe_config(length: int, seed: int = SEED, data: str = "v5") -> RetrievalDocConfig:
@@ -91,9 +94,15 @@ def doc_kind(doc: dict) -> str:
 
 
 def subject_kind(doc: dict, fact: int) -> str:
-    """Fact `fact`'s subject: "closed", "open" or "random" (v8 documents list them per fact); before v8, "mixed" for
-    a document whose subjects are of both kinds."""
-    return doc["subject_kinds"][fact] if "subject_kinds" in doc else doc["subjects"]
+    """Fact `fact`'s subject: "closed", "open" or "random" (v8 documents list them per fact), "random-frequency" (v9:
+    its owner drawn by frequency); before v8, "mixed" for a document whose subjects are of both kinds."""
+    kind = doc["subject_kinds"][fact] if "subject_kinds" in doc else doc["subjects"]
+    return "random-frequency" if doc.get("frequent_owners", [False] * (fact + 1))[fact] else kind
+
+
+def value_kind(doc: dict, fact: int) -> str:
+    """The document's value kind; v9's frequency-drawn random values apart: "random-frequency"."""
+    return "random-frequency" if doc.get("frequent_values", [False] * (fact + 1))[fact] else doc["kind"]
 
 
 def rank_bucket(rank: int) -> str:
@@ -205,7 +214,7 @@ class Probe:
                 greedy = self._greedy(self.cache_of(out), forced[0], k, len(gold) + EXTRA_TOKENS)
                 right = [int(a == b) for a, b in zip(forced, gold)]
                 records.append({
-                    "source": doc["source"], "lang": doc["lang"], "value_kind": doc["kind"], "doc_kind": doc_kind(doc),
+                    "source": doc["source"], "lang": doc["lang"], "value_kind": value_kind(doc, q["fact"]), "doc_kind": doc_kind(doc),
                     "haystack": doc["haystack"], "facts": len(doc["facts"]), "question_rank": rank_bucket(rank),
                     "frame": "framed" if doc.get("frame") else "plain", "subject": subject_kind(doc, q["fact"]),
                     "distance_tokens": q["distance"], "distance": distance_bucket(q["distance"]),

@@ -30,11 +30,15 @@ NeedleBench score, exact match):
   train_random  as train_fact, the value a v5 random value (1-4 words / 2-6 CJK characters drawn uniformly from
                 the training filler's vocabulary, `--filler`): no value list to remember, only copying gives it
   train_open    as train_fact, the value a span cut from the training filler (1-6 words / 2-8 characters)
+  train_frequent as train_random, the value's words drawn by their frequency in the training filler (v9's
+                frequency draw, count ** 0.75: "the", "a", "at" often, so a value token often follows a token the
+                haystack holds many times): does copying fail after a frequent token?
   swap_value    the evaluation's needle with its value replaced by a v5 random value (its subject, statement,
                 question and answer prefix kept): held-out subject, trained kind of value
   novel_owner   the generator's subject frame ("the {attribute} of {owner}" / "{owner}'s {attribute}" / "{owner}的
                 {attribute}", a closed-list attribute) around the evaluation needle's own words as the owner (its
                 city, or its person's dish), a v5 random value: the key's words held out, its grammar trained
+  owner_frequent novel_owner's frame with a frequency-drawn owner (random_owner, v9) instead of the needle's words
   swap_subject  a generator fact's subject (closed lists) stating the evaluation needle's own value, asked in the
                 evaluation's template: trained subject, held-out value
   fresh_fact    train_fact in the unseen documents' haystack (fresh_hay's): do other documents hurt a trained fact?
@@ -70,7 +74,7 @@ from megaindex.data.needle_words import Needle, draw_needle  # noqa: E402
 from megaindex.data.retrieval_docs import JOIN  # noqa: E402
 from megaindex.data.retrieval_facts import _subject, draw_facts  # noqa: E402
 from megaindex.data.retrieval_filler import SENTENCE, FillerText  # noqa: E402
-from megaindex.data.retrieval_subjects import open_value, random_value  # noqa: E402
+from megaindex.data.retrieval_subjects import open_value, random_owner, random_value  # noqa: E402
 from megaindex.eval import needle as needle_module  # noqa: E402
 from megaindex.eval.grid import EvalSpec  # noqa: E402
 from megaindex.eval.haystack import Haystack  # noqa: E402
@@ -80,10 +84,13 @@ from megaindex.eval.sample import Sample, encode_text, split_answer  # noqa: E40
 
 TAIL = {lang: "\n\n" + TEXT[lang]["question"] + "\n" + TEXT[lang]["answer"] for lang in TEXT}  # as needle_sample
 
-FORMS = ("eval", "inline", "fresh_hay", "fresh_inline", "clean_hay", "clean_inline", "mid_hay", "train_fact", "train_random", "train_open", "swap_value", "novel_owner", "swap_subject", "fresh_fact", "train_qa")
-TRAIN_FACT = {"train_fact": "closed", "train_random": "random", "train_open": "open", "fresh_fact": "closed"}
-SWAPS = ("swap_value", "novel_owner", "swap_subject")
-NEEDS_FILLER = ("train_random", "train_open", "swap_value", "novel_owner")  # forms that draw values from `--filler`
+FORMS = ("eval", "inline", "fresh_hay", "fresh_inline", "clean_hay", "clean_inline", "mid_hay", "train_fact", "train_random", "train_frequent", "train_open", "swap_value", "novel_owner", "owner_frequent",
+         "swap_subject", "fresh_fact", "train_qa")
+TRAIN_FACT = {"train_fact": "closed", "train_random": "random", "train_frequent": "frequent", "train_open": "open",
+              "fresh_fact": "closed"}
+SWAPS = ("swap_value", "novel_owner", "owner_frequent", "swap_subject")
+NEEDS_FILLER = ("train_random", "train_frequent", "train_open", "swap_value", "novel_owner",
+                "owner_frequent")  # forms that draw values from `--filler`
 DEPTHS = [float(d) for d in range(0, 101, 10)]
 
 
@@ -146,18 +153,25 @@ def random_fact_value(rng: random.Random, lang: str, filler) -> str:
 def training_needle(lang: str, rng: random.Random, kind: str = "closed", filler=None) -> Needle:
     """One fact as the retrieval documents' generator draws it, as the evaluation's Needle (`about`). `kind`
     closed: a closed word list's table word or phrase; random / open: a value drawn from `filler` (FillerText)
-    as v5 / v4 draw them."""
+    as v5 / v4 draw them; frequent: a random value drawn by word frequency, as v9 draws one."""
     if kind == "closed":
         fact = draw_facts(1, rng, lang, kind=rng.choice(("word", "phrase")))[0]
     else:
-        draw = random_value if kind == "random" else open_value
-        fact = draw_facts(1, rng, lang, kind=kind, filler_value=lambda r: draw(filler, r, lang))[0]
+        draw = {"random": random_value, "open": open_value,
+                "frequent": lambda f, r, lang: random_value(f, r, lang, frequency=True)}[kind]
+        fact = draw_facts(1, rng, lang, kind="open" if kind == "open" else "random",
+                          filler_value=lambda r: draw(filler, r, lang))[0]
     return about(fact.subject, fact.value, lang)
 
 
 def swapped(form: str, needle: Needle, lang: str, rng: random.Random, filler) -> Needle:
-    """novel_owner: a generator subject frame around `needle`'s own words, a random value; swap_value: `needle`
-    stating a random value; swap_subject: a closed-list subject stating `needle`'s value."""
+    """novel_owner: a generator subject frame around `needle`'s own words, a random value; owner_frequent: that
+    frame around a frequency-drawn owner (v9's random_owner); swap_value: `needle` stating a random value;
+    swap_subject: a closed-list subject stating `needle`'s value."""
+    if form == "owner_frequent":
+        owner = random_owner(filler, rng, lang, frequency=True)
+        attr = rng.choice(W.attributes(lang, "word"))
+        return about(_subject(owner, attr, lang, rng), random_fact_value(rng, lang, filler), lang)
     if form == "novel_owner":
         words = needle.question.removeprefix("What is the best thing to do in ").removeprefix(
             "What is the secret ingredient in ").rstrip("?") if lang == "en" else None

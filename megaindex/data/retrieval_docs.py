@@ -98,6 +98,15 @@ across packed rows so the question could not see its fact):
     v5's random values, in the generator's subject frames and deeper ones through a generic thing: "the motto of
     the ledger of Ember Ash", "the reply in ember's notebook", "扫笙的账本的口令"); documents then carry
     "subject_kinds" (per fact: closed / open / random) and "subjects" may be "random";
+  * v9 (the eighth base's needle errors were single value tokens right after a frequent word, forced argmax: "watching
+    the serverbet theatre", "buying a byteool hat at the topet", zh "去夜縂吃烤鱼"; the "best thing to do" template 65.2/
+    40.1 at 1K/2K against "secret ingredient" 100/94.8 in English; v5/v8 random words, uniform over the filler's
+    distinct words, are almost all rare, so the token before a trained random value is unique in its context and a
+    one-token lookup copies it, while after "the"/"a"/"at", hundreds of times in a haystack, it is ambiguous):
+    `random_frequency_share` of the random values and random owners (0.0, the default, draws nothing and keeps v1-v8
+    identical) are drawn with replacement by the filler's word counts ** 0.75 (retrieval_subjects.vocabulary_draw:
+    function words and "a" included, "is" still banned, never only function words; Chinese: character counts, 是/的/
+    了/在 still excluded); documents then carry "frequent_values" and "frequent_owners" (per fact, True / False);
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
     the templates, not in the repetitive sentences, and not in the filler, whose sentences
@@ -121,7 +130,7 @@ from megaindex.data import retrieval_words as W
 from megaindex.data.held_out import HELD_OUT_PHRASES, check_held_out, needle_word_lists
 from megaindex.data.retrieval_facts import Fact, _subject, contradictions, draw_facts  # noqa: F401 (re-exported)
 from megaindex.data.retrieval_filler import CJK, FillerText
-from megaindex.data.retrieval_subjects import FILLER_VALUES, MIN_VOCABULARY, open_subject, random_subject
+from megaindex.data.retrieval_subjects import FILLER_VALUES, MIN_VOCABULARY, open_subject, random_subject, random_value
 from megaindex.data.tokenizer import IndexTokenizer
 
 log = logging.getLogger(__name__)
@@ -149,6 +158,7 @@ class RetrievalDocConfig:
     early_fact_window: float = 0.1    # "early": the statement starts within this share of the body's characters
     frame_share: float = 0.0          # share of documents framed by retrieval_frames (preamble, closing, question style; v7)
     random_subject_share: float = 0.0  # share of keyed documents' facts whose subject is keyed by random vocabulary words (v8)
+    random_frequency_share: float = 0.0  # share of random values / random owners drawn by word frequency, not uniformly (v9)
 
 
 LENGTH_DRAWS = ("log-uniform", "uniform")
@@ -174,7 +184,7 @@ def starts_early(parts: list[str], sep: str, j: int, window: float) -> bool:
 
 SHARES = ("single_key_share", "open_value_share", "random_value_share", "phrase_value_share", "word_value_share",
           "repetitive_share", "chinese_share", "same_form_share", "open_subject_share", "early_fact_share",
-          "frame_share", "random_subject_share")
+          "frame_share", "random_subject_share", "random_frequency_share")
 VALUE_SHARES = ("open_value_share", "random_value_share", "phrase_value_share", "word_value_share")
 VALUE_KINDS = ("open", "random", "phrase", "word")  # in VALUE_SHARES' order; the rest of the documents: "number"
 DRAFTS = 16  # a document whose draft holds a held-out phrase (a filler span next to a template) is redrawn
@@ -205,6 +215,8 @@ class RetrievalDocGenerator:
         if config.random_value_share > 0 or config.random_subject_share > 0:  # built here, before write_documents forks its workers: they share it
             for lang in ("en", "zh"):
                 filler.vocabulary(lang)
+                if config.random_frequency_share > 0:
+                    filler.frequency_table(lang)
 
     def _ntok(self, text: str) -> int:
         return len(self.tok.encode(text))
@@ -268,7 +280,8 @@ class RetrievalDocGenerator:
     def document(self, index: int) -> dict:
         """{"text", "facts": [[subject, value], ...], "lang", "haystack", "kind", "form", "subjects" (open /
         closed / mixed), "open_facts", "distractors" (same-form sentences in the text), "source", and with frame_share on "frame"
-        (retrieval_frames.Frame.key, None: not framed)}; text + EOD
+        (retrieval_frames.Frame.key, None: not framed), with random_subject_share on "subject_kinds", with
+        random_frequency_share on "frequent_values" / "frequent_owners" (per fact: drawn by frequency)}; text + EOD
         fits. Redrawn (seed "{seed}:{index}:{draft}") while a draft holds an evaluation-only phrase."""
         for draft in range(DRAFTS):
             rng = random.Random(f"{self.cfg.seed}:{index}" + (f":{draft}" if draft else ""))
@@ -298,6 +311,21 @@ class RetrievalDocGenerator:
         if same_form:
             n = SF.fact_count(rng)
         filler_value = FILLER_VALUES.get(kind)  # None for the table kinds, which never call it
+        share, frequent = cfg.random_frequency_share, {}  # v9: value / subject -> drawn by frequency
+
+        def value(g: random.Random) -> str | None:
+            if kind != "random" or not share:  # 0 draws nothing: v1-v8 unchanged
+                return filler_value(self.filler, g, lang, self._span_ok)
+            f = g.random() < share
+            v = random_value(self.filler, g, lang, self._span_ok, frequency=f)
+            frequent.setdefault(v, f)
+            return v
+
+        def rand_subject(g: random.Random, attr: str) -> str | None:
+            f = bool(share) and g.random() < share
+            subject = random_subject(self.filler, g, lang, attr, self._span_ok, frequency=f)
+            frequent.setdefault(subject, f)
+            return subject
         intro = rng.choice(W.INTROS[lang])
         frame = F.draw_frame(rng, lang) if cfg.frame_share and rng.random() < cfg.frame_share else None  # v7
         intro = frame.preamble if frame else intro
@@ -305,7 +333,8 @@ class RetrievalDocGenerator:
         distractors = None
         while True:
             if same_form:
-                drawn, hard, other = SF.draw(self.filler, rng, lang, kind, n, cfg.open_subject_share, self._span_ok)
+                drawn, hard, other = SF.draw(self.filler, rng, lang, kind, n, cfg.open_subject_share, self._span_ok,
+                                             value if kind == "random" and share else None)
                 facts = [Fact(s, v, o) for s, v, o in drawn]
                 distractors = (hard, other)
                 statements = [SF.sentence(f.subject, f.value, lang) for f in facts]
@@ -313,9 +342,7 @@ class RetrievalDocGenerator:
             else:
                 facts = draw_facts(n, rng, lang, kind,
                                    lambda g, attr: open_subject(self.filler, g, lang, attr, self._span_ok),
-                                   cfg.open_subject_share, lambda g: filler_value(self.filler, g, lang, self._span_ok),
-                                   lambda g, attr: random_subject(self.filler, g, lang, attr, self._span_ok),
-                                   cfg.random_subject_share)
+                                   cfg.open_subject_share, value, rand_subject, cfg.random_subject_share)
                 statements = [f.fill(rng.choice(W.STATEMENTS[lang])) for f in facts]
                 questions = W.QUESTIONS[lang]
             n = len(facts)
@@ -367,7 +394,9 @@ class RetrievalDocGenerator:
                 "open_facts": n_open, "distractors": sum(b in listed for b in body),
                 "source": f"retrieval-docs:seed{cfg.seed}/{index}",
                 **({"frame": frame and frame.key} if cfg.frame_share else {}),  # the key only when on: v1-v6b stay
-                **({"subject_kinds": kinds} if cfg.random_subject_share else {})}  # v8: per fact, closed / open / random
+                **({"subject_kinds": kinds} if cfg.random_subject_share else {}),  # v8: per fact, closed / open / random
+                **({"frequent_values": [frequent.get(f.value, False) for f in facts],  # v9: per fact, drawn by frequency
+                    "frequent_owners": [f.random and frequent.get(f.subject, False) for f in facts]} if share else {})}
 
     def _fit(self, index: int, intro: str, sep: str, body: list[str], tail: str, budget: int, statements: list[str],
              listed: set[str]) -> str:

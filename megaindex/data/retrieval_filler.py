@@ -2,7 +2,8 @@
 
 Owns reading the filler JSONL, sorting its documents into English and Chinese (`language_of`), cutting
 consecutive sentences from a random place (`FillerText.sentences`, dropping any sentence that holds an
-evaluation-only phrase) and the filler's vocabulary that v5's random values are drawn from.
+evaluation-only phrase), and the filler's word counts, the vocabulary that v5's random values are drawn from and
+the weights of v9's frequency draws (each computed once).
 megaindex.data.retrieval_docs builds documents around it.
 """
 
@@ -11,10 +12,11 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 from megaindex.data.held_out import HELD_OUT_PHRASES
-from megaindex.data.retrieval_subjects import vocabulary
+from megaindex.data.retrieval_subjects import frequency_table, item_counts, vocabulary
 
 SENTENCE = re.compile(r"(?<=[.!?。！？])\s+")  # English: split at whitespace after a sentence end
 ZH_SENTENCE = re.compile(r".*?(?:[。！？]|\n)\s*", re.S)  # Chinese: pieces keep their end and line breaks
@@ -42,14 +44,30 @@ class FillerText:
         if not any(self.docs.values()):
             raise ValueError(f"no filler documents (JSONL with a 'text' field over 200 characters) in {paths}")
         self.phrases = tuple(p.lower() for p in phrases)
+        self._counts: dict[str, Counter[str]] = {}
         self._vocabulary: dict[str, list[str]] = {}
+        self._frequency: dict[str, tuple[list[str], list[float]]] = {}
+
+    def counts(self, lang: str) -> Counter[str]:
+        """How often each word (English) / CJK character (Chinese) occurs in the `lang` documents
+        (retrieval_subjects.item_counts); counted once, on first use."""
+        if lang not in self._counts:
+            self._counts[lang] = item_counts(self.docs[lang], lang)
+        return self._counts[lang]
 
     def vocabulary(self, lang: str) -> list[str]:
         """The distinct words (English) / CJK characters (Chinese) of the `lang` documents, sorted, that v5's
         random values are drawn from (megaindex.data.retrieval_subjects.vocabulary); computed once, on first use."""
         if lang not in self._vocabulary:
-            self._vocabulary[lang] = vocabulary(self.docs[lang], lang)
+            self._vocabulary[lang] = vocabulary(self.docs[lang], lang, self.counts(lang))
         return self._vocabulary[lang]
+
+    def frequency_table(self, lang: str) -> tuple[list[str], list[float]]:
+        """(items, cumulative weights) of v9's frequency draws (retrieval_subjects.frequency_table); computed once.
+        The generator builds it before write_documents forks its workers, which then share it, as the vocabulary."""
+        if lang not in self._frequency:
+            self._frequency[lang] = frequency_table(self.vocabulary(lang), self.counts(lang), lang)
+        return self._frequency[lang]
 
     def summary(self) -> str:
         en, zh = len(self.docs["en"]), len(self.docs["zh"])

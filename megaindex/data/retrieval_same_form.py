@@ -92,9 +92,12 @@ def _hard_negatives(s: ShortSubject, lang: str, rng: random.Random) -> list[str]
     return out
 
 
-def _value(filler, lang: str, kind: str, rng: random.Random, check: Callable[[str], bool]) -> str | None:
+def _value(filler, lang: str, kind: str, rng: random.Random, check: Callable[[str], bool],
+           value: Callable[[random.Random], str | None] | None = None) -> str | None:
     """A value of `kind`; an "open" one is a span of the filler, a "random" one a draw from its vocabulary (None
-    when none passes `check`)."""
+    when none passes `check`); `value(rng)`, when given, draws the filler kinds instead (v9's frequency draws)."""
+    if value is not None and kind in FILLER_VALUES:
+        return value(rng)
     if kind in FILLER_VALUES:
         return FILLER_VALUES[kind](filler, rng, lang, check)
     return W.value(lang, kind, rng.choice(W.attributes(lang, kind)), rng)
@@ -117,15 +120,17 @@ def fact_count(rng: random.Random) -> int:
 
 
 def draw(filler, rng: random.Random, lang: str, kind: str, n: int, open_share: float,
-         check: Callable[[str], bool]) -> tuple[list[tuple[str, str, bool]], list[str], list[str]]:
-    """(n facts as (subject, value, open), hard-negative distractor sentences, other distractor sentences)."""
+         check: Callable[[str], bool], value: Callable[[random.Random], str | None] | None = None
+         ) -> tuple[list[tuple[str, str, bool]], list[str], list[str]]:
+    """(n facts as (subject, value, open), hard-negative distractor sentences, other distractor sentences); `value`:
+    as _value's."""
     facts: list[tuple[str, str, bool]] = []
     subjects: list[ShortSubject] = []
     for _ in range(50 * n):
         if len(facts) == n:
             break
         s = short_subject(filler, rng, lang, open_share, check)
-        v = _value(filler, lang, kind, rng, check)
+        v = _value(filler, lang, kind, rng, check, value)
         if v is None or _clash(v, s.text) or any(s.text == f[0] or _clash(v, f[1]) for f in facts):
             continue
         facts.append((s.text, v, s.open))
@@ -141,7 +146,7 @@ def draw(filler, rng: random.Random, lang: str, kind: str, n: int, open_share: f
         if rng.random() < ADJ_VALUE_SHARE:
             return sentence(subject, rng.choice(adjectives), lang, adjective=True)
         for _ in range(20):
-            v = _value(filler, lang, kind, rng, check)
+            v = _value(filler, lang, kind, rng, check, value)
             if v is not None and not any(_clash(v, x) for x in values):
                 return sentence(subject, v, lang)
         return None

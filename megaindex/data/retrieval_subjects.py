@@ -22,6 +22,7 @@ returns None and the caller uses a closed-list subject.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections import Counter
@@ -126,43 +127,88 @@ VOCAB_MIN_COUNT = 2  # an English word joins the vocabulary from this many occur
 MIN_VOCABULARY = 50  # fewer distinct items than this: random_value gives None (retrieval_docs uses a table phrase)
 ZH_EXCLUDED = frozenset("是的了在")  # as ZH_SPLIT: the subject/value boundary "{s}是{v}" stays unique
 # A whitespace-separated token, lowercased, that is one 2-14 letter word once the punctuation around it is stripped.
-EN_VOCAB_WORD = re.compile(r"""(?<!\S)["'(\[{“‘«]*([a-z]{2,14})[.,;:!?"')\]}”’»]*(?!\S)""")
+# (item_counts counts 1-letter words too, for v9's "a"; the vocabulary keeps 2-14 letters.)
+EN_VOCAB_WORD = re.compile(r"""(?<!\S)["'(\[{“‘«]*([a-z]{1,14})[.,;:!?"')\]}”’»]*(?!\S)""")
 
 
-def vocabulary(texts: Iterable[str], lang: str) -> list[str]:
+def item_counts(texts: Iterable[str], lang: str) -> Counter[str]:
+    """How often each item of `vocabulary`'s tokenisation occurs in `texts`: English lowercase 1-14 letter words (a
+    token with the punctuation around it stripped), Chinese CJK characters; nothing excluded yet."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update("".join(CJK_RUN.findall(text)) if lang == "zh" else EN_VOCAB_WORD.findall(text.lower()))
+    return counts
+
+
+def vocabulary(texts: Iterable[str], lang: str, counts: Counter[str] | None = None) -> list[str]:
     """The distinct items `random_value` draws from, sorted (so a draw depends only on the rng).
 
     English: lowercase letter-only words of 2-14 letters (a token with the punctuation around it
     stripped: "end." is "end", "don't" is none) occurring at least VOCAB_MIN_COUNT times, none of
-    BANNED_WORDS ("is", ...); Chinese: every CJK character that occurs, but 是/的/了/在."""
+    BANNED_WORDS ("is", ...); Chinese: every CJK character that occurs, but 是/的/了/在. `counts`: item_counts of
+    `texts`, when the caller has them already."""
+    counts = item_counts(texts, lang) if counts is None else counts
     if lang == "zh":
-        chars: set[str] = set()
-        for text in texts:
-            chars.update("".join(CJK_RUN.findall(text)))
-        return sorted(chars - ZH_EXCLUDED)
-    counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(EN_VOCAB_WORD.findall(text.lower()))
-    return sorted(w for w, c in counts.items() if c >= VOCAB_MIN_COUNT and w not in W.BANNED_WORDS)
+        return sorted(set(counts) - ZH_EXCLUDED)
+    return sorted(w for w, c in counts.items() if len(w) >= 2 and c >= VOCAB_MIN_COUNT and w not in W.BANNED_WORDS)
 
 
-def vocabulary_draw(filler, rng: random.Random, lang: str, words: tuple[int, int], chars: tuple[int, int]) -> list[str]:
-    """Distinct items drawn uniformly from `filler.vocabulary(lang)`: words[0]..words[1] English words or
-    chars[0]..chars[1] CJK characters (the count drawn first); what random_value and random_owner are made of."""
+# v9 frequency draws weigh each vocabulary item by count ** FREQUENCY_EXPONENT: word2vec's negative-sampling
+# smoothing (Mikolov et al. 2013), the standard compromise that keeps "the"/"a"/"at" frequent without letting them
+# crowd out every other word (raw counts would make most English draws function words); not tuned here.
+FREQUENCY_EXPONENT = 0.75
+# Items that alone do not make a value or owner (a frequency draw of only these is redrawn): English EDGE_STOPWORDS
+# (the/a/of/at/on/to/in/and ...), Chinese the most frequent particles, pronouns and measure words of the filler.
+ZH_FUNCTION_CHARS = frozenset("一不有这个人我他她它们也就都和与及或而着过把被从向对于以之其那为上中下来去到说要会能可")
+FREQUENCY_TRIES = 32  # a frequency draw of only function items is redrawn (then: a uniform draw's words)
+
+
+EN_FREQUENCY_EXTRA = ("a",)  # 1-letter words the frequency draws add to the vocabulary ("buying a wool hat")
+
+
+def frequency_table(vocab: list[str], counts: Counter[str], lang: str) -> tuple[list[str], list[float]]:
+    """(items, cumulative weights for random.choices' cum_weights) of v9's frequency draws: the vocabulary (plus
+    EN_FREQUENCY_EXTRA words that occur VOCAB_MIN_COUNT times), sorted, each weighted count ** FREQUENCY_EXPONENT."""
+    extra = [w for w in EN_FREQUENCY_EXTRA if counts[w] >= VOCAB_MIN_COUNT] if lang == "en" else []
+    items = sorted({*vocab, *extra})
+    return items, list(itertools.accumulate(counts[w] ** FREQUENCY_EXPONENT for w in items))
+
+
+def function_only(items: list[str], lang: str) -> bool:
+    """Whether every drawn item is a function word (English EDGE_STOPWORDS) / function character (ZH_FUNCTION_CHARS)."""
+    return all(w in (W.EDGE_STOPWORDS if lang == "en" else ZH_FUNCTION_CHARS) for w in items)
+
+
+def vocabulary_draw(filler, rng: random.Random, lang: str, words: tuple[int, int], chars: tuple[int, int],
+                    frequency: bool = False) -> list[str]:
+    """Items of `filler.vocabulary(lang)`: words[0]..words[1] English words or chars[0]..chars[1] CJK characters (the
+    count drawn first); what random_value and random_owner are made of. Uniform (v5-v8): distinct items, each
+    equally likely, so almost all are rare. `frequency` (v9): drawn with replacement, each by its count **
+    FREQUENCY_EXPONENT in the filler (`filler.frequency_table`, the vocabulary and "a"), so "the", "a", "at"
+    come often, repeats allowed; a draw of function items only is redrawn (FREQUENCY_TRIES times, then kept uniform)."""
     lo, hi = words if lang == "en" else chars
-    return rng.sample(filler.vocabulary(lang), rng.randint(lo, hi))
+    n = rng.randint(lo, hi)
+    if frequency:
+        table, weights = filler.frequency_table(lang)
+        for _ in range(FREQUENCY_TRIES):
+            items = rng.choices(table, cum_weights=weights, k=n)
+            if not function_only(items, lang):
+                return items
+    return rng.sample(filler.vocabulary(lang), n)
 
 
-def random_value(filler, rng: random.Random, lang: str, check: Callable[[str], bool] = lambda s: True) -> str | None:
+def random_value(filler, rng: random.Random, lang: str, check: Callable[[str], bool] = lambda s: True,
+                 frequency: bool = False) -> str | None:
     """v5: a random sequence as a fact's value, 1-4 distinct words (joined by spaces) / 2-6 distinct CJK
     characters, each drawn uniformly from `filler.vocabulary(lang)` (its distinct items, so most draws are
-    rare ones no prior predicts: only copying gives them). None when the vocabulary is too small or 8
-    draws found none that passes `check`."""
+    rare ones no prior predicts: only copying gives them). `frequency` (v9): the items drawn by their frequency
+    in the filler (vocabulary_draw), so a value token often follows "the"/"a"/"at", a token the context holds
+    many times. None when the vocabulary is too small or 8 draws found none that passes `check`."""
     if len(filler.vocabulary(lang)) < MIN_VOCABULARY:
         return None
     for _ in range(8):
         text = (" " if lang == "en" else "").join(vocabulary_draw(filler, rng, lang, RANDOM_VALUE_WORDS,
-                                                                 RANDOM_VALUE_CHARS))
+                                                                 RANDOM_VALUE_CHARS, frequency))
         if check(text):
             return text
     return None
@@ -180,26 +226,28 @@ ZH_RANDOM_FRAMES = ("{w}的{a}",)
 ZH_DEEP_FRAMES = ("{w}的{t}的{a}", "{w}{t}的{a}")
 DEEP_SHARE = 0.4
 
-def random_owner(filler, rng: random.Random, lang: str) -> str | None:
+def random_owner(filler, rng: random.Random, lang: str, frequency: bool = False) -> str | None:
     """v8: 1-3 distinct English words (each capitalised in CAPITALISED_SHARE of owners) / 2-4 distinct CJK characters
-    drawn uniformly from `filler.vocabulary(lang)`, as random_value draws; None when the vocabulary is too small."""
+    drawn uniformly from `filler.vocabulary(lang)`, as random_value draws (`frequency`, v9: by their frequency, as
+    vocabulary_draw says); None when the vocabulary is too small."""
     if len(filler.vocabulary(lang)) < MIN_VOCABULARY:
         return None
-    words = vocabulary_draw(filler, rng, lang, RANDOM_OWNER_WORDS, RANDOM_OWNER_CHARS)
+    words = vocabulary_draw(filler, rng, lang, RANDOM_OWNER_WORDS, RANDOM_OWNER_CHARS, frequency)
     if lang == "zh":
         return "".join(words)
     return " ".join(w.capitalize() for w in words) if rng.random() < CAPITALISED_SHARE else " ".join(words)
 
 
 def random_subject(filler, rng: random.Random, lang: str, attr: str,
-                   check: Callable[[str], bool] = lambda s: True) -> str | None:
+                   check: Callable[[str], bool] = lambda s: True, frequency: bool = False) -> str | None:
     """v8: a fact's subject keyed by words no fact has held: a random owner (random_owner) set in a frame of
     EN_RANDOM_FRAMES / ZH_RANDOM_FRAMES or, for DEEP_SHARE of them, two slots deep through a generic thing
     (EN_DEEP_FRAMES / ZH_DEEP_FRAMES). The owner and the
     whole subject must pass `check` (no held-out phrase, no needle word); they hold no "is"/"是" (the vocabulary has
-    none, nor do the tables). None when the vocabulary is too small or 8 draws found none that passes."""
+    none, nor do the tables). `frequency` (v9): the owner's words drawn by frequency (random_owner). None when the
+    vocabulary is too small or 8 draws found none that passes."""
     for _ in range(8):
-        owner = random_owner(filler, rng, lang)
+        owner = random_owner(filler, rng, lang, frequency)
         if owner is None:
             return None
         deep = rng.random() < DEEP_SHARE
