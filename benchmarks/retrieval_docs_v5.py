@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Retrieval documents v5 against v4, v6 (and v6b) against v5, v7 against both, v8 against v7, on one filler and tokenizer.
+"""Retrieval documents v5 against v4, v6 (and v6b) against v5, v7 against both, v8 against v7, v9 against v8, on one
+filler and tokenizer.
 
     python benchmarks/retrieval_docs_v5.py --filler runs/mini_replication/corpus/pretrain.jsonl \\
         --tokenizer runs/mini_replication/tokenizer.model --count 2000 -o benchmarks/retrieval_docs_v5.json
@@ -9,6 +10,8 @@
         -o benchmarks/retrieval_docs_v7.json --plot benchmarks/retrieval_docs_v7.png
     python benchmarks/retrieval_docs_v5.py --filler ... --tokenizer ... --count 3000 --mixes v7 v8 --rounds 1 \
         -o benchmarks/retrieval_docs_v8.json --plot benchmarks/retrieval_docs_v8.png
+    python benchmarks/retrieval_docs_v5.py --filler ... --tokenizer ... --count 3000 --mixes v8 v9 --rounds 1 \
+        -o benchmarks/retrieval_docs_v9.json --plot benchmarks/retrieval_docs_v9.png
 
 Generates documents 0..count-1 with the stage-0 settings (max_tokens 2048, min_tokens 128, seed 0)
 --rounds times each, the --mixes in turn: v4 (the v5 code with random_value_share 0 and
@@ -33,6 +36,10 @@ question style, and three framed documents, abridged (`frame_examples`). For eve
 the facts' subjects closed / open / random, among all facts and the keyed documents' (per language), and for a mix
 with random-key subjects (v8: context.V8_RETRIEVAL's shares) their count, depth and length in tokens and three
 documents that hold them (`random_examples`); `value_kinds`: the value kinds' shares of documents and tokens.
+For every mix (`frequent_context`, v9's question): the share of an answer's value tokens (after its first) whose
+previous token occurs at least FREQUENT times in the same document, by value kind (random values split into drawn
+by frequency and uniformly), the share of random values and random owners drawn by frequency, and (v9) two
+documents with frequency-drawn values (`frequency_examples`).
 """
 
 from __future__ import annotations
@@ -53,8 +60,10 @@ from megaindex.data.tokenizer import IndexTokenizer  # noqa: E402
 MIXES = {"v4": {"open_value_share": 0.6, "random_value_share": 0.0}, "v5": {}, "v6": {"length_draw": "uniform"},
          "v6b": {"length_draw": "uniform", "early_fact_share": 0.5}, "v7": {"frame_share": 0.5},
          "v8": {"frame_share": 0.5, "random_subject_share": 0.4, "random_value_share": 0.25, "open_value_share": 0.35}}
+MIXES["v9"] = {**MIXES["v8"], "random_frequency_share": 0.5}  # context.V9_RETRIEVAL's shares
 TITLES = {"v4": "v4", "v5": "log-uniform (v5)", "v6": "uniform (v6)", "v6b": "uniform + early facts (v6b)",
-          "v7": "v5 + half framed (v7)", "v8": "v7 + random-key subjects (v8)"}
+          "v7": "v5 + half framed (v7)", "v8": "v7 + random-key subjects (v8)", "v9": "v8 + frequency draws (v9)"}
+FREQUENT = 5  # a token this many times in its document is "frequent" there (a one-token lookup after it is ambiguous)
 NEAR = 80  # characters: a statement holds its subject and value within this of each other
 
 
@@ -178,6 +187,63 @@ def subject_stats(tok: IndexTokenizer, docs: list[dict]) -> dict:
     return out
 
 
+def items_in(doc: dict, low: str, _cache: dict = {}) -> Counter[str]:  # noqa: B006 (one document at a time)
+    """How often each lowercase word (English) / CJK character (Chinese) occurs in the document's text `low`."""
+    if _cache.get("key") != doc["source"]:
+        _cache.update(key=doc["source"], counts=Counter(low) if doc["lang"] == "zh" else Counter(re.findall(r"[a-z]+", low)))
+    return _cache["counts"]
+
+
+def frequent_context(tok: IndexTokenizer, docs: list[dict]) -> dict:
+    """v9's property: of the answers' value tokens after the first (the first follows "is" / "是"), the share whose
+    previous token occurs >= FREQUENT times in the document (where copying by "what followed the previous token" is
+    ambiguous), by value kind; random values split into "random-frequency" / "random-uniform" when the documents say.
+    The value's tokens are those of the text through the answer's value minus those before it. The same over words
+    (`words_after_frequent`: a value's English words / CJK characters after its first, the previous one counted
+    among the document's lowercase words / characters), which the draw itself sets; the tokens add the tokenizer's
+    pieces inside a word."""
+    hits: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    words_hit: Counter[str] = Counter()
+    words_total: Counter[str] = Counter()
+    for d in docs:
+        text, low = d["text"], d["text"].lower()
+        ids = tok.encode(text)
+        counts = Counter(ids)
+        tail = low.rindex("\n\n")
+        flags = d.get("frequent_values", [None] * len(d["facts"]))
+        for (subject, value), f in zip(d["facts"], flags):
+            head = subject.lower() + ("是" if d["lang"] == "zh" else " is ")
+            at = low.find(head + value.lower(), tail)
+            if at < 0:
+                continue
+            a = len(tok.encode(text[:at + len(head)]))
+            b = len(tok.encode(text[:at + len(head) + len(value)]))
+            kind = d["kind"] if f is None or d["kind"] != "random" else ("random-frequency" if f else "random-uniform")
+            items = list(value) if d["lang"] == "zh" else value.lower().split()
+            for j in range(a + 1, min(b, len(ids))):
+                for k in (kind, "all"):
+                    total[k] += 1
+                    hits[k] += counts[ids[j - 1]] >= FREQUENT
+            for j in range(1, len(items)):
+                for k in (kind, "all"):
+                    words_total[k] += 1
+                    words_hit[k] += items_in(d, low)[items[j - 1]] >= FREQUENT
+    out = {k: {"tokens": total[k], "after_frequent": round(hits[k] / total[k], 4), "words": words_total[k],
+               "words_after_frequent": round(words_hit[k] / max(words_total[k], 1), 4)} for k in sorted(total)}
+    values = [f for d in docs if d["kind"] == "random" for f in d.get("frequent_values", [False] * len(d["facts"]))]
+    owners = [f for d in docs for f, k in zip(d.get("frequent_owners", []), d.get("subject_kinds", [])) if k == "random"]
+    out["random_values_by_frequency"] = round(sum(values) / max(len(values), 1), 4)
+    out["random_owners_by_frequency"] = round(sum(owners) / max(len(owners), 1), 4)
+    picks = [next((d for d in docs if want(d)), None) for want in (
+        lambda d: d["lang"] == "en" and d["form"] == "keyed" and sum(d.get("frequent_values", [])) >= 2,
+        lambda d: d["lang"] == "zh" and any(d.get("frequent_values", [])))]
+    out["frequency_examples"] = [{"source": d["source"], "facts": d["facts"], "frequent_values": d["frequent_values"],
+                                  "frequent_owners": d["frequent_owners"], "text": abridge(d["text"])}
+                                 for d in picks if d is not None]
+    return out
+
+
 def kind_shares(tok: IndexTokenizer, docs: list[dict]) -> dict:
     """Value kinds: share of documents and of tokens (EOD included)."""
     tokens = Counter()
@@ -197,16 +263,19 @@ def abridge(text: str, head: int = 240, tail: int = 120) -> str:
     return f"{body}\n\n{questions}"
 
 
-def plot(stats: dict[str, dict], path: Path, frames: dict | None = None, subjects: dict | None = None) -> None:
+def plot(stats: dict[str, dict], path: Path, frames: dict | None = None, subjects: dict | None = None,
+         frequent: dict | None = None) -> None:
     """Lengths and distances per mix; with `frames`, the first framed mix's framing; with `subjects` holding a mix
-    with random-key subjects (v8), the keyed documents' subjects by kind per mix and language."""
+    with random-key subjects (v8), the keyed documents' subjects by kind per mix and language; with `frequent` holding
+    a mix with frequency draws (v9), the share of value tokens after a frequent token per mix and value kind."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keyed = subjects if subjects and any("random_subjects" in x for x in subjects.values()) else None
-    panels = 2 + bool(frames) + bool(keyed)
+    freq = frequent if frequent and any("random-frequency" in x for x in frequent.values()) else None
+    panels = 2 + bool(frames) + bool(keyed) + bool(freq)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
     for k, (name, st) in enumerate(stats.items()):
         style = {"histtype": "step", "linewidth": 1.5, "linestyle": ("-", "--", ":")[k % 3]}  # v6b's lengths are v6's
@@ -227,7 +296,7 @@ def plot(stats: dict[str, dict], path: Path, frames: dict | None = None, subject
                     xlabel="% of framed documents")
         axes[2].tick_params(axis="y", labelsize=8)
     if keyed:
-        ax, rows = axes[-1], [(f"{m} {lang}", part) for m, x in keyed.items()
+        ax, rows = axes[2 + bool(frames)], [(f"{m} {lang}", part) for m, x in keyed.items()
                               for lang, part in x["keyed_facts_by_lang"].items()][::-1]
         left = [0.0] * len(rows)
         for kind, color in (("closed", "#BBBBBB"), ("open", "#0CD79F"), ("random", "#F0496E")):
@@ -236,6 +305,13 @@ def plot(stats: dict[str, dict], path: Path, frames: dict | None = None, subject
             left = [a + b for a, b in zip(left, share)]
         ax.set(title="keyed documents' facts: subject kind", xlabel="% of facts", xlim=(0, 100))
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
+    if freq:
+        ax, kinds = axes[-1], ["all", "open", "random-uniform", "random", "random-frequency", "phrase", "word", "number"]
+        rows = [(f"{m}: {k}", x[k]["after_frequent"]) for m, x in freq.items() for k in kinds if k in x][::-1]
+        ax.barh([r for r, _ in rows], [100 * v for _, v in rows],
+                color=["#F0496E" if "frequency" in r else "#4A7BF0" for r, _ in rows])
+        ax.set(title=f"value tokens after a token >= {FREQUENT}x in its document", xlabel="% of tokens")
+        ax.tick_params(axis="y", labelsize=8)
     for ax in axes[:2]:
         ax.legend(fontsize=8)
     for ax in axes:
@@ -282,8 +358,9 @@ def main() -> int:
     out["frames"] = frames
     out["subjects"] = {name: subject_stats(tok, got) for name, got in docs.items()}
     out["value_kinds"] = {name: kind_shares(tok, got) for name, got in docs.items()}
+    out["frequent_context"] = {name: frequent_context(tok, got) for name, got in docs.items()}
     if args.plot:
-        plot(stats, args.plot, frames, out["subjects"])
+        plot(stats, args.plot, frames, out["subjects"], out["frequent_context"])
     if "v5" in docs:
         v5_mix(tok, docs["v5"], out)
     print(json.dumps(out, indent=1, ensure_ascii=False))
