@@ -165,3 +165,21 @@ def test_every_form_but_eval_changes_the_samples(hays):
             continue
         got = [list(s.prompt_ids) for s in samples(form, hays, [512], 1, filler)]
         assert all(g != b for g, b in zip(got, base)), form
+
+
+def test_needle_form_errors_splits_answers_by_function_words_and_finds_the_first_wrong_word():
+    from examples.mini_replication.needle_form_errors import analyse
+
+    row = lambda lang, gold, pred: {"form": "eval", "task": "needle", "lang": lang, "gold": gold,  # noqa: E731
+                                    "prediction": pred, "exact": gold == pred}
+    rows = [row("en", "watching the puppet theatre.", "watching the serverbet theatre."),  # wrong after "the"
+            row("en", "rowing on the harbour.", "rowing on the harbour."),
+            row("en", "black cardamom.", "6ack cardamom."),                                  # wrong first word
+            row("en", "star anise powder.", "star anise powder."),
+            row("zh", "是在老街买剪纸。", "是老街买剪纸。"),                                     # 在 dropped: after 是
+            row("zh", "花椒。", "花洒。")]                                                    # after a content character
+    got = analyse(rows)["eval"]
+    assert got["en"]["after_function"] == {"n": 2, "exact": 50.0} and got["en"]["no_function"] == {"n": 2, "exact": 50.0}
+    assert (got["en"]["misses"], got["en"]["first_wrong_first"], got["en"]["first_wrong_after_function"]) == (2, 1, 1)
+    assert got["zh"]["after_function"]["n"] == 1 and got["zh"]["first_wrong_after_function"] == 1
+    assert got["zh"]["first_wrong_after_content"] == 1

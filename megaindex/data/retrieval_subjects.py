@@ -155,10 +155,10 @@ def vocabulary(texts: Iterable[str], lang: str, counts: Counter[str] | None = No
 
 # v9 frequency draws weigh each vocabulary item by count ** FREQUENCY_EXPONENT: word2vec's negative-sampling
 # smoothing (Mikolov et al. 2013), the standard compromise that keeps "the"/"a"/"at" frequent without letting them
-# crowd out every other word (raw counts would make most English draws function words); not tuned here.
+# crowd out the rest (on the mini corpus' filler function words are 45% of raw counts, 21% of these weights); not tuned.
 FREQUENCY_EXPONENT = 0.75
 # Items that alone do not make a value or owner (a frequency draw of only these is redrawn): English EDGE_STOPWORDS
-# (the/a/of/at/on/to/in/and ...), Chinese the most frequent particles, pronouns and measure words of the filler.
+# (the/a/of/at/on/to/in/and ...), Chinese common particles, pronouns, negations, measure words and light verbs.
 ZH_FUNCTION_CHARS = frozenset("一不有这个人我他她它们也就都和与及或而着过把被从向对于以之其那为上中下来去到说要会能可")
 FREQUENCY_TRIES = 32  # a frequency draw of only function items is redrawn (then: a uniform draw's words)
 
