@@ -14,6 +14,7 @@ from megaindex.data import retrieval_subjects as RS
 from megaindex.data import retrieval_words as W
 from megaindex.data.held_out import check_held_out
 from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator, contradictions
+from megaindex.data.retrieval_writer import count_mix, describe_mix
 from megaindex.data.tokenizer import IndexTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +87,11 @@ def test_frequency_draws_documents(tok, filler):
     assert any(len(set(x)) < 4 for x in (RS.vocabulary_draw(filler, rng, "en", (4, 4), (2, 2), True) for _ in range(2000)))
     zh = [v for lang, v, fv in flags if lang == "zh" and fv]
     assert len(zh) > 40 and not [v for v in zh if set(v) <= RS.ZH_FUNCTION_CHARS or set(v) & RS.ZH_EXCLUDED]
+    mix: dict = {}
+    for d in docs:
+        count_mix(mix, {**d, "tokens": len(d["text"])})
+    line = describe_mix(mix)
+    assert "; frequency drawn " in line and ", none " in line.split("; frequency ")[1], line  # the writer's mix line
     for d in docs:
         body, lines = _statement_lines(d)
         for s, v in d["facts"]:

@@ -2,7 +2,7 @@
 
 Owns `write_documents` (serial, or made by forked worker processes with byte-identical output: a
 document depends only on its index) and the per-file mix line (`count_mix`, `describe_mix`: tokens
-per language, haystack, value kind, document form, subject vocabulary and framing). The documents themselves
+per language, haystack, value kind, document form, subject vocabulary, framing and frequency draws). The documents themselves
 are megaindex.data.retrieval_docs.RetrievalDocGenerator's.
 """
 
@@ -77,12 +77,16 @@ def write_documents(path: str | Path, generator: RetrievalDocGenerator, *, token
     return docs, total
 
 
-MIX_KEYS = ("lang", "haystack", "kind", "form", "subjects", "frame")
+MIX_KEYS = ("lang", "haystack", "kind", "form", "subjects", "frame", "frequency")
 
 
 def count_mix(mix: dict, doc: dict) -> None:
     """Add a written document's tokens to `mix` under "lang:zh", "form:same_form", "subjects:open", ...,
-    and "frame:framed" / "frame:plain" for documents made with frame_share on (v7; the key is absent before)."""
+    and "frame:framed" / "frame:plain" for documents made with frame_share on (v7; the key is absent before),
+    "frequency:drawn" / "frequency:none" (a value or owner drawn by frequency or not) with random_frequency_share on (v9)."""
+    if "frequent_values" in doc:
+        val = "drawn" if any(doc["frequent_values"]) or any(doc["frequent_owners"]) else "none"
+        mix[f"frequency:{val}"] = mix.get(f"frequency:{val}", 0) + doc["tokens"]
     for key in MIX_KEYS:
         if key in doc:
             val = ("plain" if doc[key] is None else "framed") if key == "frame" else doc[key]
@@ -90,8 +94,8 @@ def count_mix(mix: dict, doc: dict) -> None:
 
 
 def describe_mix(mix: dict) -> str:
-    """One line: the share of tokens per language, haystack, value kind, document form, subject vocabulary
-    and (v7) framing."""
+    """One line: the share of tokens per language, haystack, value kind, document form, subject vocabulary,
+    (v7) framing and (v9) documents with a frequency draw."""
     total = sum(v for k, v in mix.items() if k.startswith("lang:")) or 1
     groups: dict[str, list[str]] = {}
     order = {key: i for i, key in enumerate(MIX_KEYS)}
