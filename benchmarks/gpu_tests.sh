@@ -92,7 +92,7 @@ L="$T::test_layout_matches_one_gpu"
 # 115 / 99, train_1gpu - / 207); the 2-GPU ones on 2 x H200 (parity_2gpu 58 s, fp8_attention_2gpu 106 s,
 # layouts ~35-40 s per launch: see above); layouts_4gpu read from the code. Limits stay well above.
 GROUP_TABLE=(
-  "te_kernels 1 45 120 tests/test_data_batch.py::test_cp_slices_match_transformer_engine $T::test_doctor_sees_transformer_engine"
+  "te_kernels 1 45 120 tests/test_data_batch.py::test_cp_slices_match_transformer_engine tests/test_data_batch.py::test_micro_batch_reaches_the_gpu_without_waiting_for_its_queue $T::test_doctor_sees_transformer_engine"
   "model 1 55 180 tests/test_gpu_model.py"
   "convert_eval 1 50 180 tests/test_convert_gpu.py tests/test_eval_gpu.py"
   "cuda_graph 1 145 240 $T::test_cuda_graph_steps_match_eager_steps"

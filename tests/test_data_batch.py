@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from megaindex.config import load_config
-from megaindex.data.batch import broadcast_batch_to_tp, collate, slice_batch_for_cp_rank
+from megaindex.data.batch import broadcast_batch_to_tp, collate, host_to_device, packed_seq_params, slice_batch_for_cp_rank
 from megaindex.data.builder import build_datasets
 from megaindex.data.tokenizer import IndexTokenizer
 
@@ -81,6 +82,56 @@ def test_cp_slices_match_transformer_engine(batch):
         for r in range(cp):
             te_idx = tex.thd_get_partitioned_indices(cu, 2 * S, cp, r)
             assert torch.equal(te_idx.cpu().long(), thd_partition_indices(b["cu_seqlens_padded"], cp, r))
+
+
+def test_host_to_device_keeps_values_and_dtypes_on_the_host(batch):
+    """Off the GPU host_to_device is a plain move: every tensor of a CP slice arrives equal, same dtype."""
+    _, b = batch
+    part = slice_batch_for_cp_rank(b, 2, 1)
+    for k, v in part.items():
+        got = host_to_device(v, "cpu")
+        assert got.dtype == v.dtype and torch.equal(got, v), k
+
+
+def _moved_while_the_gpu_is_busy(fn, spin_cycles: int = 1_000_000_000):
+    """(fn's result, host seconds fn took, seconds until the GPU was done) with ~0.5 s of GPU work queued first."""
+    torch.cuda._sleep(spin_cycles)
+    t0 = time.perf_counter()
+    out = fn()
+    host = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    return out, host, time.perf_counter() - t0
+
+
+@pytest.mark.gpu
+def test_micro_batch_reaches_the_gpu_without_waiting_for_its_queue(batch):
+    """What the forward step moves per micro-batch (training/loss.py: the CP slice's tokens, positions,
+    labels and loss mask, the THD cu_seqlens, the count) is queued behind the GPU's work, the host not
+    waiting for it: the 2 x H200 CP2 profile found the host drained the queue twice per micro-batch on
+    pageable copies (benchmarks/RESULTS_train.md). The control shows such a copy does wait here."""
+    from megaindex.training.loss import to_device
+
+    _, b = batch
+    part = slice_batch_for_cp_rank(b, 2, 0)
+    dev = torch.device("cuda")
+    count = torch.tensor(7, dtype=torch.int)
+    keys = ("tokens", "position_ids", "labels", "loss_mask")
+
+    def move():
+        return to_device({k: part[k] for k in keys}, dev), packed_seq_params(part, dev), host_to_device(count, dev)
+
+    move()
+    torch.cuda.synchronize()  # the first use allocates the pinned blocks
+    (moved, psp, c), host, total = _moved_while_the_gpu_is_busy(move)
+    assert total > 0.2, f"the GPU spin lasted {total:.3f} s, too short to tell a wait"
+    assert host < 0.25 * total, f"the host waited {host:.3f} s of the GPU's {total:.3f} s"
+    for k in keys:
+        assert torch.equal(moved[k].cpu(), part[k]), k
+    assert torch.equal(psp.cu_seqlens_q.cpu(), part["cu_seqlens"]) and int(c) == 7
+    _, host_pageable, total_pageable = _moved_while_the_gpu_is_busy(lambda: part["tokens"].to(dev, non_blocking=True))
+    assert host_pageable > 0.5 * total_pageable, (
+        f"a pageable copy took {host_pageable:.3f} s of {total_pageable:.3f} s: it no longer waits for the queue on "
+        "this driver, so host_to_device's pinning buys nothing here")
 
 
 def test_tp_broadcast_two_gloo_ranks():

@@ -33,15 +33,17 @@ def test_gpu_tests_script_lists_every_gpu_test_and_reports_skips(tmp_path):
     # every gpu-marked test of the suite is in a group (30+ today), none listed that does not exist
     assert re.search(r"collect: (\d+) gpu tests collected; every one is in a group\n", summary), summary
     assert int(re.search(r"(\d+) gpu tests", summary)[1]) >= 30 and "stale" not in summary
-    assert re.search(r"  te_kernels: ok in \d+ s \(2 skipped in [\d.]+s\)", summary), summary
-    assert "skipped:\n  2 x needs a CUDA GPU (run on the GPU node)\n" in summary and "not run" not in summary
+    assert re.search(r"  te_kernels: ok in \d+ s \(3 skipped in [\d.]+s\)", summary), summary
+    assert "skipped:\n  3 x needs a CUDA GPU (run on the GPU node)\n" in summary and "not run" not in summary
     log = (tmp_path / "out" / "gpu_tests.log").read_text()
     assert "tests/test_data_batch.py::test_cp_slices_match_transformer_engine SKIPPED" in log
     assert "slowest durations" in log and "test_tp_broadcast" not in log  # -m gpu: the file's CPU tests stay out
     suites = ET.parse(tmp_path / "out" / "junit.xml").getroot().findall("testsuite")
     assert [s.get("name") for s in suites] == ["te_kernels"]
     cases = suites[0].findall("testcase")
-    assert [c.get("name") for c in cases] == ["test_cp_slices_match_transformer_engine", "test_doctor_sees_transformer_engine"]
+    assert [c.get("name") for c in cases] == ["test_cp_slices_match_transformer_engine",
+                                              "test_micro_batch_reaches_the_gpu_without_waiting_for_its_queue",
+                                              "test_doctor_sees_transformer_engine"]
     assert all(c.find("skipped") is not None for c in cases)
 
 

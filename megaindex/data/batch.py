@@ -16,6 +16,8 @@ Owns what happens between a dataset sample and the model's input on one GPU:
     the one padder of cu_seqlens (a micro-batch's, or a CUDA-graph step's stacked rows).
   * `packed_seq_params` / `thd_params`: TE's THD attention parameters of a micro-batch (from a host
     batch) / of cu_seqlens already where they will be used (the CUDA-graph step's static buffers).
+  * `host_to_device`: the one way a host tensor of a micro-batch reaches the GPU, without the host
+    waiting for the GPU's queue to drain.
 """
 
 from __future__ import annotations
@@ -27,6 +29,19 @@ from megaindex.cp_layout import thd_partition_indices
 
 TOKEN_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 THD_KEYS = ("cu_seqlens", "cu_seqlens_padded")
+
+
+def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`t` on `device`. A host tensor bound for a CUDA device is pinned first (a host copy into torch's
+    cached pinned memory, which keeps it alive until the copy is done) and copied asynchronously, ordered
+    on the current stream. A copy from pageable memory is not asynchronous even with non_blocking=True:
+    the driver synchronises the stream before it stages the copy, so the host waits until every kernel
+    queued before it has run (the 2 x H200 CP2 profile: 72-215 ms at the start of each forward, 8-121 ms
+    after it; benchmarks/RESULTS_train.md), and cannot queue the next kernels ahead of the GPU."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+    return t.to(device)
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -157,7 +172,7 @@ def broadcast_batch_to_tp(batch: dict[str, torch.Tensor] | None, device: torch.d
     dist.broadcast_object_list(meta, src=src, group=group)
     out = {}
     for k, shape, dtype in meta[0]:
-        t = batch[k].to(device).contiguous() if first else torch.empty(shape, dtype=dtype, device=device)
+        t = host_to_device(batch[k], device).contiguous() if first else torch.empty(shape, dtype=dtype, device=device)
         dist.broadcast(t, src=src, group=group)
         out[k] = t
     return out
@@ -178,8 +193,8 @@ def packed_seq_params(batch: dict, device: torch.device | None = None, static_ma
     share = not static and torch.equal(cu, cu_pad)
     max_len = int(batch["max_seqlen"])
     if device is not None:
-        cu = cu.to(device, non_blocking=True)
-        cu_pad = cu if share else cu_pad.to(device, non_blocking=True)
+        cu = host_to_device(cu, device)
+        cu_pad = cu if share else host_to_device(cu_pad, device)
     if share:
         cu_pad = cu  # same object: TE keeps flash attention eligible (padded != real forces cuDNN)
     return thd_params(cu, cu_pad, max_len)

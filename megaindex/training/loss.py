@@ -22,7 +22,7 @@ from functools import partial
 import torch
 
 from megaindex.data.batch import document_stats as packed_document_stats
-from megaindex.data.batch import packed_seq_params, slice_batch_for_cp_rank, thd_params, unpack_rows
+from megaindex.data.batch import host_to_device, packed_seq_params, slice_batch_for_cp_rank, thd_params, unpack_rows
 from megaindex.distributed import ParallelLayout
 
 LOSS_KEY = "lm loss"  # [loss sum, count] of the micro-batch
@@ -57,7 +57,8 @@ def batch_count(batch: dict, longalign: bool, cp_rank: int) -> torch.Tensor:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    """The batch's tensors on `device`, the host not waiting for the GPU (data/batch.py `host_to_device`)."""
+    return {k: (host_to_device(v, device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
 def document_stats(batch: dict, cp_rank: int) -> dict[str, torch.Tensor]:
@@ -93,7 +94,7 @@ def make_forward_step(*, packed: bool, longalign: bool, device: torch.device, la
             batch["tokens"], None if packed else batch["position_ids"], None,
             labels=batch["labels"], packed_seq_params=psp,
         )
-        return output, partial(loss_func, batch["loss_mask"], count.to(device), stats)
+        return output, partial(loss_func, batch["loss_mask"], host_to_device(count, device), stats)
 
     return forward_step
 
