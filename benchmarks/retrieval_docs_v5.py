@@ -60,7 +60,8 @@ from megaindex.data.tokenizer import IndexTokenizer  # noqa: E402
 MIXES = {"v4": {"open_value_share": 0.6, "random_value_share": 0.0}, "v5": {}, "v6": {"length_draw": "uniform"},
          "v6b": {"length_draw": "uniform", "early_fact_share": 0.5}, "v7": {"frame_share": 0.5},
          "v8": {"frame_share": 0.5, "random_subject_share": 0.4, "random_value_share": 0.25, "open_value_share": 0.35}}
-MIXES["v9"] = {**MIXES["v8"], "random_frequency_share": 0.5}  # context.V9_RETRIEVAL's shares
+MIXES["v9"] = {**MIXES["v8"], "random_frequency_share": 0.5, "zh_value_particles": True,  # context.V9_RETRIEVAL's
+               "prepositional_frame_share": 0.3}
 TITLES = {"v4": "v4", "v5": "log-uniform (v5)", "v6": "uniform (v6)", "v6b": "uniform + early facts (v6b)",
           "v7": "v5 + half framed (v7)", "v8": "v7 + random-key subjects (v8)", "v9": "v8 + frequency draws (v9)"}
 FREQUENT = 5  # a token this many times in its document is "frequent" there (a one-token lookup after it is ambiguous)

@@ -184,3 +184,17 @@ def test_v9_records_tell_frequency_draws_from_uniform_ones():
     assert [v == "random-frequency" for v in values] == [x for d in docs for x in d["frequent_values"]]
     assert [o == "random-frequency" for o in owners] == [x for d in docs for x in d["frequent_owners"]]
     assert {"random", "random-frequency"} <= set(values) and {"random", "random-frequency", "closed"} <= set(owners)
+
+
+def test_a_value_starting_with_zai_is_scored_from_the_merged_piece():
+    """v9 (zh_value_particles): a Chinese value may start with 在, and "是在" is one piece of the tokenizer; the
+    question's prompt then stops before "是" and the gold answer starts with the merged piece, as the evaluation's
+    split_answer does, so the probe scores the piece the model must produce."""
+    tok = IndexTokenizer(TOKENIZER)
+    assert [tok.sp.id_to_piece(i) for i in tok.encode("他是在北京")][2] == "是在"
+    doc = {"text": "备忘录。\n\n天气很好。林晓明的备注是在老街买东西。我们到了。\n\n问题：林晓明的备注是什么？\n回答："
+                   "林晓明的备注是在老街买东西。\n", "facts": [["林晓明的备注", "在老街买东西"]], "lang": "zh", "source": "t/0"}
+    ids = tok.encode(doc["text"])
+    (q,) = P.questions(doc, tok, ids)
+    gold = (q["seq"] or ids)[q["k"]:q["m"]]
+    assert q["merged"] and tok.sp.id_to_piece(gold[0]) == "是在" and tok.decode(gold) == "是在老街买东西。"

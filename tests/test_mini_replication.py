@@ -68,7 +68,8 @@ def test_recipes_and_ablations_validate():
     assert run.FULL.retrieval == run.SMOKE.retrieval == {"length_draw": "log-uniform", "early_fact_share": 0.0,
                                                          "frame_share": 0.5, "random_subject_share": 0.4,
                                                          "random_value_share": 0.25, "open_value_share": 0.35,
-                                                         "random_frequency_share": 0.5}
+                                                         "random_frequency_share": 0.5, "zh_value_particles": True,
+                                                         "prepositional_frame_share": 0.3}
     import in_format_probe
 
     assert in_format_probe.DATA["v9"] == run.FULL.retrieval and run.FULL.probe_data == run.SMOKE.probe_data == "v9"

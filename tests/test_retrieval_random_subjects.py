@@ -109,17 +109,18 @@ def test_random_subjects_share_vocabulary_frames_and_answers(tok, filler):
 
 
 def test_no_random_frame_holds_an_evaluation_phrase():
-    """Every frame x attribute x thing (the owner a placeholder), in both languages and as a statement's head, against
+    """Every frame x attribute x thing (the owner a placeholder; v8's frames and v9's prepositional ones), in both
+    languages and as a statement's head, against
     HELD_OUT_PHRASES: the owner words are checked as drawn (random_subject's `check`), the rest is enumerated here."""
     texts = []
-    for lang, frames, things in (("en", RS.EN_RANDOM_FRAMES + RS.EN_DEEP_FRAMES, W.EN_THINGS),
-                                 ("zh", RS.ZH_RANDOM_FRAMES + RS.ZH_DEEP_FRAMES, W.ZH_THINGS)):
+    for lang, frames, things in (("en", RS.EN_RANDOM_FRAMES + RS.EN_DEEP_FRAMES + RS.EN_PREP_FRAMES, W.EN_THINGS),
+                                 ("zh", RS.ZH_RANDOM_FRAMES + RS.ZH_DEEP_FRAMES + RS.ZH_PREP_FRAMES, W.ZH_THINGS)):
         attrs = [a for kind in ("number", "word", "phrase", "open") for a in W.attributes(lang, kind)]
         for frame in frames:
             for a in attrs:
                 for t in things if "{t}" in frame else [""]:
                     texts.append(frame.format(w="X", a=a, t=t) + (" is" if lang == "en" else "是"))
-    assert len(texts) > 2000
+    assert len(texts) > 3000 and sum("near X" in x or "在X" in x for x in texts) > 50  # v9's prepositional frames too
     assert not [(p, x) for x in texts for p in HELD_OUT_PHRASES if p in x.lower()]
     assert not [x for x in texts if " is " in x.lower().removesuffix(" is") + " " or "是" in x[:-1]]
 

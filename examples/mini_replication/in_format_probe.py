@@ -73,13 +73,14 @@ EXTRA_TOKENS = 3  # greedy tokens past the gold answer's length, so a miss shows
 # v5 the fifth attempt's (every share at its default: lengths log-uniform, early_fact_share 0), v6b the sixth's,
 # v7 the seventh's (v5 with half of the documents framed: context.V7_RETRIEVAL; records say "frame"), v8 the eighth's
 # (v7 with random-key subjects and more random values: context.V8_RETRIEVAL; records say "subject"), v9 the ninth's
-# (v8 with half of the random draws by word frequency: context.V9_RETRIEVAL).
+# (v8 with half of the random draws by word frequency, Chinese values with 在/的/了, prepositional random keys:
+# context.V9_RETRIEVAL).
 DATA = {"v5": {"length_draw": "log-uniform", "early_fact_share": 0.0},
         "v6b": {"length_draw": "uniform", "early_fact_share": 0.5},
         "v7": {"length_draw": "log-uniform", "early_fact_share": 0.0, "frame_share": 0.5},
         "v8": {"length_draw": "log-uniform", "early_fact_share": 0.0, "frame_share": 0.5, "random_subject_share": 0.4,
                "random_value_share": 0.25, "open_value_share": 0.35}}
-DATA["v9"] = {**DATA["v8"], "random_frequency_share": 0.5}
+DATA["v9"] = {**DATA["v8"], "random_frequency_share": 0.5, "zh_value_particles": True, "prepositional_frame_share": 0.3}
 
 
 def probe_config(length: int, seed: int = SEED, data: str = "v5") -> RetrievalDocConfig:

@@ -107,6 +107,12 @@ across packed rows so the question could not see its fact):
     identical) are drawn with replacement by the filler's word counts ** 0.75 (retrieval_subjects.vocabulary_draw:
     function words and "a" included, "is" still banned, never only function words; Chinese: character counts, 是/的/
     了/在 still excluded); documents then carry "frequent_values" and "frequent_owners" (per fact, True / False);
+    v9, second part (both bases missed every Chinese needle value holding 在, "是在老街" -> "是老街": the answer's first
+    piece is the merged "是在", and no training value held 在/的/了; the English needle whose key is a prepositional
+    phrase after the attribute scored 65/40 at 1K/2K against 100/95): with `zh_value_particles` Chinese values (open,
+    random, same-form) may hold 在/的/了, never 是 (retrieval_subjects.ZH_PARTICLES; some open ones start at a
+    preposition); `prepositional_frame_share` of the random-key subjects use prepositional frames ("the motto near
+    {w}", "在{w}的口令"), and documents then carry "prepositional_subjects" (per fact); both off by default (v1-v9 kept);
   * held out: the evaluation's phrasings (the passkey prompt and its garbage sentences, the needle
     templates and prompts of megaindex.eval, RULER's "special magic number") never appear — not in
     the templates, not in the repetitive sentences, and not in the filler, whose sentences
@@ -159,6 +165,8 @@ class RetrievalDocConfig:
     frame_share: float = 0.0          # share of documents framed by retrieval_frames (preamble, closing, question style; v7)
     random_subject_share: float = 0.0  # share of keyed documents' facts whose subject is keyed by random vocabulary words (v8)
     random_frequency_share: float = 0.0  # share of random values / random owners drawn by word frequency, not uniformly (v9)
+    zh_value_particles: bool = False  # Chinese values may hold 在/的/了 (never 是), open ones split only at 是 (v9, 2nd part)
+    prepositional_frame_share: float = 0.0  # share of random-key subjects in prepositional frames, "the {a} near {w}" (v9)
 
 
 LENGTH_DRAWS = ("log-uniform", "uniform")
@@ -184,7 +192,7 @@ def starts_early(parts: list[str], sep: str, j: int, window: float) -> bool:
 
 SHARES = ("single_key_share", "open_value_share", "random_value_share", "phrase_value_share", "word_value_share",
           "repetitive_share", "chinese_share", "same_form_share", "open_subject_share", "early_fact_share",
-          "frame_share", "random_subject_share", "random_frequency_share")
+          "frame_share", "random_subject_share", "random_frequency_share", "prepositional_frame_share")
 VALUE_SHARES = ("open_value_share", "random_value_share", "phrase_value_share", "word_value_share")
 VALUE_KINDS = ("open", "random", "phrase", "word")  # in VALUE_SHARES' order; the rest of the documents: "number"
 DRAFTS = 16  # a document whose draft holds a held-out phrase (a filler span next to a template) is redrawn
@@ -217,6 +225,10 @@ class RetrievalDocGenerator:
                 filler.vocabulary(lang)
                 if config.random_frequency_share > 0:
                     filler.frequency_table(lang)
+            if config.zh_value_particles:
+                filler.vocabulary("zh", True)
+                if config.random_frequency_share > 0:
+                    filler.frequency_table("zh", True)
 
     def _ntok(self, text: str) -> int:
         return len(self.tok.encode(text))
@@ -281,7 +293,8 @@ class RetrievalDocGenerator:
         """{"text", "facts": [[subject, value], ...], "lang", "haystack", "kind", "form", "subjects" (open /
         closed / mixed), "open_facts", "distractors" (same-form sentences in the text), "source", and with frame_share on "frame"
         (retrieval_frames.Frame.key, None: not framed), with random_subject_share on "subject_kinds", with
-        random_frequency_share on "frequent_values" / "frequent_owners" (per fact: drawn by frequency)}; text + EOD
+        random_frequency_share on "frequent_values" / "frequent_owners" (per fact: drawn by frequency), with
+        prepositional_frame_share on "prepositional_subjects" (per fact: a prepositional frame)}; text + EOD
         fits. Redrawn (seed "{seed}:{index}:{draft}") while a draft holds an evaluation-only phrase."""
         for draft in range(DRAFTS):
             rng = random.Random(f"{self.cfg.seed}:{index}" + (f":{draft}" if draft else ""))
@@ -312,19 +325,23 @@ class RetrievalDocGenerator:
             n = SF.fact_count(rng)
         filler_value = FILLER_VALUES.get(kind)  # None for the table kinds, which never call it
         share, frequent = cfg.random_frequency_share, {}  # v9: value / subject -> drawn by frequency
+        prep_share, prepositional = cfg.prepositional_frame_share, {}  # v9, second part: subject -> prepositional
+        particles = {"particles": True} if cfg.zh_value_particles and lang == "zh" else {}  # off: v1-v9 calls
 
         def value(g: random.Random) -> str | None:
             if kind != "random" or not share:  # 0 draws nothing: v1-v8 unchanged
-                return filler_value(self.filler, g, lang, self._span_ok)
+                return filler_value(self.filler, g, lang, self._span_ok, **particles)
             f = g.random() < share
-            v = random_value(self.filler, g, lang, self._span_ok, frequency=f)
+            v = random_value(self.filler, g, lang, self._span_ok, frequency=f, **particles)
             frequent.setdefault(v, f)
             return v
 
         def rand_subject(g: random.Random, attr: str) -> str | None:
             f = bool(share) and g.random() < share
-            subject = random_subject(self.filler, g, lang, attr, self._span_ok, frequency=f)
+            p = bool(prep_share) and g.random() < prep_share
+            subject = random_subject(self.filler, g, lang, attr, self._span_ok, frequency=f, prepositional=p)
             frequent.setdefault(subject, f)
+            prepositional.setdefault(subject, p)
             return subject
         intro = rng.choice(W.INTROS[lang])
         frame = F.draw_frame(rng, lang) if cfg.frame_share and rng.random() < cfg.frame_share else None  # v7
@@ -334,7 +351,7 @@ class RetrievalDocGenerator:
         while True:
             if same_form:
                 drawn, hard, other = SF.draw(self.filler, rng, lang, kind, n, cfg.open_subject_share, self._span_ok,
-                                             value if kind == "random" and share else None)
+                                             value if kind == "random" and share or particles else None)
                 facts = [Fact(s, v, o) for s, v, o in drawn]
                 distractors = (hard, other)
                 statements = [SF.sentence(f.subject, f.value, lang) for f in facts]
@@ -396,7 +413,9 @@ class RetrievalDocGenerator:
                 **({"frame": frame and frame.key} if cfg.frame_share else {}),  # the key only when on: v1-v6b stay
                 **({"subject_kinds": kinds} if cfg.random_subject_share else {}),  # v8: per fact, closed / open / random
                 **({"frequent_values": [frequent.get(f.value, False) for f in facts],  # v9: per fact, drawn by frequency
-                    "frequent_owners": [f.random and frequent.get(f.subject, False) for f in facts]} if share else {})}
+                    "frequent_owners": [f.random and frequent.get(f.subject, False) for f in facts]} if share else {}),
+                **({"prepositional_subjects": [f.random and prepositional.get(f.subject, False) for f in facts]}
+                   if prep_share else {})}
 
     def _fit(self, index: int, intro: str, sep: str, body: list[str], tail: str, budget: int, statements: list[str],
              listed: set[str]) -> str:

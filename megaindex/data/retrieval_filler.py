@@ -45,8 +45,8 @@ class FillerText:
             raise ValueError(f"no filler documents (JSONL with a 'text' field over 200 characters) in {paths}")
         self.phrases = tuple(p.lower() for p in phrases)
         self._counts: dict[str, Counter[str]] = {}
-        self._vocabulary: dict[str, list[str]] = {}
-        self._frequency: dict[str, tuple[list[str], list[float]]] = {}
+        self._vocabulary: dict[tuple[str, bool], list[str]] = {}
+        self._frequency: dict[tuple[str, bool], tuple[list[str], list[float]]] = {}
 
     def counts(self, lang: str) -> Counter[str]:
         """How often each word (English) / CJK character (Chinese) occurs in the `lang` documents
@@ -55,19 +55,23 @@ class FillerText:
             self._counts[lang] = item_counts(self.docs[lang], lang)
         return self._counts[lang]
 
-    def vocabulary(self, lang: str) -> list[str]:
+    def vocabulary(self, lang: str, particles: bool = False) -> list[str]:
         """The distinct words (English) / CJK characters (Chinese) of the `lang` documents, sorted, that v5's
-        random values are drawn from (megaindex.data.retrieval_subjects.vocabulary); computed once, on first use."""
-        if lang not in self._vocabulary:
-            self._vocabulary[lang] = vocabulary(self.docs[lang], lang, self.counts(lang))
-        return self._vocabulary[lang]
+        random values are drawn from (megaindex.data.retrieval_subjects.vocabulary; `particles`: with 在/的/了, v9's
+        Chinese values); computed once, on first use."""
+        key = (lang, particles)
+        if key not in self._vocabulary:
+            self._vocabulary[key] = vocabulary(self.docs[lang], lang, self.counts(lang), particles)
+        return self._vocabulary[key]
 
-    def frequency_table(self, lang: str) -> tuple[list[str], list[float]]:
-        """(items, cumulative weights) of v9's frequency draws (retrieval_subjects.frequency_table); computed once.
-        The generator builds it before write_documents forks its workers, which then share it, as the vocabulary."""
-        if lang not in self._frequency:
-            self._frequency[lang] = frequency_table(self.vocabulary(lang), self.counts(lang), lang)
-        return self._frequency[lang]
+    def frequency_table(self, lang: str, particles: bool = False) -> tuple[list[str], list[float]]:
+        """(items, cumulative weights) of v9's frequency draws (retrieval_subjects.frequency_table; `particles` as
+        vocabulary's); computed once. The generator builds it before write_documents forks its workers, which then
+        share it, as the vocabulary."""
+        key = (lang, particles)
+        if key not in self._frequency:
+            self._frequency[key] = frequency_table(self.vocabulary(lang, particles), self.counts(lang), lang)
+        return self._frequency[key]
 
     def summary(self) -> str:
         en, zh = len(self.docs["en"]), len(self.docs["zh"])
