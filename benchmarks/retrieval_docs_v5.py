@@ -39,7 +39,10 @@ documents that hold them (`random_examples`); `value_kinds`: the value kinds' sh
 For every mix (`frequent_context`, v9's question): the share of an answer's value tokens (after its first) whose
 previous token occurs at least FREQUENT times in the same document, by value kind (random values split into drawn
 by frequency and uniformly), the share of random values and random owners drawn by frequency, and (v9) two
-documents with frequency-drawn values (`frequency_examples`).
+documents with frequency-drawn values (`frequency_examples`). For every mix (`particles`, v9's second part): the share
+of Chinese values holding 在 / 的 / 了, starting with 在, and of Chinese answers whose first piece is the merged "是在",
+by value kind, the share of random-key subjects in prepositional frames (per language), and two documents
+(`particle_examples`: a Chinese value starting with 在, a prepositional subject).
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ MIXES = {"v4": {"open_value_share": 0.6, "random_value_share": 0.0}, "v5": {}, "
 MIXES["v9"] = {**MIXES["v8"], "random_frequency_share": 0.5, "zh_value_particles": True,  # context.V9_RETRIEVAL's
                "prepositional_frame_share": 0.3}
 TITLES = {"v4": "v4", "v5": "log-uniform (v5)", "v6": "uniform (v6)", "v6b": "uniform + early facts (v6b)",
-          "v7": "v5 + half framed (v7)", "v8": "v7 + random-key subjects (v8)", "v9": "v8 + frequency draws (v9)"}
+          "v7": "v5 + half framed (v7)", "v8": "v7 + random-key subjects (v8)", "v9": "v8 + frequency draws, zh particles, prepositional keys (v9)"}
 FREQUENT = 5  # a token this many times in its document is "frequent" there (a one-token lookup after it is ambiguous)
 NEAR = 80  # characters: a statement holds its subject and value within this of each other
 
@@ -245,6 +248,41 @@ def frequent_context(tok: IndexTokenizer, docs: list[dict]) -> dict:
     return out
 
 
+def particle_stats(tok: IndexTokenizer, docs: list[dict]) -> dict:
+    """v9's second part: Chinese values holding 在/的/了 (any, each), starting with 在, and answers whose first piece is
+    the merged "是在" (the text through the answer's "是" and the value's first character ends in one piece), per value
+    kind (random split by frequency draw), over all facts; random-key subjects in prepositional frames per language."""
+    rows: dict[str, Counter[str]] = {}
+    for d in docs:
+        if d["lang"] != "zh":
+            continue
+        flags = d.get("frequent_values", [None] * len(d["facts"]))
+        for (subject, value), f in zip(d["facts"], flags):
+            kind = d["kind"] if f is None or d["kind"] != "random" else ("random-frequency" if f else "random-uniform")
+            for k in (kind, "all"):
+                c = rows.setdefault(k, Counter())
+                c["values"] += 1
+                c["hold_any"] += bool(set(value) & set("在的了"))
+                for ch in "在的了":
+                    c[f"hold_{ch}"] += ch in value
+                c["start_在"] += value.startswith("在")
+                c["merged_是在"] += tok.sp.id_to_piece(tok.encode(f"{subject}是{value[0]}")[-1]) == "是在"
+    out = {k: {"values": c["values"], **{x: round(c[x] / c["values"], 4) for x in
+                                         ("hold_any", "hold_在", "hold_的", "hold_了", "start_在", "merged_是在")}}
+           for k, c in sorted(rows.items())}
+    prep = [(d["lang"], p) for d in docs for p, k in zip(d.get("prepositional_subjects", []), d.get("subject_kinds", []))
+            if k == "random"]
+    out["random_subjects_prepositional"] = {lang: round(sum(p for x, p in prep if x == lang) /
+                                                        max(sum(x == lang for x, _ in prep), 1), 4) for lang in ("en", "zh")}
+    picks = [next((d for d in docs if want(d)), None) for want in (
+        lambda d: d["lang"] == "zh" and d["form"] == "keyed" and any(v.startswith("在") for _, v in d["facts"]),
+        lambda d: d["lang"] == "en" and any(d.get("prepositional_subjects", [])))]
+    out["particle_examples"] = [{"source": d["source"], "kind": d["kind"], "facts": d["facts"],
+                                 "prepositional_subjects": d.get("prepositional_subjects"), "text": abridge(d["text"])}
+                                for d in picks if d is not None]
+    return out
+
+
 def kind_shares(tok: IndexTokenizer, docs: list[dict]) -> dict:
     """Value kinds: share of documents and of tokens (EOD included)."""
     tokens = Counter()
@@ -265,10 +303,11 @@ def abridge(text: str, head: int = 240, tail: int = 120) -> str:
 
 
 def plot(stats: dict[str, dict], path: Path, frames: dict | None = None, subjects: dict | None = None,
-         frequent: dict | None = None) -> None:
+         frequent: dict | None = None, particles: dict | None = None) -> None:
     """Lengths and distances per mix; with `frames`, the first framed mix's framing; with `subjects` holding a mix
     with random-key subjects (v8), the keyed documents' subjects by kind per mix and language; with `frequent` holding
-    a mix with frequency draws (v9), the share of value tokens after a frequent token per mix and value kind."""
+    a mix with frequency draws (v9), the share of value tokens after a frequent token per mix and value kind; with
+    `particles` holding a mix with particle values (v9's second part), their shares and the prepositional subjects'."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,7 +315,8 @@ def plot(stats: dict[str, dict], path: Path, frames: dict | None = None, subject
 
     keyed = subjects if subjects and any("random_subjects" in x for x in subjects.values()) else None
     freq = frequent if frequent and any("random-frequency" in x for x in frequent.values()) else None
-    panels = 2 + bool(frames) + bool(keyed) + bool(freq)
+    part = particles if particles and any(x.get("all", {}).get("hold_在") for x in particles.values()) else None
+    panels = 2 + bool(frames) + bool(keyed) + bool(freq) + bool(part)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
     for k, (name, st) in enumerate(stats.items()):
         style = {"histtype": "step", "linewidth": 1.5, "linestyle": ("-", "--", ":")[k % 3]}  # v6b's lengths are v6's
@@ -306,8 +346,18 @@ def plot(stats: dict[str, dict], path: Path, frames: dict | None = None, subject
             left = [a + b for a, b in zip(left, share)]
         ax.set(title="keyed documents' facts: subject kind", xlabel="% of facts", xlim=(0, 100))
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
+    if part:
+        ax, bars = axes[-1], [(f"{m}: {label}", v) for m, x in part.items() for label, v in (
+            ("zh values holding zai/de/le", x["all"]["hold_any"]), ("zh values starting with zai", x["all"]["start_在"]),
+            ("zh answers' first piece shi+zai", x["all"]["merged_是在"]),
+            ("random keys prepositional, en", x["random_subjects_prepositional"]["en"]),
+            ("random keys prepositional, zh", x["random_subjects_prepositional"]["zh"]))][::-1]
+        ax.barh([r for r, _ in bars], [100 * v for _, v in bars], color=["#F0496E" if "v9" in r else "#4A7BF0"
+                                                                       for r, _ in bars])
+        ax.set(title="Chinese value particles (zai/de/le: the glyphs), prepositional keys", xlabel="%")
+        ax.tick_params(axis="y", labelsize=8)
     if freq:
-        ax, kinds = axes[-1], ["all", "open", "random-uniform", "random", "random-frequency", "phrase", "word", "number"]
+        ax, kinds = axes[-1 - bool(part)], ["all", "open", "random-uniform", "random", "random-frequency", "phrase", "word", "number"]
         rows = [(f"{m}: {k}", x[k]["after_frequent"]) for m, x in freq.items() for k in kinds if k in x][::-1]
         ax.barh([r for r, _ in rows], [100 * v for _, v in rows],
                 color=["#F0496E" if "frequency" in r else "#4A7BF0" for r, _ in rows])
@@ -360,8 +410,9 @@ def main() -> int:
     out["subjects"] = {name: subject_stats(tok, got) for name, got in docs.items()}
     out["value_kinds"] = {name: kind_shares(tok, got) for name, got in docs.items()}
     out["frequent_context"] = {name: frequent_context(tok, got) for name, got in docs.items()}
+    out["particles"] = {name: particle_stats(tok, got) for name, got in docs.items()}
     if args.plot:
-        plot(stats, args.plot, frames, out["subjects"], out["frequent_context"])
+        plot(stats, args.plot, frames, out["subjects"], out["frequent_context"], out["particles"])
     if "v5" in docs:
         v5_mix(tok, docs["v5"], out)
     print(json.dumps(out, indent=1, ensure_ascii=False))
