@@ -184,6 +184,13 @@ def test_v9_records_tell_frequency_draws_from_uniform_ones():
     assert [v == "random-frequency" for v in values] == [x for d in docs for x in d["frequent_values"]]
     assert [o == "random-frequency" for o in owners] == [x for d in docs for x in d["frequent_owners"]]
     assert {"random", "random-frequency"} <= set(values) and {"random", "random-frequency", "closed"} <= set(owners)
+    # v9's second part: prepositional keys and Chinese values with particles are breakdowns of their own
+    frames = [P.key_frame(d, f) for d in docs for f in range(len(d["facts"]))]
+    assert [f == "prepositional" for f in frames] == [x for d in docs for x in d["prepositional_subjects"]]
+    assert "prepositional" in frames and {"key_frame", "zh_value"} <= set(P.BREAKDOWNS)
+    zh = {P.zh_value(d, f) for d in docs for f in range(len(d["facts"]))}
+    assert "en" in zh and zh & {"holds 在的了", "starts 在"}
+    assert P.zh_value({"lang": "zh", "facts": [["s", "在老街"]]}, 0) == "starts 在"
 
 
 def test_a_value_starting_with_zai_is_scored_from_the_merged_piece():

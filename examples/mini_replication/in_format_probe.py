@@ -9,7 +9,9 @@ an attempt's stage-0 data, `--data`: v5, the fifth's, the RetrievalDocConfig def
 one fact moved early in half the documents, or v7, the seventh's, half of them framed in varied wordings, so
 that framed and plain questions show apart (breakdown "frame"), or v8, the eighth's, with subjects keyed by random
 words (breakdown "subject": closed / open / random), or v9, the ninth's, half of the random values and owners drawn
-by word frequency (value_kind "random-frequency", subject "random-frequency"); a seed training never used), at a fixed target length each
+by word frequency (value_kind "random-frequency", subject "random-frequency"), its Chinese values with 在/的/了
+(breakdown "zh_value": starts 在 / holds 在的了 / none, "en" for English) and random keys in prepositional frames
+(breakdown "key_frame": prepositional / other); a seed training never used), at a fixed target length each
 (min_tokens = max_tokens = L, so every document is ~L tokens and its facts spread over the whole body), and
 for every question feeds the document, as training tokenized it, up to and including the answer prefix
 ("...A: {Subject} is" / "...{subject}是", or a framed document's "...According to the text, {subject} is") and
@@ -104,6 +106,19 @@ def subject_kind(doc: dict, fact: int) -> str:
 def value_kind(doc: dict, fact: int) -> str:
     """The document's value kind; v9's frequency-drawn random values apart: "random-frequency"."""
     return "random-frequency" if doc.get("frequent_values", [False] * (fact + 1))[fact] else doc["kind"]
+
+
+def key_frame(doc: dict, fact: int) -> str:
+    """"prepositional" when fact `fact`'s random key is in a prepositional frame (v9's second part), else "other"."""
+    return "prepositional" if doc.get("prepositional_subjects", [False] * (fact + 1))[fact] else "other"
+
+
+def zh_value(doc: dict, fact: int) -> str:
+    """A Chinese value: "starts 在" (its answer's first piece is the merged "是在"), "holds 在的了", "none"; "en"."""
+    value = doc["facts"][fact][1]
+    if doc["lang"] != "zh":
+        return "en"
+    return "starts 在" if value.startswith("在") else "holds 在的了" if set(value) & set("在的了") else "none"
 
 
 def rank_bucket(rank: int) -> str:
@@ -218,6 +233,7 @@ class Probe:
                     "source": doc["source"], "lang": doc["lang"], "value_kind": value_kind(doc, q["fact"]), "doc_kind": doc_kind(doc),
                     "haystack": doc["haystack"], "facts": len(doc["facts"]), "question_rank": rank_bucket(rank),
                     "frame": "framed" if doc.get("frame") else "plain", "subject": subject_kind(doc, q["fact"]),
+                    "key_frame": key_frame(doc, q["fact"]), "zh_value": zh_value(doc, q["fact"]),
                     "distance_tokens": q["distance"], "distance": distance_bucket(q["distance"]),
                     "prompt_tokens": k, "answer_tokens": len(gold), "exact": greedy[:len(gold)] == gold,
                     "first": greedy[0] == gold[0], "first_char": _first_char(tok, greedy) == _first_char(tok, gold),

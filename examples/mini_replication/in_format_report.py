@@ -16,8 +16,10 @@ from collections import defaultdict
 from pathlib import Path
 
 DISTANCE_BUCKETS = ((0, 256), (256, 512), (512, 1024), (1024, 2048), (2048, 1 << 30))
-BREAKDOWNS = ("value_kind", "lang", "doc_kind", "haystack", "distance", "question_rank", "frame", "subject")
-DEFAULTS = {"frame": "plain", "subject": "?"}  # records made before v7 have no "frame", before v8 no "subject"
+BREAKDOWNS = ("value_kind", "lang", "doc_kind", "haystack", "distance", "question_rank", "frame", "subject", "key_frame",
+              "zh_value")
+# records made before v7 have no "frame", before v8 no "subject", before v9's second part no "key_frame" / "zh_value"
+DEFAULTS = {"frame": "plain", "subject": "?", "key_frame": "other", "zh_value": "?"}
 MISS_EXAMPLES = 15  # misses listed per length in the markdown
 
 
