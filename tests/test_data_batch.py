@@ -108,14 +108,18 @@ def test_micro_batch_reaches_the_gpu_without_waiting_for_its_queue(batch):
     """What the forward step moves per micro-batch (training/loss.py: the CP slice's tokens, positions,
     labels and loss mask, the THD cu_seqlens, the count) is queued behind the GPU's work, the host not
     waiting for it: the 2 x H200 CP2 profile found the host drained the queue twice per micro-batch on
-    pageable copies (benchmarks/RESULTS_train.md). The control shows such a copy does wait here."""
+    pageable copies (benchmarks/RESULTS_train.md). The control shows such a copy does wait here. The
+    fixture's slice is ~8 KB per tensor, and the driver may stage a small pageable copy without waiting
+    for the stream, so one tensor the size of the profiled slice's (8 x 32K rows at CP2: 131,072 int64
+    tokens per rank, 1 MiB) moves too, and the control copies that one."""
     from megaindex.training.loss import to_device
 
     _, b = batch
     part = slice_batch_for_cp_rank(b, 2, 0)
+    part["profiled_tokens"] = torch.randint(0, 8000, (1, 131072))  # pageable, as the profiled slice's tokens
     dev = torch.device("cuda")
     count = torch.tensor(7, dtype=torch.int)
-    keys = ("tokens", "position_ids", "labels", "loss_mask")
+    keys = ("tokens", "position_ids", "labels", "loss_mask", "profiled_tokens")
 
     def move():
         return to_device({k: part[k] for k in keys}, dev), packed_seq_params(part, dev), host_to_device(count, dev)
@@ -128,7 +132,8 @@ def test_micro_batch_reaches_the_gpu_without_waiting_for_its_queue(batch):
     for k in keys:
         assert torch.equal(moved[k].cpu(), part[k]), k
     assert torch.equal(psp.cu_seqlens_q.cpu(), part["cu_seqlens"]) and int(c) == 7
-    _, host_pageable, total_pageable = _moved_while_the_gpu_is_busy(lambda: part["tokens"].to(dev, non_blocking=True))
+    _, host_pageable, total_pageable = _moved_while_the_gpu_is_busy(
+        lambda: part["profiled_tokens"].to(dev, non_blocking=True))
     assert host_pageable > 0.5 * total_pageable, (
         f"a pageable copy took {host_pageable:.3f} s of {total_pageable:.3f} s: it no longer waits for the queue on "
         "this driver, so host_to_device's pinning buys nothing here")
