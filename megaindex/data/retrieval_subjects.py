@@ -36,7 +36,8 @@ WORD = re.compile(r"[a-z]+")
 CJK_RUN = re.compile(r"[\u4e00-\u9fff]+")
 ZH_SPLIT = re.compile("[是的了在]")  # the statement's copula and particles that would blur the subject's end
 # v9, second part (`particles`): Chinese values may hold these (the eighth base dropped the 在 of every needle value
-# holding one, "是在老街" -> "是老街": no training value held 在/的/了); 是 never: it is the "{s}是{v}" boundary.
+# holding one, "是在老街" -> "是老街": no training value started with 在, and only the closed tables' phrases held
+# 在/的/了, 5.2% of v8's Chinese values, benchmarks/retrieval_docs_v9.json); 是 never: it is the "{s}是{v}" boundary.
 ZH_PARTICLES = frozenset("在的了")
 ZH_VALUE_SPLIT = re.compile("是")  # open values with particles: runs split only at the copula
 # Open values with particles: this share start at a preposition of their sentence (a place, source, direction or
