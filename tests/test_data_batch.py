@@ -93,6 +93,35 @@ def test_host_to_device_keeps_values_and_dtypes_on_the_host(batch):
         assert got.dtype == v.dtype and torch.equal(got, v), k
 
 
+def test_host_to_device_pins_then_copies_without_blocking_when_bound_for_cuda(monkeypatch):
+    """Without a GPU, the CUDA branch with torch's pin and copy recorded: a pageable host tensor is pinned (a copy),
+    an already pinned one is not, and the copy to the GPU is non_blocking; a CPU target is a plain move."""
+    calls = []
+    real_to = torch.Tensor.to
+
+    def pin_memory(self, *a, **k):
+        calls.append("pin")
+        return self.clone()
+
+    def to(self, *a, **k):
+        if torch.device(a[0]).type != "cuda":
+            return real_to(self, *a, **k)
+        calls.append(("to", torch.device(a[0]).type, k.get("non_blocking", False)))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    t = torch.arange(4)
+    host_to_device(t, "cuda")
+    assert calls == ["pin", ("to", "cuda", True)]
+    calls.clear()
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self, *a: True)
+    host_to_device(t, torch.device("cuda", 0))
+    assert calls == [("to", "cuda", True)]
+    calls.clear()
+    assert host_to_device(t, "cpu") is t and calls == []
+
+
 def _moved_while_the_gpu_is_busy(fn, spin_cycles: int = 1_000_000_000):
     """(fn's result, host seconds fn took, seconds until the GPU was done) with ~0.5 s of GPU work queued first."""
     torch.cuda._sleep(spin_cycles)
