@@ -8,6 +8,7 @@ step ran and produced its outputs, not what the scores are.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -354,6 +355,22 @@ def test_smoke_runs_every_step(tmp_path):
     assert len(summary["thresholds"]) == 8
     for png in ("heatmaps.png", "score_vs_length.png"):
         assert (work / "report" / png).read_bytes()[:4] == b"\x89PNG"
+    # the base brought back: pack_base's parts (<= 15 MiB, <= 8 files with the manifest) unpacked to WORK/base_hf,
+    # every file as exported (bf16, the converter's HF directory), and the needle-form probe's forms on stage 0
+    parts_dir, exported, unpacked = work / "base_parts", work / "export" / "base_hf", work / "base_hf"
+    manifest = json.loads((parts_dir / "manifest.json").read_text())
+    assert manifest["parts"] and len(manifest["parts"]) + 1 <= 8 and manifest["dtype"] == "bf16"
+    assert all((parts_dir / p).stat().st_size <= 15 * 2**20 for p in manifest["parts"])
+    assert {"config.json", "tokenizer.model"} <= set(manifest["files"])
+    assert any(f.endswith(".safetensors") for f in manifest["files"])
+    assert json.loads((exported / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    digest = lambda f: hashlib.sha256(f.read_bytes()).hexdigest()  # noqa: E731
+    assert sorted(str(f.relative_to(exported)) for f in exported.rglob("*") if f.is_file()) == manifest["files"]
+    for rel in manifest["files"]:
+        assert digest(unpacked / rel) == digest(exported / rel), rel
+    assert "needle_form_probe.py" in r.stdout and "cp " + str(parts_dir) + "/* $OUT/" in r.stdout
+    rows = json.loads((work / "probe" / "needle_form.json").read_text())["rows"]
+    assert {x["form"] for x in rows} == set(run.NEEDLE_FORMS) and (work / "probe" / "needle_form.md").is_file()
     # a finished step is skipped on a rerun (resumable)
     r = subprocess.run([sys.executable, str(HERE / "run.py"), "report", "--smoke", "--work", str(work)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120)
@@ -454,3 +471,46 @@ def test_the_base_is_evaluated_in_one_call_per_rope_group_and_the_report_merges_
         assert outs[i] == tmp_path / "eval" / f"base_{i}" / "summary.json"
     names = set(report.load_variants(tmp_path / "eval"))
     assert names == {f"base+{r}" for g in groups for r in g.split(",")}, names
+
+
+def test_base_parts_round_trip_and_refuse_a_missing_or_damaged_part(tmp_path, capsys):
+    """unpack_base (base_transfer.py through parts.py, the code stage/unstage use): the parts named on the
+    command line (two folders) reassemble into WORK/base_hf or --dest byte for byte; a missing part, a damaged
+    one, or a file whose SHA-256 is not the manifest's stops with one line saying what to do."""
+    import base_transfer
+    import parts
+    import run
+
+    hf = tmp_path / "export"
+    (hf / "sub").mkdir(parents=True)
+    (hf / "model.safetensors").write_bytes(os.urandom(2500))  # incompressible: 3 parts of 1 KiB (with the headers)
+    (hf / "sub" / "config.json").write_text('{"torch_dtype": "bfloat16"}')
+    files = ["model.safetensors", "sub/config.json"]
+    sums = {f: parts.sha256(hf / f) for f in files}
+    a, b = tmp_path / "call1", tmp_path / "call2"  # parts brought back by two calls
+    manifest, got = parts.pack_and_split(hf, files, tmp_path / "t.tar.gz", 1024, lambda k: a if k < 2 else b,
+                                         extra={"file_sha256": sums})
+    assert 2048 < manifest["bytes"] <= 3072 and manifest["parts"] == ["part00", "part01", "part02"]
+    assert [p.parent for p in got] == [a, a, b] and sum(p.stat().st_size for p in got) == manifest["bytes"]
+    assert (a / "manifest.json").is_file() and (b / "manifest.json").is_file() and not (tmp_path / "t.tar.gz").exists()
+    work = tmp_path / "work"
+    assert run.main(["unpack_base", str(a), str(b), "--work", str(work)]) == 0
+    assert {f: parts.sha256(work / "base_hf" / f) for f in files} == sums
+    assert "needle_form_probe.py " + str(work / "base_hf") in capsys.readouterr().out
+    ctx = run.Ctx(work, run.FULL, force=False)
+    with pytest.raises(SystemExit, match=r"^base parts missing: part02 \(copy every part"):
+        base_transfer.step_unpack_base(ctx, [a])
+    (b / "part02").write_bytes((b / "part02").read_bytes()[:-1] + b"x")
+    with pytest.raises(SystemExit, match=r"checksum differs from the manifest; a part is damaged, copy the parts again"):
+        base_transfer.step_unpack_base(ctx, [a, b], tmp_path / "dest")
+    m = json.loads((a / "manifest.json").read_text())  # a manifest that disagrees with what the tar holds
+    m["file_sha256"]["sub/config.json"] = "0" * 64
+    (a / "manifest.json").write_text(json.dumps(m))
+    (b / "manifest.json").unlink()
+    (b / "part02").unlink()
+    manifest, _ = parts.pack_and_split(hf, files, tmp_path / "t.tar.gz", 1 << 20, lambda k: b, extra={"file_sha256": m["file_sha256"]})
+    with pytest.raises(SystemExit, match=r"config.json: SHA-256 differs from pack_base's manifest"):
+        base_transfer.step_unpack_base(ctx, [b], tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()  # nothing replaced unless everything checked
+    with pytest.raises(SystemExit, match=r"no manifest.json under .*empty"):
+        base_transfer.step_unpack_base(ctx, [tmp_path / "empty"])

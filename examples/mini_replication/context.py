@@ -45,6 +45,9 @@ class Scale:
     probe_data: str = "v8"
     probe_lengths: str = "1024,2048"
     probe_docs: int = 120
+    # needle_form (needle_form_probe.py on stage 0's checkpoint, NEEDLE_FORMS): its lengths and repeats per depth
+    needle_form_lengths: str = "1024,2048"
+    needle_form_repeats: int = 3
 
 
 # The seventh attempt's retrieval documents (v7); why each differs from the sixth's (v6b), one line each:
@@ -107,7 +110,12 @@ SMOKE = Scale(
     long_min_tokens=16384,
     retrieval=V9_RETRIEVAL, probe_data="v9",  # CI generates framed, random-key and frequency-drawn documents too
     probe_lengths="256", probe_docs=2,  # the tiny base's window; two documents exercise the step
+    needle_form_lengths="256", needle_form_repeats=1,  # 9 forms x 2 languages x 11 depths: 198 samples
 )
+# The needle-form probe's forms that need no unseen-document file (--fresh): the evaluation's sample, generator
+# facts in its place, the needle's key or value swapped, and the Q/A prompt (needle_form_probe.py says what each is)
+NEEDLE_FORMS = ("eval", "train_fact", "train_random", "train_frequent", "owner_frequent", "novel_owner", "swap_value",
+                "swap_subject", "train_qa")
 
 
 class Ctx:

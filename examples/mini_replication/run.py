@@ -8,7 +8,9 @@
 Steps, in order (each fits one 10-minute command on one H100; a finished step is skipped unless
 --force; training steps resume from their last checkpoint):
   here (needs the package registries): corpus, tokenizer, retrieval, preprocess, stage
-  on the GPU node:  unstage, stage0, stage1, eval_base, eval_longpt, probe_base, ablation_<name>..., report
+  on the GPU node:  unstage, stage0, stage1, eval_base, eval_longpt, probe_base, needle_form, pack_base,
+                    ablation_<name>..., report
+  here, after it:   unpack_base PARTS_DIR [PARTS_DIR ...] [--dest DIR]   (pack_base's parts, copied back)
 
 Every training and every evaluation runs as its own `python -m megaindex train|eval ...` process
 (this environment, output streamed): a process never holds a second training's CUDA, Transformer
@@ -22,8 +24,9 @@ each finished step (seconds, outputs).
 
 This file owns the steps, their order and the command line. Beside it, one concept each:
 context.py (Scale, FULL/SMOKE, Ctx, log), child_process.py (`sh`, `megaindex`: the children),
-recipes.py (the recipes filled in for WORK, the corpus' length parts), staging.py (`stage`,
-`unstage`) and report.py (`report`).
+recipes.py (the recipes filled in for WORK, the corpus' length parts), parts.py (a tar.gz in parts
+with a manifest), staging.py (`stage`, `unstage`), base_transfer.py (`pack_base`, `unpack_base`) and
+report.py (`report`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # REPO: this check
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # HERE: the modules beside this file
 
 from child_process import megaindex, sh  # noqa: E402
-from context import FULL, HERE, PY, REPO, SMOKE, Ctx, log  # noqa: E402
+from base_transfer import step_pack_base, step_unpack_base  # noqa: E402
+from context import FULL, HERE, NEEDLE_FORMS, PY, REPO, SMOKE, Ctx, log  # noqa: E402
 from recipes import CORPUS_PARTS, fill_recipe, seq_length, stage_tokens  # noqa: E402
 from staging import step_stage, step_unstage  # noqa: E402
 
@@ -228,6 +232,20 @@ def step_probe_base(ctx: Ctx) -> list[Path]:
     return [out.with_suffix(".json"), out.with_suffix(".md")]
 
 
+def step_needle_form(ctx: Ctx) -> list[Path]:
+    """needle_form_probe.py on stage 0's checkpoint (fp32, on the GPU where there is one) with the forms that
+    need no unseen-document file (context.NEEDLE_FORMS): which part of the evaluation's needle costs the base."""
+    out = ctx.p("probe", "needle_form")
+    if out.with_suffix(".json").is_file() and not ctx.force:
+        log(f"{out}.json exists; skipped")
+        return [out.with_suffix(".json"), out.with_suffix(".md")]
+    sh(ctx, PY, HERE / "needle_form_probe.py", ctx.p("stage0", "checkpoints"), "--haystack", ctx.p("corpus", "heldout.jsonl"),
+       "--filler", ctx.p("corpus", "pretrain.jsonl"), "--forms", ",".join(NEEDLE_FORMS),
+       "--lengths", ctx.scale.needle_form_lengths, "--repeats", str(ctx.scale.needle_form_repeats), "--out", out,
+       what="needle_form_probe.py", hint="rerun `run.py needle_form`")
+    return [out.with_suffix(".json"), out.with_suffix(".md")]
+
+
 def step_report(ctx: Ctx, publish: bool = False) -> list[Path]:
     import report
 
@@ -238,7 +256,8 @@ STEPS = {
     "corpus": step_corpus, "tokenizer": step_tokenizer, "retrieval": step_retrieval, "preprocess": step_preprocess,
     "stage": step_stage, "unstage": step_unstage, "stage0": step_stage0, "stage1": step_stage1,
     "eval_base": step_eval_base, "eval_longpt": step_eval_longpt,
-    "probe_base": step_probe_base,
+    "probe_base": step_probe_base, "needle_form": step_needle_form, "pack_base": step_pack_base,
+    "unpack_base": step_unpack_base,
     **{f"ablation_{n}": make_ablation_step(n) for n in ABLATIONS},
     "report": step_report,
 }
@@ -272,28 +291,37 @@ def run_step(ctx: Ctx, name: str, **kw) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("steps", nargs="+", help=f"all, status, or steps: {', '.join(STEPS)}")
+    ap.add_argument("steps", nargs="+", help=f"all, status, or steps: {', '.join(STEPS)}; unpack_base may be "
+                                             f"followed by the folders holding pack_base's parts")
     ap.add_argument("--smoke", action="store_true", help="toy scale on CPU (the CI fixture corpus, no downloads)")
     ap.add_argument("--work", type=Path, default=None, help="work directory (default runs/mini_replication or runs/mini_smoke)")
     ap.add_argument("--force", action="store_true", help="redo steps already done")
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for every training step of this command, e.g. train.exit_at_step=1024 "
                          "to split a long stage over two device calls (the step is then not done until rerun)")
+    ap.add_argument("--dest", type=Path, default=None, help="unpack_base: the HF directory to write (default WORK/base_hf)")
     ap.add_argument("--publish", action="store_true", help="report: also write benchmarks/replication_summary.json and PNGs")
     args = ap.parse_args(argv)
     scale = SMOKE if args.smoke else FULL
     work = (args.work or REPO / "runs" / ("mini_smoke" if args.smoke else "mini_replication")).resolve()
     ctx = Ctx(work, scale, args.force, args.extra)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    names = list(STEPS) if args.steps == ["all"] else args.steps
-    if names == ["status"]:
+    if args.steps == ["status"]:
         status(ctx)
         return 0
+    names, parts_dirs = (list(STEPS), []) if args.steps == ["all"] else ([], [])
+    for word in [] if names else args.steps:  # the words after unpack_base that are no step: its folders
+        if word not in STEPS and names[-1:] == ["unpack_base"] and Path(word).is_dir():
+            parts_dirs.append(Path(word))
+        else:
+            names.append(word)
     unknown = [n for n in names if n not in STEPS]
     if unknown:
-        ap.error(f"unknown step(s) {', '.join(unknown)}; steps: {', '.join(STEPS)}")
+        ap.error(f"unknown step(s) {', '.join(unknown)}; steps: {', '.join(STEPS)} (unpack_base's folders must exist)")
+    kw = {"report": {"publish": True} if args.publish else {},
+          "unpack_base": {"sources": parts_dirs or None, "dest": args.dest and args.dest.resolve()}}
     for name in names:
-        run_step(ctx, name, **({"publish": True} if name == "report" and args.publish else {}))
+        run_step(ctx, name, **kw.get(name, {}))
     return 0
 
 
