@@ -36,6 +36,10 @@ def test_split_by_length_partitions_the_documents_in_order(tmp_path):
         assert len(part) == len(want) == got[name]["documents"] > 0
         assert all(np.array_equal(part.get(i), w) for i, w in enumerate(want))  # same tokens, same order
         assert part.sequence_lengths.min() >= (threshold if name == "long" else 1)
+    # only the long part (run.py's corpus_xl): the short one is counted and not written
+    xl = split_by_length(tmp_path / "all", threshold, None, tmp_path / "xl")
+    assert xl["short"] == {"prefix": None, "documents": got["short"]["documents"], "tokens": got["short"]["tokens"]}
+    assert (tmp_path / "xl.bin").read_bytes() == (tmp_path / "long.bin").read_bytes() and not list(tmp_path.glob("None*"))
     got = split_by_length(tmp_path / "all", int(lengths.max()) + 1, tmp_path / "short", tmp_path / "long")
     assert got["long"] == {"prefix": str(tmp_path / "long"), "documents": 0, "tokens": 0}
     assert not (tmp_path / "long.bin").exists() and not (tmp_path / "long.idx").exists()  # no stale part is left

@@ -62,7 +62,7 @@ def test_recipes_and_ablations_validate():
     smoke = load_config(HERE / "stage0.yaml", run.SMOKE.stage0)
     assert (smoke.train.cuda_graph_impl, smoke.data.static_thd_shapes) == ("none", False)
     ablations = yaml.safe_load((HERE / "ablations.yaml").read_text())
-    assert set(ablations) == {"rope_10k", "rope_5m", "concat", "ctx_warmup"}  # Long-PT is their reference
+    assert set(ablations) == {"rope_10k", "rope_5m", "concat", "ctx_warmup", "far"}  # Long-PT is their reference
     assert run.FULL.ablation_iters is None  # stage1.yaml's steps: the same budget as Long-PT
     # v9 retrieval documents in both scales: v8 (v7, half of the documents framed, with random-key subjects and more
     # random values) with half of the random draws by word frequency; the base's in-format probe draws like them
@@ -125,10 +125,13 @@ def test_report_shows_token_accuracy(tmp_path):
     assert "token accuracy" not in report.markdown({"x": _variant({1024: 5.0}, {1024: 0.0})}, [])
 
 
-def _write_parts(work: Path, short: tuple[int, int], long: tuple[int, int]) -> None:
-    """WORK/data/corpus_parts.json as `run.py preprocess` writes it: (documents, tokens) per part."""
+def _write_parts(work: Path, short: tuple[int, int], long: tuple[int, int], xl: tuple[int, int] | None = None) -> None:
+    """WORK/data/corpus_parts.json as `run.py preprocess` writes it: (documents, tokens) per part (xl None: as
+    written before corpus_xl existed)."""
     (work / "data").mkdir(parents=True, exist_ok=True)
     parts = {"corpus_short": dict(zip(("documents", "tokens"), short)), "corpus_long": dict(zip(("documents", "tokens"), long))}
+    if xl is not None:
+        parts.update(corpus_xl=dict(zip(("documents", "tokens"), xl)), xl_min_tokens=32768)
     (work / "data" / "corpus_parts.json").write_text(json.dumps(
         {"min_tokens": 16384, "documents": short[0] + long[0], "tokens": short[1] + long[1], **parts}))
 
@@ -155,6 +158,38 @@ def test_recipes_read_the_corpus_by_length_parts(tmp_path):
     _write_parts(work, short=(21, 400_000), long=(0, 0))
     with pytest.raises(SystemExit, match=r"stage1.yaml trains on corpus_long, which has no documents .* >= 16384 tokens"):
         fill_recipe(ctx, "stage1", [])
+
+
+def test_the_far_ablation_trains_on_the_far_documents(monkeypatch, tmp_path):
+    """ablation_far: stage 1 with its data path from ablations.yaml, WORK filled in (an override, not the recipe's
+    text), the same weights and retrieval set as Long-PT, all else stage 1's; refused in one line where corpus_xl has
+    no documents or corpus_parts.json predates it; staged where it has documents."""
+    import run
+    from staging import staged_files
+
+    work = tmp_path / "w"
+    seen = {}
+    monkeypatch.setattr(run, "megaindex", lambda ctx, cmd, *args, **k: seen.setdefault(cmd, args))
+    ctx = run.Ctx(work, run.FULL, force=False)
+    _write_parts(work, short=(2079, 7_757_420), long=(380, 19_897_369))  # before corpus_xl
+    with pytest.raises(SystemExit, match=r"trains on corpus_xl, which .*corpus_parts.json does not record .*"
+                                         r"rerun `run.py preprocess stage --force`"):
+        run.STEPS["ablation_far"](ctx)
+    assert "data/corpus_xl.bin" not in staged_files(ctx)
+    _write_parts(work, short=(2079, 7_757_420), long=(380, 19_897_369), xl=(0, 0))
+    with pytest.raises(SystemExit, match=r"trains on corpus_xl, which has no documents .* >= 32768 tokens\); "
+                                         r"change Scale.xl_min_tokens"):
+        run.STEPS["ablation_far"](ctx)
+    _write_parts(work, short=(2079, 7_757_420), long=(380, 19_897_369), xl=(204, 15_777_335))
+    assert {"data/corpus_xl.bin", "data/corpus_xl.idx", "data/corpus_long.bin"} <= set(staged_files(ctx))
+    with pytest.raises(SystemExit):  # no checkpoint is written by the stand-in training: the step stops after it
+        run.STEPS["ablation_far"](ctx)
+    cfg = load_config(seen["train"][0], list(seen["train"][1:]))
+    longpt = load_config(run.fill_recipe(ctx, "stage1", [])[0])
+    assert cfg.data.data_path == [f"0.85 {work}/data/corpus_xl", f"0.15 {work}/data/retrieval_s1"]
+    assert str(cfg.train.run_dir) == str(work / "ablation_far")
+    assert (cfg.train.train_iters, cfg.data.seq_length, cfg.model.rotary_base, cfg.data.packing, cfg.data.split) == (
+        longpt.train.train_iters, longpt.data.seq_length, longpt.model.rotary_base, longpt.data.packing, longpt.data.split)
 
 
 def test_recipe_is_replaced_in_one_rename(monkeypatch, tmp_path):
@@ -350,7 +385,12 @@ def test_smoke_runs_every_step(tmp_path):
     assert math.isclose(sum(float(e.split()[0]) for e in s0[:2]), 0.7, abs_tol=1e-3)
     # the ablations train stage 1's steps and compare with Long-PT
     assert summary["ablations"]["longpt"]["delta_pct"] == 0.0
-    assert all(summary["ablations"][f"ablation_{a}"]["delta_pct"] is not None for a in run.ABLATIONS), summary["ablations"]
+    # ... except `far`, which ran (the fixture has 6 documents of >= xl_min_tokens) but validated on corpus_xl's split
+    assert parts["corpus_xl"]["documents"] > 0 and parts["corpus_xl"]["tokens"] < parts["corpus_long"]["tokens"], parts
+    assert all(summary["ablations"][f"ablation_{a}"]["delta_pct"] is not None for a in run.ABLATIONS if a != "far"), summary
+    assert summary["ablations"]["ablation_far"]["note"] == "not compared: validated on other data"
+    far = load_config(work / "ablation_far" / "config.yaml").data.data_path
+    assert [e.split()[1] for e in far] == [str(work / "data" / n) for n in ("corpus_xl", "retrieval_s1")]
     assert {t["status"] for t in summary["thresholds"]} <= {"met", "missed", "not measured"}
     assert len(summary["thresholds"]) == 8
     for png in ("heatmaps.png", "score_vs_length.png"):

@@ -39,6 +39,10 @@ class Scale:
     # go to data/corpus_long, stage 1's corpus part; the rest to data/corpus_short. 16384 = half of
     # stage 1's 32K window (run.py's step_preprocess says why).
     long_min_tokens: int = 16384
+    # Documents with at least this many tokens also go to data/corpus_xl, a subset of corpus_long (not a part of
+    # the partition): the `far` ablation's corpus, one document's 32K piece per row (ablations.yaml says why).
+    # The smoke scale keeps it too: 6 of the fixture's 12 long documents (its long_min_tokens is the full run's).
+    xl_min_tokens: int = 32768
     # RetrievalDocConfig fields of both stages' retrieval documents besides lengths and seed (run.py retrieval).
     retrieval: dict = field(default_factory=dict)
     # probe_base (in_format_probe.py on the exported base): held-out documents of the training format, per length

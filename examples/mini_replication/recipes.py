@@ -10,7 +10,8 @@ from pathlib import Path
 
 from context import HERE, Ctx
 
-CORPUS_PARTS = ("corpus_short", "corpus_long")
+CORPUS_PARTS = ("corpus_short", "corpus_long")  # the partition: the whole corpus is these two
+XL_PART = "corpus_xl"  # the documents of >= Scale.xl_min_tokens: a subset of corpus_long, the `far` ablation's corpus
 
 
 def corpus_parts(ctx: Ctx) -> dict:
@@ -28,20 +29,28 @@ def fill_recipe(ctx: Ctx, name: str, overrides: list[str]) -> tuple[Path, list[s
     A blend entry "W WORK/data/corpus" is the whole corpus: it is written out as the corpus' length
     parts (`preprocess`), "W x s WORK/data/corpus_short" and "W x (1 - s) WORK/data/corpus_long"
     with s the short part's share of the corpus' tokens (data/corpus_parts.json), so that stage
-    reads the corpus mix one dataset of it gave (a part with no documents is left out). A recipe
-    that names a part with no documents is refused in one line.
+    reads the corpus mix one dataset of it gave (a part with no documents is left out). WORK in the
+    overrides (an ablation's data path) is filled in too. A recipe or override that names a part with no
+    documents (corpus_xl included) is refused in one line.
     """
     text = (HERE / f"{name.split('.')[0]}.yaml").read_text().replace("WORK/", f"{ctx.work}/")
+    overrides = [o.replace("WORK/", f"{ctx.work}/") for o in overrides]  # an ablation's data path names WORK too
     whole = re.compile(r'"(\S+) ' + re.escape(str(ctx.p("data", "corpus"))) + '"')
-    named = [n for n in CORPUS_PARTS if f'{ctx.p("data", n)}"' in text]
+    named = [n for n in (*CORPUS_PARTS, XL_PART) if any(f'{ctx.p("data", n)}"' in t for t in (text, *overrides))]
     if whole.search(text) or named:
         parts = corpus_parts(ctx)
+        where = f"{HERE / name.split('.')[0]}.yaml" + (f" with {' '.join(overrides)}" if overrides else "")
+        if XL_PART in named and XL_PART not in parts:
+            raise SystemExit(f"{where} trains on {XL_PART}, which {ctx.p('data', 'corpus_parts.json')} does not "
+                             f"record (written before it existed): rerun `run.py preprocess stage --force`")
         empty = [n for n in named if not parts[n]["documents"]]
         if empty:
-            raise SystemExit(f"{HERE / name.split('.')[0]}.yaml trains on {empty[0]}, which has no documents "
+            what, key = {"corpus_short": ("<", "min_tokens"), "corpus_long": (">=", "min_tokens"),
+                         XL_PART: (">=", "xl_min_tokens")}[empty[0]]
+            raise SystemExit(f"{where} trains on {empty[0]}, which has no documents "
                              f"({ctx.p('data', 'corpus_parts.json')}: none of the corpus' documents has "
-                             f"{'>=' if empty[0] == 'corpus_long' else '<'} {parts['min_tokens']} tokens); "
-                             f"change Scale.long_min_tokens and rerun `run.py preprocess stage`")
+                             f"{what} {parts[key]} tokens); change Scale.{'long' if key == 'min_tokens' else 'xl'}"
+                             f"_min_tokens and rerun `run.py preprocess stage`")
         total = sum(p["tokens"] for n, p in parts.items() if n in CORPUS_PARTS)
         text = whole.sub(lambda m: ", ".join(
             f'"{float(m[1]) * parts[n]["tokens"] / total:.4g} {ctx.p("data", n)}"'

@@ -27,6 +27,8 @@ import math
 import shutil
 from pathlib import Path
 
+import yaml
+
 SCHEMA = "megaindex.replication_summary/1"
 COLOURS = ["#F0496E", "#EBB839", "#0CD79F"]  # NeedleBench's red -> yellow -> green over 0..100
 
@@ -250,12 +252,23 @@ def validation(run_dir: Path) -> tuple[int, float] | None:
     return (int(rows[-1]["step"]), float(rows[-1]["val_loss"])) if rows else None
 
 
+def validation_data(run_dir: Path) -> tuple | None:
+    """What a training run validated on (data.data_path by file name and weight, valid_data_path, split, from its
+    config.yaml), or None without one: two runs' validation losses compare only where this is equal."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text()).get("data", {})
+    name = lambda entries: tuple(" ".join([*e.split()[:-1], Path(e.split()[-1]).name]) for e in entries)  # noqa: E731
+    return name(data.get("data_path", [])), name(data.get("valid_data_path", [])), str(data.get("split"))
+
+
 def ablation_table(variants: dict[str, dict], work: Path) -> tuple[str, dict[str, dict]]:
     """Markdown and {variant: {validation_step, validation_loss, delta_pct[, note]}} for every ablation
     against the recipe at the same budget: Long-PT (WORK/stage1/validation.jsonl; stage 1 and the
     ablations train the same steps), or `ablation_reference` where one ran (the fifth attempt, whose
     stage 1 was 4x the ablations'). A run whose last validation is at another step than the
-    reference's gets no delta, and its row says so."""
+    reference's, or on other data (the `far` ablation's corpus_xl), gets no delta, and its row says so."""
     runs = {name: validation(work / name) for name in variants if name.startswith("ablation_")}
     runs = {k: v for k, v in runs.items() if v is not None}
     if not runs:
@@ -264,6 +277,7 @@ def ablation_table(variants: dict[str, dict], work: Path) -> tuple[str, dict[str
     ref = runs.get(ref_name) or validation(work / "stage1")
     rows = {ref_name: ref} if ref_name == "longpt" and ref is not None else {}
     rows.update(runs)
+    ref_data = validation_data(work / ("stage1" if ref_name == "longpt" else ref_name))
     lengths = [L for L in _lengths(variants) if L > 2048]
     out: dict[str, dict] = {}
     what = f"{ref_name}, validation at step {ref[0]}" if ref else "none (stage1/validation.jsonl missing): no deltas"
@@ -276,6 +290,9 @@ def ablation_table(variants: dict[str, dict], work: Path) -> tuple[str, dict[str
             cell = "no reference"
         elif step != ref[0]:  # stopped early, or another budget: a loss at another step is no comparison
             cell = f"not compared: step {step}, reference at step {ref[0]}"
+            out[name]["note"] = cell
+        elif ref_data is not None and validation_data(work / name) not in (None, ref_data):
+            cell = "not compared: validated on other data"  # another data.data_path / split: another loss
             out[name]["note"] = cell
         else:
             out[name]["delta_pct"] = round(100 * (loss / ref[1] - 1), 2)

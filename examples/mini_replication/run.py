@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))      # HERE: the module
 from child_process import megaindex, sh  # noqa: E402
 from base_transfer import step_pack_base, step_unpack_base  # noqa: E402
 from context import FULL, HERE, NEEDLE_FORMS, PY, REPO, SMOKE, Ctx, log  # noqa: E402
-from recipes import CORPUS_PARTS, fill_recipe, seq_length, stage_tokens  # noqa: E402
+from recipes import CORPUS_PARTS, XL_PART, fill_recipe, seq_length, stage_tokens  # noqa: E402
 from staging import step_stage, step_unstage  # noqa: E402
 
 ABLATIONS = yaml.safe_load((HERE / "ablations.yaml").read_text())
@@ -108,7 +108,8 @@ def _up_to_date(prefix: Path, *sources: Path) -> bool:
 
 def step_preprocess(ctx: Ctx) -> list[Path]:
     """Token files: both retrieval sets, and the corpus split by document length into data/corpus_short
-    (< Scale.long_min_tokens tokens) and data/corpus_long, a partition (the staged data does not grow).
+    (< Scale.long_min_tokens tokens) and data/corpus_long, a partition; and data/corpus_xl, the documents of
+    >= Scale.xl_min_tokens (a subset of corpus_long, staged beside it: the `far` ablation's corpus).
 
     Why split: stage 1 trains on the long documents only (the report's "curated long corpus"). Mixed
     with short ones, few of its tokens sat far into the 32K window (the fifth attempt's recipe: 8.5% at
@@ -136,13 +137,15 @@ def step_preprocess(ctx: Ctx) -> list[Path]:
     st = preprocess([str(ctx.p("corpus", "pretrain.jsonl"))], str(whole), str(tok), kind="pretrain", workers=workers,
                     progress=False)
     parts = split_by_length(whole, ctx.scale.long_min_tokens, data / "corpus_short", data / "corpus_long")
+    parts["xl"] = split_by_length(whole, ctx.scale.xl_min_tokens, None, data / XL_PART)["long"]  # a subset of long
     for old in ("corpus_whole", "corpus"):  # "corpus": the single dataset before the split
         for ext in (".bin", ".idx"):
             (data / f"{old}{ext}").unlink(missing_ok=True)
-    record = {"min_tokens": ctx.scale.long_min_tokens, "documents": st.documents, "tokens": st.tokens,
+    record = {"min_tokens": ctx.scale.long_min_tokens, "xl_min_tokens": ctx.scale.xl_min_tokens,
+              "documents": st.documents, "tokens": st.tokens,
               **{f"corpus_{k}": {"documents": v["documents"], "tokens": v["tokens"]} for k, v in parts.items()}}
     ctx.p("data", "corpus_parts.json").write_text(json.dumps(record, indent=1) + "\n")
-    for name in CORPUS_PARTS:
+    for name in (*CORPUS_PARTS, XL_PART):
         p = record[name]
         log(f"{name}: {p['documents']} documents, {p['tokens']} tokens ({p['tokens'] / max(st.tokens, 1):.1%} of the "
             f"corpus' {st.tokens})" + ("" if p["documents"] else "; none: not written"))

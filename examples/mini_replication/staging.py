@@ -9,17 +9,18 @@ from pathlib import Path
 
 from context import REPO, Ctx, log
 from parts import extract, pack_and_split, reassemble_and_check, sha256
-from recipes import CORPUS_PARTS, corpus_parts
+from recipes import CORPUS_PARTS, XL_PART, corpus_parts
 
 PART_BYTES = 45 * 2**20  # one device call carries at most 64 MiB with the working tree
 STAGE_PREFIX = ".mini"   # REPO/.mini0, .mini1, ... (git-ignored), one per device call
 
 
 def staged_files(ctx: Ctx) -> list[str]:
-    """What the GPU node needs (relative to WORK): the corpus parts that have documents, retrieval sets, the
-    training text (the probe's filler)."""
+    """What the GPU node needs (relative to WORK): the corpus parts that have documents (corpus_xl too, the
+    `far` ablation's, where recorded), retrieval sets, the training text (the probe's filler)."""
     parts = corpus_parts(ctx)
-    corpus = [f"data/{n}{ext}" for n in CORPUS_PARTS if parts[n]["documents"] for ext in (".bin", ".idx")]
+    corpus = [f"data/{n}{ext}" for n in (*CORPUS_PARTS, XL_PART) if parts.get(n, {}).get("documents")
+              for ext in (".bin", ".idx")]
     # corpus/pretrain.jsonl: the in-format probe's filler (probe_base), the training split the documents drew on
     return ["tokenizer.model", "corpus/heldout.jsonl", "corpus/pretrain.jsonl", "data/corpus_parts.json", *corpus,
             "data/retrieval_s0.bin", "data/retrieval_s0.idx", "data/retrieval_s1.bin", "data/retrieval_s1.idx"]

@@ -10,6 +10,8 @@ p only inside a document longer than p); training it on the long part alone is t
 "curated long corpus", while a stage that wants the whole corpus blends both parts by their token
 shares.
 
+A part may be left unwritten (its prefix None: only its counts are returned), for a subset
+such as the far documents (>= a window) that a caller wants beside a partition it already wrote.
 A part that gets no document is not written (megatron's IndexedDataset of no documents is no
 dataset); its entry says 0 documents and any old files of that prefix are removed, so a blend
 never reads a stale part. Outputs are written under temporary names and renamed when complete
@@ -31,12 +33,12 @@ def document_lengths(dataset) -> np.ndarray:
     return ends[bounds[1:]] - ends[bounds[:-1]]
 
 
-def split_by_length(prefix: str | Path, min_tokens: int, short_prefix: str | Path,
-                    long_prefix: str | Path) -> dict[str, dict]:
+def split_by_length(prefix: str | Path, min_tokens: int, short_prefix: str | Path | None,
+                    long_prefix: str | Path | None) -> dict[str, dict]:
     """Write PREFIX's documents with < MIN_TOKENS tokens to SHORT_PREFIX and the others to LONG_PREFIX.
 
     Returns {"short": {...}, "long": {...}}, each {"prefix", "documents", "tokens"} (a part with no
-    document: 0 and 0, nothing written).
+    document: 0 and 0, nothing written; a part whose prefix is None: counted, not written, prefix None).
     """
     from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
@@ -50,9 +52,11 @@ def split_by_length(prefix: str | Path, min_tokens: int, short_prefix: str | Pat
     bounds = np.asarray(src.document_indices, dtype=np.int64)
     out: dict[str, dict] = {}
     for name, dest, keep in (("short", short_prefix, lengths < min_tokens), ("long", long_prefix, lengths >= min_tokens)):
-        dest = str(dest)
         docs = np.flatnonzero(keep)
-        out[name] = {"prefix": dest, "documents": int(len(docs)), "tokens": int(lengths[docs].sum())}
+        out[name] = {"prefix": dest and str(dest), "documents": int(len(docs)), "tokens": int(lengths[docs].sum())}
+        if dest is None:
+            continue
+        dest = str(dest)
         for ext in (".bin", ".idx"):
             Path(dest + ext).unlink(missing_ok=True)
         if not len(docs):
