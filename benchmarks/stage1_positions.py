@@ -5,8 +5,9 @@
         -o benchmarks/stage1_positions.json
 
 Builds the training set of examples/mini_replication/stage1.yaml with `build_datasets`, as run.py
-fills it in (WORK/data/corpus_long), and of the same recipe with the fifth attempt's corpus part
-(`--whole-corpus`: the corpus as one IndexedDataset, "0.85 PREFIX", and its split 995,5,0), and reads the first `--rows`
+fills it in (WORK/data/corpus_long), of the same recipe with the fifth attempt's corpus part
+(`--whole-corpus`: the corpus as one IndexedDataset, "0.85 PREFIX", and its split 995,5,0), and of the
+`far` ablation (ablations.yaml: WORK/data/corpus_xl, the documents of >= 32K), and reads the first `--rows`
 rows of each (1024 = 128 steps x 8 rows: all of stage 1). Per recipe: the share of real tokens (not
 padding) at positions >= 8K, 16K and 24K (positions reset per document: a token's distance from its
 document's start in the row), the share of rows' tokens from the corpus part, and the passes the rows
@@ -78,7 +79,9 @@ def measure(recipe: Path, overrides: list[str], rows: int, marks=(8192, 16384, 2
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "mini_replication")
-    ap.add_argument("--whole-corpus", required=True, help="the corpus as one IndexedDataset prefix (fifth attempt)")
+    ap.add_argument("--whole-corpus", help="the corpus as one IndexedDataset prefix (fifth attempt); whole_corpus needs it")
+    ap.add_argument("--only", default="long_documents,whole_corpus,xl_documents,stage0",
+                    help="which to measure; the others keep their entries of an existing -o file")
     ap.add_argument("--rows", type=int, default=1024)
     ap.add_argument("--rows0", type=int, default=256, help="stage-0 rows for its FLOPs per token")
     ap.add_argument("-o", "--out", type=Path, default=None)
@@ -88,22 +91,31 @@ def main() -> int:
 
     from megaindex.config import load_config
 
+    only = args.only.split(",")
+    if "whole_corpus" in only and not args.whole_corpus:
+        ap.error("whole_corpus needs --whole-corpus (or leave it out of --only)")
     ctx = run.Ctx(args.work.resolve(), run.FULL, force=False)
-    out: dict = {"date": time.strftime("%Y-%m-%d"), "work": str(args.work)}
+    out: dict = json.loads(args.out.read_text()) if args.out and args.out.is_file() else {}
     with tempfile.TemporaryDirectory() as cache:
         common = [f"data.cache_dir={cache}", "data.num_workers=0"]
-        path, _ = ctx.recipe("stage1", [])
+        path, _ = run.fill_recipe(ctx, "stage1", [])
         data_path = load_config(path).data.data_path
         retrieval = [e for e in data_path if "retrieval" in e]
+        far = [f"{k}={json.dumps(v)}" for k, v in run.ABLATIONS["far"].items()]
         for name, overrides in (("long_documents", []),
                                 ("whole_corpus", [f"data.data_path={json.dumps([f'0.85 {args.whole_corpus}', *retrieval])}",
-                                                  "data.split=995,5,0"])):  # the fifth attempt's recipe
-            t0 = time.time()
-            out[name] = measure(path, [*common, *overrides], args.rows)
-            print(name, json.dumps(out[name]), f"({time.time() - t0:.0f} s)", flush=True)
-        path0, _ = ctx.recipe("stage0", [])
-        out["stage0"] = measure(path0, common, args.rows0)
-        print("stage0", json.dumps(out["stage0"]), flush=True)
+                                                  "data.split=995,5,0"]),  # the fifth attempt's recipe
+                                ("xl_documents", run.fill_recipe(ctx, "stage1", far)[1])):  # the far ablation
+            if name in only:
+                t0 = time.time()
+                out[name] = {**measure(path, [*common, *overrides], args.rows), "date": time.strftime("%Y-%m-%d"),
+                             "seconds": round(time.time() - t0)}
+                print(name, json.dumps(out[name]), flush=True)
+        if "stage0" in only:
+            path0, _ = run.fill_recipe(ctx, "stage0", [])
+            out["stage0"] = measure(path0, common, args.rows0)
+            print("stage0", json.dumps(out["stage0"]), flush=True)
+    out.update(date=time.strftime("%Y-%m-%d"), work=str(args.work))
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
     return 0

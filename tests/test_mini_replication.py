@@ -472,6 +472,25 @@ def test_ablations_compare_with_the_recipe_at_their_own_budget(tmp_path):
     assert "Reference: none (stage1/validation.jsonl missing)" in md and "| no reference |" in md
 
 
+def test_an_ablation_validated_on_other_data_gets_no_delta(tmp_path):
+    """report.ablation_table: the far ablation's validation loss is on corpus_xl's held-out documents, not Long-PT's
+    (config.yaml's data.data_path differs by file name): its row says so; one on the same data (its paths written on
+    another machine) is compared."""
+    def run_dir(name, loss, corpus, root="/gpu/w"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "validation.jsonl").write_text(json.dumps({"step": 128, "val_loss": loss}) + "\n")
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump({"data": {
+            "data_path": [f"0.85 {root}/data/{corpus}", f"0.15 {root}/data/retrieval_s1"], "split": "98,2,0"}}))
+
+    run_dir("stage1", 1.0, "corpus_long")
+    run_dir("ablation_far", 1.2, "corpus_xl")
+    run_dir("ablation_concat", 1.1, "corpus_long", root="/elsewhere")
+    variants = {n: _variant({}, {}, model=n) for n in ("longpt", "ablation_far", "ablation_concat")}
+    md, out = report.ablation_table(variants, tmp_path)
+    assert out["ablation_far"]["delta_pct"] is None and out["ablation_far"]["note"] == "not compared: validated on other data"
+    assert out["ablation_concat"]["delta_pct"] == 10.0 and "| ablation_far | 1.2000 (step 128) | not compared" in md
+
+
 def test_evaluation_train_length_follows_set_overrides(tmp_path):
     """--set data.seq_length=... changes the length the model trained at, so the evaluation's
     --train-length (what Dynamic NTK and YaRN scale from) must follow it."""
