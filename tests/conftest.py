@@ -56,3 +56,19 @@ def single_process_megatron():
     cpu_backend.activate()
     distributed.init_single_process()
     return True
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The fixture SentencePiece tokenizer (tests/fixtures/tokenizer.model), shared by the data and eval tests."""
+    from megaindex.data.tokenizer import IndexTokenizer
+
+    return IndexTokenizer(REPO / "tests/fixtures/tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def filler():
+    """The retrieval documents' filler text from the fixture corpus (its vocabulary and counts cached once)."""
+    from megaindex.data.retrieval_filler import FillerText
+
+    return FillerText([REPO / "tests/fixtures/corpus/pretrain.jsonl"])

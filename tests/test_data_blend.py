@@ -13,15 +13,9 @@ from megaindex.config import ConfigError, load_config
 from megaindex.data.blend import BlendedSamples, parse_blend
 from megaindex.data.builder import build_datasets
 from megaindex.data.preprocess import preprocess
-from megaindex.data.tokenizer import IndexTokenizer
 
 FIX = Path(__file__).parent / "fixtures"
 TOK = FIX / "tokenizer.model"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return IndexTokenizer(TOK)
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,6 @@ FIX = Path(__file__).parent / "fixtures"
 TOK = FIX / "tokenizer.model"
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return IndexTokenizer(TOK)
-
-
 def test_tokenizer_has_index_layout(tok):
     assert tok.vocab_size == 8000 and tok.eod == 2
     assert [tok.sp.id_to_piece(i) for i in range(5)] == ["<unk>", "<s>", "</s>", "reserved_0", "reserved_1"]

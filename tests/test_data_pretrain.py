@@ -11,7 +11,6 @@ import torch
 from megaindex.config import load_config
 from megaindex.data.builder import build_datasets
 from megaindex.data.sampler import build_dataloader
-from megaindex.data.tokenizer import IndexTokenizer
 
 FIX = Path(__file__).parent / "fixtures"
 S = 2048
@@ -22,11 +21,6 @@ def make_cfg(tmp, *extra):
         f"data.data_path=['{FIX / 'corpus/pretrain.jsonl'}']", f"data.cache_dir={tmp}", f"data.seq_length={S}",
         f"data.global_batch_tokens={4 * S}", "data.split=100,0,0", "parallel.context_parallel_size=2", *extra,
     ])
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return IndexTokenizer(FIX / "tokenizer.model")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from megaindex.config import load_config
 from megaindex.data.batch import collate
 from megaindex.data.builder import build_datasets
 from megaindex.data.sampler import MicroBatchSampler
-from megaindex.data.tokenizer import IndexTokenizer
 
 FIX = Path(__file__).parent / "fixtures/corpus"
 SOURCES = [FIX / "sft_long.jsonl", FIX / "sft_general.jsonl"]
@@ -26,11 +25,6 @@ def make_cfg(tmp, *extra, paths=None):
         "data.kind=sft", f"data.data_path={paths!r}", f"data.cache_dir={tmp}", f"data.seq_length={S}",
         f"data.global_batch_tokens={4 * S}", "data.split=100,0,0", "data.num_epochs=1", *extra,
     ])
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return IndexTokenizer(FIX.parent / "tokenizer.model")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import random
 import pytest
 
 from conftest import REPO
-from megaindex.data.tokenizer import IndexTokenizer
 from megaindex.eval import EvalError
 from megaindex.eval.grid import EvalSpec, parse_depths, parse_lengths, parse_tasks
 from megaindex.eval.haystack import Haystack, resolve_haystack
@@ -26,11 +25,6 @@ from megaindex.eval.truncate import middle_truncate
 
 CORPUS = REPO / "tests" / "fixtures" / "corpus"
 HELDOUT = CORPUS / "heldout.jsonl"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return IndexTokenizer(REPO / "tests" / "fixtures" / "tokenizer.model")
 
 
 @pytest.fixture(scope="module")

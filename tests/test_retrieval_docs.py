@@ -15,16 +15,10 @@ import pytest
 from megaindex.data.held_out import HELD_OUT_PHRASES, HeldOutPhraseError, check_held_out
 from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator
 from megaindex.data.retrieval_writer import describe_mix, write_documents
-from megaindex.data.tokenizer import IndexTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "tests/fixtures/tokenizer.model"
 CORPUS = REPO / "tests/fixtures/corpus/pretrain.jsonl"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return IndexTokenizer(TOKENIZER)
 
 
 @pytest.fixture(scope="module")

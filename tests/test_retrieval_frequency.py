@@ -6,30 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from pathlib import Path
 
 import pytest
 
 from megaindex.data import retrieval_subjects as RS
 from megaindex.data import retrieval_words as W
 from megaindex.data.held_out import check_held_out
-from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator, contradictions
+from megaindex.data.retrieval_docs import RetrievalDocConfig, RetrievalDocGenerator, contradictions
 from megaindex.data.retrieval_writer import count_mix, describe_mix
-from megaindex.data.tokenizer import IndexTokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO / "tests/fixtures/corpus/pretrain.jsonl"
 V8 = dict(frame_share=0.5, random_subject_share=0.4, random_value_share=0.25, open_value_share=0.35)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return IndexTokenizer(REPO / "tests/fixtures/tokenizer.model")
-
-
-@pytest.fixture(scope="module")
-def filler():
-    return FillerText([CORPUS])
 
 
 def test_default_draws_nothing_and_keeps_v8_byte_for_byte(tok, filler):

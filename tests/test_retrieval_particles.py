@@ -8,30 +8,16 @@ import hashlib
 import json
 import random
 import re
-from pathlib import Path
 
 import pytest
 
 from megaindex.data import retrieval_subjects as RS
 from megaindex.data import retrieval_words as W
 from megaindex.data.held_out import check_held_out
-from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator, contradictions
-from megaindex.data.tokenizer import IndexTokenizer
+from megaindex.data.retrieval_docs import RetrievalDocConfig, RetrievalDocGenerator, contradictions
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO / "tests/fixtures/corpus/pretrain.jsonl"
 V9 = dict(frame_share=0.5, random_subject_share=0.4, random_value_share=0.25, open_value_share=0.35,
           random_frequency_share=0.5)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return IndexTokenizer(REPO / "tests/fixtures/tokenizer.model")
-
-
-@pytest.fixture(scope="module")
-def filler():
-    return FillerText([CORPUS])
 
 
 def test_defaults_keep_v9_byte_for_byte(tok, filler):

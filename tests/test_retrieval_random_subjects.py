@@ -5,28 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from megaindex.data import retrieval_subjects as RS
 from megaindex.data import retrieval_words as W
 from megaindex.data.held_out import HELD_OUT_PHRASES, check_held_out
-from megaindex.data.retrieval_docs import FillerText, RetrievalDocConfig, RetrievalDocGenerator, contradictions
-from megaindex.data.tokenizer import IndexTokenizer
-
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO / "tests/fixtures/corpus/pretrain.jsonl"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return IndexTokenizer(REPO / "tests/fixtures/tokenizer.model")
-
-
-@pytest.fixture(scope="module")
-def filler():
-    return FillerText([CORPUS])
+from megaindex.data.retrieval_docs import RetrievalDocConfig, RetrievalDocGenerator, contradictions
 
 
 def _digest(docs: list[dict]) -> str:
