@@ -229,12 +229,12 @@ def vocabulary_draw(filler, rng: random.Random, lang: str, words: tuple[int, int
     n = rng.randint(lo, hi)
     particles = particles and lang == "zh"
     if frequency:
-        table, weights = filler.frequency_table(lang, particles) if particles else filler.frequency_table(lang)
+        table, weights = filler.frequency_table(lang, particles)
         for _ in range(FREQUENCY_TRIES):
             items = rng.choices(table, cum_weights=weights, k=n)
             if not function_only(items, lang):
                 return items
-    return rng.sample(filler.vocabulary(lang, particles) if particles else filler.vocabulary(lang), n)
+    return rng.sample(filler.vocabulary(lang, particles), n)
 
 
 def random_value(filler, rng: random.Random, lang: str, check: Callable[[str], bool] = lambda s: True,
